@@ -1,0 +1,5 @@
+"""`python -m learnforget`."""
+
+from learnforget.cli import main
+
+main()

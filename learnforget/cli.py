@@ -1,0 +1,236 @@
+"""The `learnforget` command line: each subcommand is a typed function (typer maps it to the CLI).
+
+User mistakes (UserError) print one line and exit 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from learnforget.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="How much does a causal LM learn, and forget, when finetuned with LoRA versus full finetuning?",
+)
+console = Console(stderr=True)
+out_console = Console()
+
+ConfigArg = Annotated[
+    str | None,
+    typer.Argument(help="Study YAML file or built-in study name; omitted = the default miniature study."),
+]
+SetOpt = Annotated[
+    list[str], typer.Option("--set", help="Override a config key: --set budget_tokens=100000.")
+]
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def _parse_shard(shard: str | None) -> tuple[int, int] | None:
+    if shard is None:
+        return None
+    try:
+        index, count = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise UserError(f"--shard {shard!r}: expected I/N, e.g. --shard 0/4") from None
+    if not 0 <= index < count:
+        raise UserError(f"--shard {shard!r}: I must be in 0..N-1")
+    return index, count
+
+
+def _pretrain_with_progress(study) -> str:
+    from learnforget.model import builtin_base_path, check_base_model, resolve_base
+
+    check_base_model(study.base_model)
+    if study.base_model != "builtin" or (builtin_base_path(study.base) / "config.json").exists():
+        return resolve_base(study.base_model, study.base)
+    console.print(f"Pretraining the built-in base (cached afterwards in {builtin_base_path(study.base)})")
+    with _progress() as progress:
+        task = progress.add_task("pretrain base", total=study.base.steps, info="")
+
+        def update(step: int, total: int, loss: float) -> None:
+            progress.update(task, completed=step, info=f"loss {loss:.3f}")
+
+        return resolve_base(study.base_model, study.base, update)
+
+
+@app.command()
+def run(
+    config: ConfigArg = None,
+    out: Annotated[Path | None, typer.Option(help="Study directory (default: runs/<study name>).")] = None,
+    set_: SetOpt = [],  # noqa: B006 (typer reads the default, never mutates it)
+    dry_run: Annotated[
+        bool, typer.Option(help="Print the expanded arms and their sizes; train nothing.")
+    ] = False,
+    shard: Annotated[str | None, typer.Option(help="Run only arms I, I+N, ... of the grid: I/N.")] = None,
+) -> None:
+    """Run a study: pretrain (or load) the base, train every arm, evaluate at milestones, write the report."""
+    from learnforget.config import expand_arms, load_study
+
+    study = load_study(config, set_)
+    arms = expand_arms(study)
+    if dry_run:
+        from learnforget.dryrun import print_dry_run
+
+        print_dry_run(study, arms, out_console)
+        return
+    started = time.time()
+    from learnforget import study as study_mod
+    from learnforget.report import write_report
+    from learnforget.store import Store
+
+    study_dir = out or Path("runs") / study.name
+    from learnforget.model import check_base_model
+
+    check_base_model(study.base_model)
+    store = Store(study_dir)
+    study_mod.check_same_study(store, study)
+    base_path = _pretrain_with_progress(study)
+    store.set_info("base_path", base_path)
+    for arm in arms:
+        store.register_arm(arm.name, arm.model_dump())
+    console.print(
+        f"Study [bold]{study.name}[/]: {len(arms)} arms, {study.budget_tokens:,} tokens each → {study_dir}"
+    )
+    study_mod.prepare_data(study, study_dir, base_path)
+    study_mod.run_base(study, study_dir, base_path)
+    mine = study_mod.shard_arms(arms, _parse_shard(shard))
+    with _progress() as progress:
+        tasks = {a.name: progress.add_task(a.name, total=study.steps, info="") for a in mine}
+
+        def on_message(message) -> None:
+            kind, name, *rest = message
+            if kind == "step":
+                step, total, loss = rest
+                progress.update(tasks[name], completed=step, info=f"loss {loss:.3f}")
+            elif kind == "milestone":
+                tokens, metrics = rest
+                shown = "  ".join(
+                    f"{k} {v:.3f}" for k, v in sorted(metrics.items()) if not k.startswith("spectrum/")
+                )
+                progress.console.print(f"[dim]{name} @ {tokens:,} tokens:[/] {shown}")
+            elif kind == "failed":
+                progress.console.print(f"[red]{name} failed:[/] {rest[0]}")
+            elif kind == "done":
+                progress.update(tasks[name], completed=study.steps)
+
+        study_mod.run_arms(study, study_dir, base_path, mine, on_message)
+    write_report(study_dir, store, study, out_console)
+    console.print(
+        f"Done in {time.time() - started:.0f} s. Results: {study_dir}/summary.md, {study_dir}/learning_forgetting.png"
+    )
+
+
+@app.command()
+def pretrain(config: ConfigArg = None, set_: SetOpt = []) -> None:  # noqa: B006
+    """Build (or find in the cache) the built-in base model of a study and print its directory."""
+    from learnforget.config import load_study
+
+    study = load_study(config, set_)
+    if study.base_model != "builtin":
+        raise UserError(f"base_model is {study.base_model!r}: only the built-in base is pretrained here")
+    out_console.print(_pretrain_with_progress(study))
+
+
+@app.command()
+def report(study_dir: Annotated[Path, typer.Argument(help="Study directory.")]) -> None:
+    """Re-draw summary.md and the plots of a study directory from its results store."""
+    from learnforget.config import StudyConfig
+    from learnforget.report import write_report
+    from learnforget.store import open_store
+
+    store = open_store(study_dir)
+    write_report(study_dir, store, StudyConfig.model_validate(store.info("config")), out_console)
+
+
+@app.command("ls")
+def ls_(study_dir: Annotated[Path, typer.Argument(help="Study directory.")]) -> None:
+    """List the arms of a study with their status and cost."""
+    from rich.table import Table
+
+    from learnforget.store import open_store
+
+    store = open_store(study_dir)
+    table = Table(title=str(study_dir))
+    for col in ("arm", "method", "status", "milestones", "trainable", "tokens/s", "peak MB"):
+        table.add_column(col)
+    for arm in store.arms():
+        table.add_row(
+            arm["name"], arm["method"], arm["status"], str(len(store.finished_steps(arm["name"]))),
+            f"{arm['trainable_params'] or 0:,}", f"{arm['tokens_per_s'] or 0:,.0f}", f"{arm['peak_memory_mb'] or 0:,.0f}",
+        )  # fmt: skip
+    out_console.print(table)
+
+
+@app.command()
+def compare(
+    study_dir: Annotated[Path, typer.Argument(help="Study directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print every metric row as a JSON list.")] = False,
+) -> None:
+    """Compare arms: final metrics per arm, or (--json) every metric row with its arm's settings."""
+    from learnforget.config import StudyConfig
+    from learnforget.report import arm_rows, console_table
+    from learnforget.store import open_store
+
+    store = open_store(study_dir)
+    if as_json:
+        print(json.dumps(store.metric_rows(), indent=1))
+        return
+    study = StudyConfig.model_validate(store.info("config"))
+    out_console.print(console_table(arm_rows(store, study), str(study_dir)))
+
+
+def quiet_libraries() -> None:
+    """Our progress bars replace the libraries' own; worker processes inherit these settings."""
+    import os
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def main() -> None:
+    """Entry point: one line for user errors, exit 2."""
+    quiet_libraries()
+    try:
+        app()
+    except UserError as e:
+        console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted: finished milestones are saved; rerun the same command to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

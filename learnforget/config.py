@@ -1,0 +1,365 @@
+"""Study configuration: typed, documented, validated; YAML in, `--set key=value` overrides on top.
+
+A study is one base model, one target domain, one regime and a grid of arms. Every field has a
+default, and the defaults *are* the built-in miniature study, so `learnforget run` needs no file.
+Arm fields that accept a list are swept: the grid is their cartesian product (see `expand_arms`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from learnforget.errors import UserError
+
+BUILTIN_CONFIG_DIR = Path(__file__).parent / "configs"
+
+# Linear layers of Llama-style blocks, grouped as the paper groups them.
+TARGET_MODULES = {
+    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mlp": ["gate_proj", "up_proj", "down_proj"],
+    "all": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a typo must never silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True)
+
+
+class BaseRecipe(Strict):
+    """How the built-in base model is built: tokenizer, architecture, pretraining. Its hash keys the cache."""
+
+    vocab_size: int = Field(4096, ge=259)
+    """Byte-level BPE vocabulary size of the built-in tokenizer."""
+    tokenizer_bytes: int = Field(2_000_000, ge=1000)
+    """Bytes of each built-in corpus sampled to train the tokenizer."""
+    hidden_size: int = Field(128, ge=8)
+    """Width of the Llama model."""
+    num_layers: int = Field(4, ge=1)
+    """Number of transformer blocks."""
+    num_heads: int = Field(4, ge=1)
+    """Attention heads (key/value heads equal to it)."""
+    intermediate_size: int = Field(512, ge=8)
+    """Width of the SwiGLU MLP."""
+    seq_len: int = Field(128, ge=8)
+    """Training sequence length (also the model's maximum position)."""
+    mix: dict[Literal["english", "code", "math"], float] = {"english": 0.9, "code": 0.05, "math": 0.05}
+    """Share of pretraining tokens per corpus. Mostly English with a little of the target domains, as
+    Llama-2 had seen code and math before the paper finetuned it (a base that never saw the target
+    domain makes full finetuning's gains mostly embedding learning, which LoRA cannot do)."""
+    steps: int = Field(700, ge=1)
+    """Optimizer steps of pretraining."""
+    batch_size: int = Field(16, ge=1)
+    """Sequences per pretraining step."""
+    learning_rate: float = Field(2e-3, gt=0)
+    """Peak AdamW learning rate (linear warm-up, cosine decay to 10%)."""
+    warmup_steps: int = Field(50, ge=0)
+    """Linear warm-up steps."""
+    weight_decay: float = Field(0.1, ge=0)
+    """AdamW weight decay during pretraining."""
+    threads: int = Field(2, ge=1)
+    """CPU threads for pretraining."""
+    seed: int = 0
+    """Seed for data sampling and initialisation."""
+
+    @model_validator(mode="after")
+    def _check(self) -> BaseRecipe:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if not self.mix or any(v < 0 for v in self.mix.values()) or sum(self.mix.values()) <= 0:
+            raise ValueError("mix needs non-negative shares that sum to more than 0")
+        return self
+
+    def digest(self) -> str:
+        """Short hash of the recipe: the cache key of the pretrained base."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+
+
+class DataConfig(Strict):
+    """Where the finetuning data comes from."""
+
+    train: str = "builtin"
+    """'builtin' (the domain's built-in corpus or tasks), a local .jsonl/.parquet/.txt file or folder,
+    or a Hugging Face dataset id."""
+    text_field: str = "text"
+    """Field holding the document text (CPT) in user data."""
+    prompt_field: str = "prompt"
+    """Field holding the prompt (IFT) in user data."""
+    response_field: str = "response"
+    """Field holding the response (IFT) in user data."""
+    split: str = "train"
+    """Split of a Hugging Face dataset."""
+
+
+class EvalConfig(Strict):
+    """What is measured at every milestone."""
+
+    loss_tokens: int = Field(24_576, ge=128)
+    """Held-out tokens per domain for the loss (perplexity) metrics."""
+    batch_size: int = Field(32, ge=1)
+    """Sequences per evaluation forward pass."""
+
+
+class ArmSpec(Strict):
+    """One arm, or a grid of arms when fields are lists (cartesian product)."""
+
+    method: Literal["full", "lora"] | list[Literal["full", "lora"]] = "full"
+    """'full' finetuning or 'lora' (peft)."""
+    rank: int | list[int] = 8
+    """LoRA rank r (ignored for full)."""
+    alpha: float | None = None
+    """LoRA alpha; default 2r as in the paper."""
+    target_modules: Literal["all", "attention", "mlp"] | list[Literal["all", "attention", "mlp"]] = "all"
+    """Which linear layers LoRA adapts: attention = q,k,v,o; mlp = gate,up,down; all = both."""
+    learning_rate: float | list[float] = 1e-3
+    """Peak learning rate; a list sweeps it. The paper found LoRA's best about 10x full finetuning's."""
+    weight_decay: float | list[float] = 0.0
+    """Decoupled weight decay (a regularized full-finetuning baseline when > 0)."""
+    dropout: float | list[float] = 0.0
+    """Attention dropout for full finetuning; LoRA dropout for LoRA."""
+    train_embeddings: bool | None = None
+    """Train the token embeddings / LM head. Default: yes for full, no for LoRA."""
+    optimizer: Literal["adamw"] = "adamw"
+    """Optimizer."""
+    seed: int | list[int] = 0
+    """Seed of the arm's initialisation and dropout; a list runs repeats."""
+
+
+class Arm(Strict):
+    """One concrete arm after grid expansion."""
+
+    name: str
+    method: Literal["full", "lora"]
+    rank: int | None
+    alpha: float | None
+    target_modules: str
+    learning_rate: float
+    weight_decay: float
+    dropout: float
+    train_embeddings: bool
+    optimizer: str
+    seed: int
+
+
+class StudyConfig(Strict):
+    """A study: one base model finetuned on one target domain by every arm, same data, same budget."""
+
+    name: str = "default"
+    """Study name (used in the default output directory)."""
+    base_model: str = "builtin"
+    """'builtin' (pretrained by the toolkit from `base`, cached), a local HF model directory, or a hub id."""
+    base: BaseRecipe = BaseRecipe()
+    """Recipe of the built-in base model (ignored for other base models)."""
+    domain: Literal["code", "math"] = "code"
+    """Target domain: what the arms learn."""
+    regime: Literal["cpt"] = "cpt"
+    """Training regime: 'cpt' = continued pretraining on packed raw text."""
+    data: DataConfig = DataConfig()
+    """Finetuning data."""
+    budget_tokens: int = Field(196_608, ge=1)
+    """Training tokens per arm (every arm sees the same tokens in the same order)."""
+    batch_size: int = Field(16, ge=1)
+    """Sequences per optimizer step."""
+    seq_len: int = Field(128, ge=8)
+    """Finetuning sequence length."""
+    warmup_fraction: float = Field(0.1, ge=0, lt=1)
+    """Fraction of steps of linear warm-up before cosine decay to 10%."""
+    milestones: int = Field(6, ge=1)
+    """Evaluation points spread evenly over the budget (the base is evaluated too, at 0 tokens)."""
+    arms: list[ArmSpec] = [
+        ArmSpec(method="full", learning_rate=5e-4),
+        ArmSpec(method="lora", rank=[1, 4, 16], learning_rate=5e-3),
+    ]
+    """Arms (grids) to train. Defaults: full finetuning, and LoRA at three ranks scaled to the model
+    (the paper's 16/64/256 of 4096 are 1/256..1/16 of the width), all linear layers, LR 10x full."""
+    eval: EvalConfig = EvalConfig()
+    """Evaluation settings."""
+    workers: int = Field(2, ge=1)
+    """Arms trained in parallel processes."""
+    threads_per_worker: int = Field(1, ge=1)
+    """Torch threads per worker (fixed so that numbers are reproducible)."""
+    seed: int = 0
+    """Seed of data sampling and order."""
+
+    @model_validator(mode="after")
+    def _check(self) -> StudyConfig:
+        if not self.arms:
+            raise ValueError("a study needs at least one arm")
+        if self.base_model == "builtin" and self.seq_len > self.base.seq_len:
+            raise ValueError(
+                f"seq_len {self.seq_len} exceeds the built-in base's seq_len {self.base.seq_len}"
+            )
+        return self
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps per arm."""
+        return max(1, self.budget_tokens // (self.batch_size * self.seq_len))
+
+    def milestone_steps(self) -> list[int]:
+        """Steps after which the arm is evaluated (evenly spaced, last = final step)."""
+        return sorted({max(1, round(self.steps * (i + 1) / self.milestones)) for i in range(self.milestones)})
+
+
+def _as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _fmt_lr(lr: float) -> str:
+    return f"{lr:.0e}".replace("e-0", "e-").replace("e+0", "e")
+
+
+def arm_name(arm: dict) -> str:
+    """Deterministic readable name, e.g. 'lora-r16-all-lr5e-3-s0' or 'full-lr5e-4-wd0.1-s0'."""
+    parts = [arm["method"]]
+    if arm["method"] == "lora":
+        parts += [f"r{arm['rank']}", arm["target_modules"]]
+        if arm["alpha"] != 2 * arm["rank"]:
+            parts.append(f"a{arm['alpha']:g}")
+    parts.append(f"lr{_fmt_lr(arm['learning_rate'])}")
+    if arm["weight_decay"]:
+        parts.append(f"wd{arm['weight_decay']:g}")
+    if arm["dropout"]:
+        parts.append(f"do{arm['dropout']:g}")
+    default_embeddings = arm["method"] == "full"
+    if arm["train_embeddings"] != default_embeddings:
+        parts.append("emb" if arm["train_embeddings"] else "noemb")
+    parts.append(f"s{arm['seed']}")
+    return "-".join(parts)
+
+
+def expand_arms(study: StudyConfig) -> list[Arm]:
+    """The grid: every combination of list-valued fields of every arm spec, de-duplicated, in order."""
+    arms: dict[str, Arm] = {}
+    for spec in study.arms:
+        for method in _as_list(spec.method):
+            ranks = _as_list(spec.rank) if method == "lora" else [None]
+            targets = _as_list(spec.target_modules) if method == "lora" else ["all"]
+            for rank, target, lr, wd, dropout, seed in itertools.product(
+                ranks,
+                targets,
+                _as_list(spec.learning_rate),
+                _as_list(spec.weight_decay),
+                _as_list(spec.dropout),
+                _as_list(spec.seed),
+            ):
+                arm = dict(
+                    method=method,
+                    rank=rank,
+                    alpha=(spec.alpha if spec.alpha is not None else 2 * rank) if method == "lora" else None,
+                    target_modules=target,
+                    learning_rate=lr,
+                    weight_decay=wd,
+                    dropout=dropout,
+                    train_embeddings=(method == "full")
+                    if spec.train_embeddings is None
+                    else spec.train_embeddings,
+                    optimizer=spec.optimizer,
+                    seed=seed,
+                )
+                name = arm_name(arm)
+                arms.setdefault(name, Arm(name=name, **arm))
+    return list(arms.values())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise UserError(f"--set {text!r}: expected key=value, e.g. --set budget_tokens=100000")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_override(data: dict, text: str) -> None:
+    """Set a dotted key (list items by index: arms.0.learning_rate=1e-3) in a raw config dict."""
+    path, value = _parse_override(text)
+    node: Any = data
+    for i, part in enumerate(path[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise UserError(f"--set {text!r}: {'.'.join(path[: i + 1])} is not an item of the list")
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict | list):
+                raise UserError(f"--set {text!r}: {'.'.join(path[: i + 1])} is not a section")
+    last = path[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise UserError(f"--set {text!r}: {last} is not an item of the list")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def resolve_config_path(config: str | None) -> Path | None:
+    """A path, or the name of a built-in study (e.g. 'grid-tiny'); None means the default study."""
+    if config is None or config == "default":
+        return None
+    path = Path(config)
+    if path.exists():
+        return path
+    builtin = BUILTIN_CONFIG_DIR / f"{config}.yaml"
+    if builtin.exists():
+        return builtin
+    names = ", ".join(sorted(p.stem for p in BUILTIN_CONFIG_DIR.glob("*.yaml")))
+    raise UserError(f"{config}: no such config file, and not a built-in study ({names})")
+
+
+def _validation_message(where: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(x) for x in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{where}: {loc}: unknown key"
+    return f"{where}: {loc}: {first['msg']} (got {first.get('input')!r})"
+
+
+def load_study(config: str | None = None, overrides: list[str] = ()) -> StudyConfig:
+    """Read a study (file path, built-in name or None for the default), apply overrides, validate."""
+    path = resolve_config_path(config)
+    data: dict = {}
+    where = "default study"
+    if path is not None:
+        where = str(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise UserError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: a study file must be a mapping of keys to values")
+    if overrides:
+        # Overrides apply on top of the full config, so list items that only exist as defaults
+        # (arms.0...) can be addressed too.
+        data = json.loads(StudyConfig.model_validate(data).model_dump_json()) if _valid(data) else data
+        for text in overrides:
+            apply_override(data, text)
+        where += " with --set"
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as e:
+        raise UserError(_validation_message(where, e)) from None
+
+
+def _valid(data: dict) -> bool:
+    try:
+        StudyConfig.model_validate(data)
+        return True
+    except ValidationError:
+        return False

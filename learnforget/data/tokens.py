@@ -1,0 +1,84 @@
+"""Text to token tensors: the built-in tokenizer, and packing documents into fixed-length sequences.
+
+CPT packs documents end to end (each followed by EOS) and cuts the stream into `seq_len` rows, the
+usual continued-pretraining layout; the loss is on every token.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from learnforget.data.corpora import Document
+
+EOS = "<|endoftext|>"
+BYTES_PER_TOKEN_BOUND = 6  # BPE tokens average 3-4 bytes: 6 bytes per needed token over-covers it
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (GPT-2 style: any byte sequence is encodable), wrapped for transformers."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=EOS, unk_token=EOS
+    )
+
+
+def sample_text(docs: Sequence[Document], max_bytes: int, seed: int) -> list[str]:
+    """A seeded sample of whole documents up to about max_bytes (for tokenizer training)."""
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
+    out, size = [], 0
+    for i in order:
+        if size >= max_bytes:
+            break
+        text = docs[i].text[: max_bytes - size]
+        out.append(text)
+        size += len(text)
+    return out
+
+
+def pack_documents(
+    tokenizer: PreTrainedTokenizerFast, docs: Sequence[Document], seq_len: int, n_rows: int, seed: int
+) -> torch.Tensor:
+    """`n_rows` rows of `seq_len` tokens from documents in a seeded order (cycling with a new order if
+    the documents run out). Only as many documents are tokenized as needed."""
+    if not docs:
+        raise ValueError("no documents to pack")
+    rng = random.Random(seed)
+    need = n_rows * seq_len
+    stream: list[int] = []
+    while len(stream) < need:
+        order = list(range(len(docs)))
+        rng.shuffle(order)
+        position = 0
+        while position < len(order) and len(stream) < need:
+            # Tokenize just enough documents: a few bytes per missing token (whole plays are large).
+            batch, size = [], 0
+            while position < len(order) and size < BYTES_PER_TOKEN_BOUND * (need - len(stream)):
+                batch.append(docs[order[position]].text)
+                size += len(batch[-1])
+                position += 1
+            for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
+                stream.extend(ids)
+                stream.append(tokenizer.eos_token_id)
+    return torch.tensor(stream[:need], dtype=torch.long).view(n_rows, seq_len)
+
+
+def interleave(parts: Sequence[torch.Tensor], seed: int) -> torch.Tensor:
+    """Rows of several packed tensors in one seeded random order (a pretraining mixture)."""
+    rows = torch.cat(list(parts))
+    g = torch.Generator().manual_seed(seed)
+    return rows[torch.randperm(len(rows), generator=g)]

@@ -1,0 +1,120 @@
+"""Batched generation with any HF causal LM: greedy or sampled completions, cut at stop strings.
+
+Used for generation benchmarks (exact match, pass@k) and for the diversity analysis. Prompts are
+left-padded (the tokenizer's pad token, else its EOS) so that every row's new tokens start at the same
+column; `model.generate` runs with the KV cache and transformers' `stop_strings`, so a batch stops as
+soon as every row has produced a stop string. Sampling is seeded per batch, so the same seed and
+batch_size give the same samples; the global torch RNG is left as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from learnforget.errors import UserError
+from learnforget.evaluate.choice import model_max_length
+
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for number, row in enumerate(rows):
+        input_ids[number, width - len(row) :] = torch.tensor(row)
+        attention_mask[number, width - len(row) :] = 1
+    return input_ids, attention_mask
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
+    """Text up to (not including) the earliest occurrence of any stop string."""
+    cut = min((position for s in stop if s and (position := text.find(s)) >= 0), default=len(text))
+    return text[:cut]
+
+
+def _completion(tokenizer, prompt_ids: list[int], new_ids: list[int]) -> str:
+    # Decode prompt + completion together and strip the decoded prompt: decoding the new tokens alone
+    # drops a leading space with SentencePiece tokenizers (Llama-2), which breaks Python indentation.
+    prompt_text = tokenizer.decode(prompt_ids, skip_special_tokens=True)
+    full_text = tokenizer.decode(prompt_ids + new_ids, skip_special_tokens=True)
+    if full_text.startswith(prompt_text):
+        return full_text[len(prompt_text) :]
+    return tokenizer.decode(new_ids, skip_special_tokens=True)
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    stop: Sequence[str] = (),
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    num_samples: int = 1,
+    batch_size: int = 16,
+    seed: int = 0,
+) -> list[list[str]]:
+    """Complete each prompt num_samples times; return the completions only, one list per prompt.
+
+    temperature == 0 decodes greedily (computed once per prompt and repeated num_samples times);
+    otherwise samples with that temperature and nucleus top_p (no top-k cut). batch_size counts
+    sequences (prompt copies) generated together. Prompts are left-truncated so that prompt plus
+    max_new_tokens fit the model's window. Each completion ends before its first stop string.
+    """
+    if max_new_tokens < 1 or num_samples < 1 or batch_size < 1:
+        raise UserError(
+            f"generate: max_new_tokens, num_samples and batch_size must be >= 1 "
+            f"(got {max_new_tokens}, {num_samples}, {batch_size})"
+        )
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise UserError(f"generate: need temperature >= 0 and 0 < top_p <= 1 (got {temperature}, {top_p})")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise UserError("generate: the tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token")
+    max_prompt_tokens = model_max_length(model, tokenizer) - max_new_tokens
+    if max_prompt_tokens < 1:
+        raise UserError(
+            f"generate: max_new_tokens={max_new_tokens} leaves no room for the prompt in the model's window"
+        )
+
+    encoded = []
+    for number, prompt in enumerate(prompts):
+        ids = tokenizer(prompt)["input_ids"][-max_prompt_tokens:]
+        if not ids:
+            raise UserError(f"generate: prompt {number} encodes to no tokens; give every prompt some text")
+        encoded.append(ids)
+
+    sampling = temperature > 0
+    options = {"max_new_tokens": max_new_tokens, "use_cache": True, "pad_token_id": pad_id}
+    if sampling:
+        options |= {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+    else:
+        options |= {"do_sample": False}
+    if model.generation_config.eos_token_id is None and tokenizer.eos_token_id is not None:
+        options["eos_token_id"] = tokenizer.eos_token_id
+    if any(stop):
+        options |= {"stop_strings": [s for s in stop if s], "tokenizer": tokenizer}
+
+    jobs = [number for number in range(len(prompts)) for _ in range(num_samples if sampling else 1)]
+    completions: list[list[str]] = [[] for _ in prompts]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        for batch_number, first in enumerate(range(0, len(jobs), batch_size)):
+            rows = jobs[first : first + batch_size]
+            input_ids, attention_mask = _left_pad([encoded[number] for number in rows], pad_id)
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(seed + batch_number)
+                output = model.generate(
+                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **options
+                )
+            for number, new_ids in zip(rows, output[:, input_ids.shape[1] :].tolist(), strict=True):
+                text = _completion(tokenizer, encoded[number], new_ids)
+                completions[number].append(truncate_at_stop(text, stop))
+    finally:
+        model.train(was_training)
+    if not sampling:
+        completions = [texts * num_samples for texts in completions]
+    return completions

@@ -1,0 +1,63 @@
+"""Likelihood metrics: mean per-token loss (NLL) of packed held-out text, and of reference completions."""
+
+from __future__ import annotations
+
+import torch
+
+
+@torch.no_grad()
+def mean_token_loss(model: torch.nn.Module, rows: torch.Tensor, batch_size: int = 32) -> float:
+    """Mean next-token cross-entropy (nats) over every predicted token of `rows` [n, seq_len]."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        logits = model(input_ids=batch).logits[:, :-1].float()
+        targets = batch[:, 1:]
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="sum"
+        )
+        total += loss.item()
+        count += targets.numel()
+    model.train(was_training)
+    return total / count
+
+
+@torch.no_grad()
+def completion_nll(
+    model: torch.nn.Module, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 16
+) -> float:
+    """Mean per-token NLL of each completion given its prompt (reference solutions' likelihood).
+
+    A learning signal that moves long before a tiny model's pass@k leaves zero. Prompt and completion are
+    encoded separately and concatenated, so the completion's tokens are exactly its own; long prompts are
+    cut from the left to fit the model's context.
+    """
+    was_training = model.training
+    model.eval()
+    limit = getattr(model.config, "max_position_embeddings", 2048)
+    total, count = 0.0, 0
+    for start in range(0, len(pairs), batch_size):
+        seqs, spans = [], []
+        for prompt, completion in pairs[start : start + batch_size]:
+            p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            c = tokenizer(completion, add_special_tokens=False)["input_ids"][: limit - 1]
+            p = p[-(limit - len(c)) :] if p else [tokenizer.eos_token_id]
+            seqs.append(p + c)
+            spans.append((len(p), len(p) + len(c)))
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+        for i, (lo, hi) in enumerate(spans):
+            if hi <= lo:
+                continue
+            targets = ids[i, lo:hi]
+            total -= logprobs[i, lo - 1 : hi - 1].gather(-1, targets[:, None]).sum().item()
+            count += hi - lo
+    model.train(was_training)
+    return total / max(count, 1)

@@ -1,0 +1,149 @@
+"""Base models: the built-in tiny Llama (tokenizer + pretraining, cached by recipe hash) or any HF model.
+
+The built-in base lives in `$LEARNFORGET_CACHE` (default `~/.cache/learnforget`) under
+`base-<recipe hash>-<corpora fingerprint>/` as an ordinary Hugging Face model directory, so every
+later stage loads it exactly like a hub model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+from learnforget.config import BaseRecipe
+from learnforget.data import corpora
+from learnforget.data.tokens import interleave, pack_documents, sample_text, train_tokenizer
+from learnforget.errors import UserError
+from learnforget.train import make_optimizer, train_steps
+
+HELDOUT_EVAL_ROWS = 64
+
+
+def cache_dir() -> Path:
+    """Where built-in bases are cached."""
+    return Path(os.environ.get("LEARNFORGET_CACHE", Path.home() / ".cache" / "learnforget"))
+
+
+def builtin_base_path(recipe: BaseRecipe) -> Path:
+    """Cache directory of the built-in base for a recipe (it may not exist yet)."""
+    return cache_dir() / f"base-{recipe.digest()}-{corpora.fingerprint()}"
+
+
+def check_base_model(base_model: str) -> None:
+    """Fail early, before any work, on a base_model that cannot be a model."""
+    if base_model == "builtin":
+        return
+    path = Path(base_model)
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise UserError(f"base_model {base_model!r}: not a Hugging Face model directory (no config.json)")
+    elif path.exists() or base_model.count("/") > 1 or base_model.startswith((".", "/", "~")):
+        raise UserError(f"base_model {base_model!r}: no such model directory")
+
+
+def resolve_base(
+    base_model: str, recipe: BaseRecipe, progress: Callable[[int, int, float], None] | None = None
+) -> str:
+    """A loadable model path or hub id for a study's `base_model`, pretraining the built-in one if needed.
+
+    A hub id is returned as is: transformers downloads it on first load (and names it if unreachable).
+    """
+    check_base_model(base_model)
+    if base_model == "builtin":
+        path = builtin_base_path(recipe)
+        if not (path / "config.json").exists():
+            pretrain_base(recipe, path, progress)
+        return str(path)
+    return base_model
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    """The tokenizer saved with a model; a pad token is set (EOS) when the model has none."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise UserError(f"{path}: cannot load a tokenizer ({str(e).splitlines()[0]})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def build_tokenizer(recipe: BaseRecipe):
+    """Train the built-in byte-level BPE on a sample of every built-in corpus's pretraining split."""
+    texts = []
+    for corpus in ("english", "code", "math"):
+        texts += sample_text(corpora.documents(corpus, "pretrain"), recipe.tokenizer_bytes, recipe.seed)
+    return train_tokenizer(texts, recipe.vocab_size)
+
+
+def pretraining_rows(recipe: BaseRecipe, tokenizer) -> torch.Tensor:
+    """The pretraining mixture: each corpus's share of steps × batch rows, interleaved."""
+    total_rows = recipe.steps * recipe.batch_size
+    shares = {k: v for k, v in recipe.mix.items() if v > 0}
+    norm = sum(shares.values())
+    parts = []
+    for i, (corpus, share) in enumerate(sorted(shares.items())):
+        n_rows = round(total_rows * share / norm)
+        if n_rows:
+            docs = corpora.documents(corpus, "pretrain")
+            parts.append(pack_documents(tokenizer, docs, recipe.seq_len, n_rows, recipe.seed + i))
+    rows = interleave(parts, recipe.seed)
+    if len(rows) < total_rows:  # rounding: top up from the first rows
+        rows = torch.cat([rows, rows[: total_rows - len(rows)]])
+    return rows[:total_rows]
+
+
+def pretrain_base(
+    recipe: BaseRecipe, path: Path, progress: Callable[[int, int, float], None] | None = None
+) -> None:
+    """Train tokenizer and model from scratch and save them to `path` (atomically: temp dir, rename)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.threads)
+    try:
+        torch.manual_seed(recipe.seed)
+        started = time.time()
+        tokenizer = build_tokenizer(recipe)
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=recipe.hidden_size,
+            num_hidden_layers=recipe.num_layers,
+            num_attention_heads=recipe.num_heads,
+            num_key_value_heads=recipe.num_heads,
+            intermediate_size=recipe.intermediate_size,
+            max_position_embeddings=recipe.seq_len,
+            tie_word_embeddings=True,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        model = LlamaForCausalLM(config)
+        rows = pretraining_rows(recipe, tokenizer)
+        optimizer, scheduler = make_optimizer(
+            model, recipe.learning_rate, recipe.weight_decay, recipe.warmup_steps, recipe.steps
+        )
+        on_step = (lambda step, loss: progress(step + 1, recipe.steps, loss)) if progress else None
+        train_steps(model, optimizer, scheduler, rows, recipe.batch_size, 0, recipe.steps, on_step=on_step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-base-"))
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        info = {
+            "recipe": recipe.model_dump(),
+            "seconds": round(time.time() - started, 1),
+            "tokens": rows.numel(),
+        }
+        (tmp / "learnforget_recipe.json").write_text(json.dumps(info, indent=2))
+        if path.exists():  # another process finished first: theirs is identical
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, path)
+    finally:
+        torch.set_num_threads(threads)

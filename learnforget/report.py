@@ -1,0 +1,178 @@
+"""Report: the study's numbers as tables (console and summary.md) and the learning–forgetting plot."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from learnforget.config import StudyConfig
+from learnforget.evaluate.suites import forgetting_metric, learning_metric
+from learnforget.store import Store
+
+PLOT_NAME = "learning_forgetting.png"
+SPECTRUM_PLOT_NAME = "spectrum_over_training.png"
+
+
+def metric_curves(store: Store) -> dict[str, dict[int, dict[str, float]]]:
+    """arm -> tokens -> metric -> value."""
+    curves: dict[str, dict[int, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    for row in store.metrics():
+        curves[row["arm"]][row["tokens"]][row["metric"]] = row["value"]
+    return curves
+
+
+def final_metrics(curve: dict[int, dict[str, float]]) -> dict[str, float]:
+    return curve[max(curve)] if curve else {}
+
+
+def arm_rows(store: Store, study: StudyConfig) -> list[dict]:
+    """One row per arm: final learning and forgetting metrics, their change vs the base, cost."""
+    learn, _ = learning_metric(study)
+    forget, _ = forgetting_metric(study)
+    curves = metric_curves(store)
+    base = final_metrics(curves.get("base", {}))
+    rows = []
+    for arm in store.arms():
+        final = final_metrics(curves.get(arm["name"], {}))
+        row = {"arm": arm["name"], "method": arm["method"], "status": arm["status"]}
+        for metric in (learn, forget):
+            value = final.get(metric)
+            row[metric] = value
+            row[f"Δ {metric}"] = None if value is None or metric not in base else value - base[metric]
+        row.update(
+            trainable=arm["trainable_params"],
+            tokens_per_s=arm["tokens_per_s"],
+            peak_memory_mb=arm["peak_memory_mb"],
+            rank_delta_fraction=final.get("spectrum/rank_delta_fraction"),
+        )
+        rows.append(row)
+    return rows
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:+.{digits}f}" if digits < 0 else f"{value:.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _table_cells(row: dict) -> list[str]:
+    cells = []
+    for key, value in row.items():
+        if key.startswith("Δ"):
+            cells.append("–" if value is None else f"{value:+.3f}")
+        elif key in ("tokens_per_s", "peak_memory_mb"):
+            cells.append("–" if value is None else f"{value:,.0f}")
+        else:
+            cells.append(_fmt(value))
+    return cells
+
+
+def console_table(rows: list[dict], title: str) -> Table:
+    table = Table(title=title)
+    for key in rows[0] if rows else []:
+        table.add_column(
+            key.replace("_", " "), justify="left" if key in ("arm", "method", "status") else "right"
+        )
+    for row in rows:
+        table.add_row(*_table_cells(row))
+    return table
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_summary(study_dir: Path, store: Store, study: StudyConfig) -> Path:
+    """summary.md: settings, a table of arms, and one table of milestones per arm."""
+    learn, _ = learning_metric(study)
+    forget, _ = forgetting_metric(study)
+    rows = arm_rows(store, study)
+    curves = metric_curves(store)
+    parts = [
+        f"# Study `{study.name}`",
+        "",
+        f"Base model: `{store.info('base_path', study.base_model)}`. Target domain: **{study.domain}** "
+        f"({study.regime.upper()}), {study.budget_tokens:,} tokens per arm in {study.steps} steps of "
+        f"{study.batch_size}×{study.seq_len}; milestones every {study.steps // study.milestones or 1} steps.",
+        f"Learning = `{learn}` (target domain, held out); forgetting = `{forget}` (source domain, held out). "
+        "Δ is the change from the base model (for losses: negative Δ on the target = learned; positive Δ "
+        "on the source = forgot).",
+        "",
+        "## Arms (final milestone)",
+        "",
+        markdown_table([k for k in rows[0]], [_table_cells(r) for r in rows]) if rows else "(no arms)",
+        "",
+        f"![learning vs forgetting]({PLOT_NAME})",
+        "",
+        "## Milestones",
+    ]
+    for arm in store.arms():
+        curve = curves.get(arm["name"], {})
+        if not curve:
+            continue
+        metrics = sorted({m for values in curve.values() for m in values})
+        body = [
+            [f"{tokens:,}"] + [_fmt(curve[tokens].get(m), 4) for m in metrics] for tokens in sorted(curve)
+        ]
+        parts += ["", f"### {arm['name']}", "", markdown_table(["tokens"] + metrics, body)]
+    path = study_dir / "summary.md"
+    path.write_text("\n".join(parts) + "\n")
+    return path
+
+
+def plot_learning_forgetting(study_dir: Path, store: Store, study: StudyConfig) -> Path:
+    """x = forgetting metric, y = learning metric; a line per arm from the base through its milestones."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    learn, learn_up = learning_metric(study)
+    forget, forget_up = forgetting_metric(study)
+    curves = metric_curves(store)
+    base = final_metrics(curves.get("base", {}))
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    for arm in store.arms():
+        if arm["name"] == "base":
+            continue
+        curve = curves.get(arm["name"], {})
+        points = [base] if base else []
+        points += [curve[t] for t in sorted(curve)]
+        xs = [p[forget] for p in points if forget in p and learn in p]
+        ys = [p[learn] for p in points if forget in p and learn in p]
+        if xs:
+            style = "-" if arm["method"] == "full" else "--"
+            ax.plot(xs, ys, style, marker="o", markersize=3, label=arm["name"])
+    if learn in base and forget in base:
+        ax.plot([base[forget]], [base[learn]], "k*", markersize=14, label="base", zorder=5)
+    ax.set_xlabel(f"{forget}  ({'←' if forget_up else '→'} more forgetting)")
+    ax.set_ylabel(f"{learn}  ({'↑' if learn_up else '↓'} more learning)")
+    if not learn_up:
+        ax.invert_yaxis()  # up = learns more, whatever the metric's direction
+    if forget_up:
+        ax.invert_xaxis()  # right = forgets more
+    ax.set_title(f"{study.name}: learning vs forgetting along training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = study_dir / PLOT_NAME
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(study_dir: Path, store: Store, study: StudyConfig, console: Console | None = None) -> None:
+    """summary.md, the plot, and the final table on the console."""
+    write_summary(study_dir, store, study)
+    plot_learning_forgetting(study_dir, store, study)
+    if console is not None:
+        console.print(console_table(arm_rows(store, study), f"{study.name}: final milestone"))

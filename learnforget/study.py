@@ -1,0 +1,305 @@
+"""A study: prepare data once, evaluate the base, train every arm to every milestone, resumably.
+
+Each arm runs `run_arm`, in this process or in a worker process (independent arms use both cores
+better as separate single-threaded processes than as one process with two threads). An arm writes
+its metrics to the store at each milestone and then an atomic checkpoint (trainable weights,
+optimizer, scheduler, RNG, step); a rerun skips finished arms and continues unfinished ones from
+their last checkpoint, with numbers identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+
+from learnforget.config import Arm, StudyConfig
+from learnforget.errors import UserError
+from learnforget.store import Store
+
+DATA_FILE = "data.pt"
+
+
+def arm_dir(study_dir: Path, arm: str) -> Path:
+    return study_dir / "arms" / arm
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temp file, then rename: a kill leaves the old file or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def peak_memory_mb() -> float:
+    """Peak memory of this process: GPU memory allocated when on CUDA, else peak resident set size."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data and evaluation shared by every arm
+
+
+def prepare_data(study: StudyConfig, study_dir: Path, base_path: str) -> dict:
+    """Training rows and evaluation sets, built once per study and saved in it (`data.pt`)."""
+    path = study_dir / DATA_FILE
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    from learnforget.data.datasets import evaluation_sets, training_rows
+    from learnforget.model import load_tokenizer
+
+    tokenizer = load_tokenizer(base_path)
+    data = {"train": training_rows(study, tokenizer), "eval": evaluation_sets(study, tokenizer)}
+    atomic_save(data, path)
+    return data
+
+
+def evaluate_model(model, tokenizer, study: StudyConfig, data: dict) -> dict[str, float]:
+    """Every milestone metric of one model (deterministic; does not touch the training RNG)."""
+    from learnforget.evaluate.suites import evaluate_suites
+
+    with torch.random.fork_rng():
+        return evaluate_suites(model, tokenizer, study, data["eval"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# One arm
+
+
+def run_base(study: StudyConfig, study_dir: Path, base_path: str) -> dict[str, float]:
+    """Evaluate the untouched base model (arm 'base', 0 tokens) unless already done."""
+    from transformers import AutoModelForCausalLM
+
+    from learnforget.model import load_tokenizer
+
+    store = Store(study_dir)
+    store.register_arm("base", {"method": "base"})
+    if store.finished_steps("base"):
+        return {}
+    data = prepare_data(study, study_dir, base_path)
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    trainable, total = 0, sum(p.numel() for p in model.parameters())
+    metrics = evaluate_model(model, load_tokenizer(base_path), study, data)
+    store.add_metrics("base", 0, 0, metrics)
+    store.update_arm("base", trainable_params=trainable, total_params=total, status="done")
+    return metrics
+
+
+def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queue=None) -> dict:
+    """Train one arm through its milestones (resuming from its checkpoint) and record everything."""
+    from learnforget.model import load_tokenizer
+    from learnforget.train import (
+        count_parameters,
+        load_arm_model,
+        make_optimizer,
+        train_steps,
+    )
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # spawned workers start with default filters
+    study = StudyConfig.model_validate_json(study_json)
+    arm = Arm.model_validate_json(arm_json)
+    study_dir = Path(study_dir)
+    torch.set_num_threads(study.threads_per_worker)
+    store = Store(study_dir)
+    if (store.arm(arm.name) or {}).get("status") == "done":
+        return {"arm": arm.name, "skipped": True}
+    store.update_arm(arm.name, status="running")
+
+    def tell(*message):
+        if queue is not None:
+            queue.put(message)
+
+    data = prepare_data(study, study_dir, base_path)
+    tokenizer = load_tokenizer(base_path)
+    torch.manual_seed(arm.seed)
+    model = load_arm_model(base_path, arm)
+    trainable, total = count_parameters(model)
+    store.update_arm(arm.name, trainable_params=trainable, total_params=total)
+    steps, tokens_per_step = study.steps, study.batch_size * study.seq_len
+    optimizer, scheduler = make_optimizer(
+        model, arm.learning_rate, arm.weight_decay, round(study.warmup_fraction * steps), steps
+    )
+    checkpoint_path = arm_dir(study_dir, arm.name) / "checkpoint.pt"
+    step = 0
+    if checkpoint_path.exists():
+        step = restore_checkpoint(checkpoint_path, model, optimizer, scheduler)
+    base_weights = None
+    trained_steps, train_seconds = 0, 0.0
+    try:
+        for milestone in study.milestone_steps():
+            if milestone <= step:
+                continue
+            started = time.perf_counter()
+            train_steps(
+                model, optimizer, scheduler, data["train"]["input_ids"], study.batch_size, step, milestone,
+                labels=data["train"].get("labels"), on_step=lambda s, loss: tell("step", arm.name, s + 1, steps, loss),
+            )  # fmt: skip
+            train_seconds += time.perf_counter() - started
+            trained_steps += milestone - step
+            step = milestone
+            metrics = evaluate_model(model, tokenizer, study, data)
+            if base_weights is None:
+                base_weights = load_base_weights(base_path)
+            metrics.update(record_spectra(store, arm.name, step * tokens_per_step, base_weights, model))
+            store.add_metrics(arm.name, step, step * tokens_per_step, metrics)
+            atomic_save(checkpoint_state(model, optimizer, scheduler, step), checkpoint_path)
+            tell("milestone", arm.name, step * tokens_per_step, metrics)
+    except FloatingPointError as e:
+        store.update_arm(arm.name, status="failed", error=str(e))
+        tell("failed", arm.name, str(e))
+        return {"arm": arm.name, "failed": str(e)}
+    save_final(model, tokenizer, arm_dir(study_dir, arm.name))
+    tokens_per_s = trained_steps * tokens_per_step / train_seconds if train_seconds else None
+    store.update_arm(
+        arm.name,
+        status="done",
+        tokens_per_s=tokens_per_s,
+        peak_memory_mb=peak_memory_mb(),
+        train_seconds=train_seconds,
+    )
+    checkpoint_path.unlink(missing_ok=True)  # the final weights are saved; optimizer state is not needed
+    tell("done", arm.name)
+    return {"arm": arm.name}
+
+
+def checkpoint_state(model, optimizer, scheduler, step: int) -> dict:
+    from learnforget.train import trainable_state
+
+    return {
+        "step": step,
+        "trainable": trainable_state(model),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": torch.get_rng_state(),
+    }
+
+
+def restore_checkpoint(path: Path, model, optimizer, scheduler) -> int:
+    """Load a checkpoint into a freshly built arm; returns the step it was taken at."""
+    state = torch.load(path, weights_only=False)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in state["trainable"].items():
+            params[name].copy_(tensor)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    return state["step"]
+
+
+def save_final(model, tokenizer, directory: Path) -> None:
+    """The trained arm as users load it: a peft adapter directory or a full model directory."""
+    target = directory / ("adapter" if hasattr(model, "get_base_model") else "model")
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+def load_base_weights(base_path: str) -> dict[str, torch.Tensor]:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).state_dict()
+
+
+def record_spectra(store: Store, arm: str, tokens: int, base_weights: dict, model) -> dict[str, float]:
+    """ΔW spectra of every linear layer at this milestone; returns summary metrics for the metrics table."""
+    from learnforget.analysis.spectrum import spectrum_of_state_dicts
+    from learnforget.train import merged_weights
+
+    result = spectrum_of_state_dicts(base_weights, merged_weights(model), progress=False)
+    store.add_matrices(arm, tokens, result["matrices"])
+    fractions = sorted(m["rank_delta"] / min(m["shape"]) for m in result["matrices"])
+    random_fractions = sorted(m["rank_random"] / min(m["shape"]) for m in result["matrices"])
+    if not fractions:
+        return {}
+    mid = len(fractions) // 2
+    return {
+        "spectrum/rank_delta_fraction": fractions[mid],
+        "spectrum/rank_random_fraction": random_fractions[mid],
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# The whole study
+
+
+def check_same_study(store: Store, study: StudyConfig) -> None:
+    """Refuse to mix two different studies in one directory (resuming needs the same config)."""
+    saved = store.info("config")
+    current = json.loads(study.model_dump_json())
+    if saved is None:
+        store.set_info("config", current)
+        return
+    # Workers and threads change how fast, not what: resuming with other values is allowed...
+    # except threads, which change floating-point reduction order; keep them.
+    ignore = {"workers"}
+    diff = sorted(k for k in set(saved) | set(current) if k not in ignore and saved.get(k) != current.get(k))
+    if diff:
+        raise UserError(
+            f"{store.path.parent}: holds a different study (differs in {', '.join(diff)}); use another --out"
+        )
+
+
+def shard_arms(arms: list[Arm], shard: tuple[int, int] | None) -> list[Arm]:
+    """Arms of shard I of N (round robin over the expanded grid), for Slurm arrays and the like."""
+    if shard is None:
+        return arms
+    index, count = shard
+    return [a for i, a in enumerate(arms) if i % count == index]
+
+
+def run_arms(study: StudyConfig, study_dir: Path, base_path: str, arms: list[Arm], on_message) -> None:
+    """Train arms, in this process (workers = 1) or a pool of worker processes, relaying progress."""
+    study_json = study.model_dump_json()
+    if study.workers == 1 or len(arms) == 1:
+        threads = torch.get_num_threads()
+        try:
+            for arm in arms:
+                run_arm(study_json, arm.model_dump_json(), str(study_dir), base_path, _Relay(on_message))
+        finally:
+            torch.set_num_threads(threads)
+        return
+    ctx = get_context("spawn")
+    with ctx.Manager() as manager:
+        queue = manager.Queue()
+        with ProcessPoolExecutor(max_workers=min(study.workers, len(arms)), mp_context=ctx) as pool:
+            futures = [
+                pool.submit(run_arm, study_json, a.model_dump_json(), str(study_dir), base_path, queue)
+                for a in arms
+            ]
+            while not all(f.done() for f in futures):
+                _drain(queue, on_message, timeout=0.2)
+            _drain(queue, on_message, timeout=0)
+            for f in futures:
+                f.result()  # re-raise a worker's crash
+
+
+class _Relay:
+    """Queue-like adapter so an in-process arm reports the same way as a worker."""
+
+    def __init__(self, on_message):
+        self.on_message = on_message
+
+    def put(self, message):
+        self.on_message(message)
+
+
+def _drain(queue, on_message, timeout: float) -> None:
+    import queue as queue_module
+
+    try:
+        message = queue.get(timeout=timeout) if timeout else queue.get_nowait()
+        on_message(message)
+        while True:
+            on_message(queue.get_nowait())
+    except queue_module.Empty:
+        pass

@@ -1,0 +1,144 @@
+"""Training: the optimizer loop shared by base pretraining and every arm, and arm model preparation.
+
+One loop for everything: AdamW (β = 0.9, 0.95), linear warm-up then cosine decay to 10% of the peak,
+gradient clipping at 1.0, batches taken by step index from a fixed tensor of rows, so the data
+position of a run is just its step (which is what makes resuming exact).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from learnforget.config import TARGET_MODULES, Arm
+
+GRAD_CLIP = 1.0
+BETAS = (0.9, 0.95)
+FINAL_LR_FRACTION = 0.1
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up, then cosine from 1 down to FINAL_LR_FRACTION at the last step."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (
+            1 + math.cos(math.pi * min(1.0, progress))
+        )
+
+    return factor
+
+
+def make_optimizer(
+    model: torch.nn.Module, learning_rate: float, weight_decay: float, warmup_steps: int, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over trainable parameters; weight decay only on matrices (not norms), as is usual."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=learning_rate, betas=BETAS)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_steps, total_steps))
+    return optimizer, scheduler
+
+
+def train_steps(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    rows: torch.Tensor,
+    batch_size: int,
+    start_step: int,
+    end_step: int,
+    labels: torch.Tensor | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> float:
+    """Run optimizer steps [start_step, end_step) on rows[step*bs:(step+1)*bs]; return the last loss.
+
+    `labels` defaults to the inputs (loss on every token); -100 marks tokens without loss.
+    """
+    model.train()
+    loss_value = float("nan")
+    for step in range(start_step, end_step):
+        batch = rows[step * batch_size : (step + 1) * batch_size]
+        target = batch if labels is None else labels[step * batch_size : (step + 1) * batch_size]
+        loss = model(input_ids=batch, labels=target).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], GRAD_CLIP)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"loss became {loss_value} at step {step}")
+        if on_step is not None:
+            on_step(step, loss_value)
+    return loss_value
+
+
+def load_arm_model(base_path: str, arm: Arm) -> PreTrainedModel:
+    """The base model set up for one arm: full finetuning or a peft LoRA wrapper, embeddings as asked."""
+    extra = {"attention_dropout": arm.dropout} if arm.method == "full" and arm.dropout else {}
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, **extra)
+    if arm.method == "lora":
+        config = LoraConfig(
+            r=arm.rank,
+            lora_alpha=arm.alpha,
+            lora_dropout=arm.dropout,
+            target_modules=TARGET_MODULES[arm.target_modules],
+            bias="none",
+        )
+        model = get_peft_model(model, config)
+    set_embeddings_trainable(model, arm.train_embeddings)
+    return model
+
+
+def set_embeddings_trainable(model: torch.nn.Module, trainable: bool) -> None:
+    """Freeze or unfreeze the token embeddings and the LM head (tied or not)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for module in (inner.get_input_embeddings(), inner.get_output_embeddings()):
+        if module is not None:
+            module.weight.requires_grad_(trainable)
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters, counting tied weights once."""
+    seen, trainable, total = set(), 0, 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return trainable, total
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable tensors by name (what a checkpoint must hold to restore the arm)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def merged_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Effective weights under base-model names (LoRA updates folded in): W_base + ΔW for spectra."""
+    if not hasattr(model, "get_base_model"):
+        return {n: p.detach() for n, p in model.state_dict().items()}
+    from peft.tuners.lora import LoraLayer
+
+    inner = model.get_base_model()
+    merged = {}
+    for name, module in inner.named_modules():
+        if isinstance(module, LoraLayer):
+            weight = module.get_base_layer().weight.detach()
+            merged[f"{name}.weight"] = weight + module.get_delta_weight("default").detach()
+    for name, tensor in inner.state_dict().items():
+        clean = name.replace(".base_layer", "")
+        if "lora_" not in name and clean not in merged:
+            merged[clean] = tensor.detach()
+    return merged

@@ -1,0 +1,41 @@
+"""Shared fixtures: a micro study (seconds) whose built-in base is pretrained once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+MICRO_STUDY = {
+    "name": "micro",
+    "base": {
+        "vocab_size": 300, "tokenizer_bytes": 50_000, "hidden_size": 32, "num_layers": 2, "num_heads": 2,
+        "intermediate_size": 64, "seq_len": 32, "steps": 30, "batch_size": 8, "threads": 1,
+    },
+    "budget_tokens": 3072,
+    "batch_size": 8,
+    "seq_len": 32,
+    "milestones": 3,
+    "workers": 1,
+    "eval": {"loss_tokens": 1024},
+    "arms": [{"method": "full", "learning_rate": 1e-3}, {"method": "lora", "rank": 2, "learning_rate": 1e-2}],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Built-in bases go to a per-session cache, never the user's."""
+    os.environ["LEARNFORGET_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+@pytest.fixture(scope="session")
+def micro_config(tmp_path_factory) -> Path:
+    """The micro study as a YAML file."""
+    path = tmp_path_factory.mktemp("configs") / "micro.yaml"
+    path.write_text(yaml.safe_dump(MICRO_STUDY))
+    return path

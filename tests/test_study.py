@@ -1,0 +1,119 @@
+"""End to end: the real CLI runs a micro study (built-in base and a local HF model) and its numbers hold up."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+
+import pytest
+import torch
+
+from learnforget.cli import main
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run `learnforget ARGS` in this process (one import of torch/transformers for the whole suite)."""
+    argv = sys.argv
+    sys.argv = ["learnforget", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    finally:
+        sys.argv = argv
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def metric_table(study_dir) -> dict[tuple[str, int, str], float]:
+    with sqlite3.connect(study_dir / "results.db") as conn:
+        return {(a, t, m): v for a, t, m, v in conn.execute("SELECT arm, tokens, metric, value FROM metrics")}
+
+
+@pytest.fixture(scope="module")
+def micro_run(micro_config, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "micro"
+    argv = sys.argv
+    sys.argv = ["learnforget", "run", str(micro_config), "--out", str(out)]
+    try:
+        main()
+    except SystemExit as e:
+        assert not e.code, f"learnforget run exited {e.code}"
+    finally:
+        sys.argv = argv
+    return out
+
+
+def test_micro_study_writes_report_plot_and_every_number(micro_run):
+    assert (micro_run / "summary.md").read_text().count("### ") == 3  # base + 2 arms
+    assert (micro_run / "learning_forgetting.png").stat().st_size > 10_000
+    metrics = metric_table(micro_run)
+    arms = {a for a, _, _ in metrics}
+    assert arms == {"base", "full-lr1e-3-s0", "lora-r2-all-lr1e-2-s0"}
+    for arm in arms - {"base"}:
+        assert sorted({t for a, t, m in metrics if a == arm}) == [1024, 2048, 3072]
+    base_code = metrics[("base", 0, "code/loss")]
+    full_code = metrics[("full-lr1e-3-s0", 3072, "code/loss")]
+    assert full_code < base_code - 0.01, "full finetuning on code must lower held-out code loss"
+    assert 0 < metrics[("full-lr1e-3-s0", 3072, "spectrum/rank_delta_fraction")] <= 1
+    lora_fraction = metrics[("lora-r2-all-lr1e-2-s0", 3072, "spectrum/rank_delta_fraction")]
+    assert lora_fraction <= 2 / 32 + 1e-9, "a rank-2 LoRA update cannot need more than 2 directions"
+    adapter = micro_run / "arms" / "lora-r2-all-lr1e-2-s0" / "adapter" / "adapter_config.json"
+    assert json.loads(adapter.read_text())["r"] == 2
+
+
+def test_same_config_and_seed_give_identical_numbers(micro_run, micro_config, tmp_path, capsys):
+    code, _, _ = run_cli(["run", str(micro_config), "--out", str(tmp_path / "again")], capsys)
+    assert code == 0
+    assert metric_table(tmp_path / "again") == metric_table(micro_run)
+
+
+def test_compare_json_lists_every_metric_with_arm_settings(micro_run, capsys):
+    code, out, _ = run_cli(["compare", str(micro_run), "--json"], capsys)
+    rows = json.loads(out)
+    assert code == 0 and len(rows) == len(metric_table(micro_run))
+    base = [r for r in rows if r["arm"] == "base"]
+    assert base and all(r["method"] == "base" and r["milestone"] == 0 for r in base)
+    lora = next(r for r in rows if r["method"] == "lora")
+    assert lora["rank"] == 2 and lora["target_modules"] == "all" and lora["learning_rate"] == 1e-2
+
+
+def test_local_hf_model_directory_works_as_base(micro_config, tmp_path, capsys):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from learnforget.data.tokens import train_tokenizer
+
+    tokenizer = train_tokenizer(["def f(x):\n    return x + 1\n", "To be, or not to be."] * 50, 280)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=64, max_position_embeddings=64)
+    )  # fmt: skip
+    model.save_pretrained(tmp_path / "hf")
+    tokenizer.save_pretrained(tmp_path / "hf")
+    code, _, err = run_cli(
+        ["run", str(micro_config), "--out", str(tmp_path / "s"), "--set", f"base_model={tmp_path / 'hf'}",
+         "--set", "arms=[{method: lora, rank: 2, learning_rate: 0.01}]"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    metrics = metric_table(tmp_path / "s")
+    assert metrics[("lora-r2-all-lr1e-2-s0", 3072, "code/loss")] < metrics[("base", 0, "code/loss")]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "missing.yaml"], "missing.yaml: no such config file"),
+        (["run", "--set", "budget_tokens=-3"], "budget_tokens: Input should be greater than or equal to 1"),
+        (["run", "--set", "base_model=/no/such/dir"], "no such model directory"),
+        (["ls", "/no/such/study"], "not a study directory"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_line(args, message, capsys):
+    code, out, err = run_cli(args, capsys)
+    assert code == 2
+    assert message in err and "Traceback" not in err + out
+    assert len(err.strip().splitlines()) == 1

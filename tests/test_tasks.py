@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from collections import Counter, defaultdict
 
 import pytest
@@ -111,6 +112,12 @@ def test_math_is_deterministic_and_seeded(math_test):
     assert math_problems("test", 50, seed=0) == math_test[:50]  # a longer list extends a shorter one
     other = math_problems("test", 50, seed=1)
     assert len({p["question"] for p in other} & {p["question"] for p in math_test[:50]}) < 5
+
+
+def test_math_generation_is_fast():
+    start = time.perf_counter()
+    math_problems("test", 2000, seed=7)  # the slower split: two of three draws are rejected
+    assert time.perf_counter() - start < 2.0  # about 0.1 s on an idle core
 
 
 def test_math_cpt_documents_hold_worked_training_problems(math_test):

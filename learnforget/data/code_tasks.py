@@ -224,7 +224,7 @@ def _word_dict(rng: random.Random, v: int) -> Spec:
     )[v]
     return Spec(("index_words", "word_table", "build_lookup"), "list[str]", "dict",
                 f"Return a dictionary mapping {what}.", f"return {body}",
-                lambda g: [g.choices(WORDS, k=g.randint(2, 8)) for _ in range(6)] + [[]])
+                lambda g: [g.choices(WORDS, k=g.randint(2, 8)) for _ in range(6)] + [LADDER.split(), []])
 
 
 def _fizzbuzz(rng: random.Random, v: int) -> Spec:
@@ -297,7 +297,8 @@ def _divisibility(rng: random.Random, v: int) -> Spec:
         matching = [m * g.randint(-3, 9) + r for _ in range(4)]  # so that "all" is sometimes true
         missing = [m * g.randint(-3, 9) + (r + i) % m for i in (1, 2, 1, 2)]  # and "not any" sometimes
         # x = r + d agrees with r modulo a divisor d of m but not modulo m: tells (m, r) from (d, r % d)
-        divisors = [[*matching, r + d] for d in range(3, m) if m % d == 0] + [[r + m], [r + 2 * m]]
+        divisors = [x for d in range(3, m) if m % d == 0 for x in ([*matching, r + d], [r + d])]
+        divisors += [[r + m], [r + 2 * m]]
         mixed = [[*matching, missing[0]], [*missing, matching[0]]]
         return _int_lists(g, -20, 40, matching, missing, *mixed, *divisors)
 
@@ -328,7 +329,8 @@ def _sum_multiples(rng: random.Random, v: int) -> Spec:
     rule = RULES[v].format(p=p, q=q)
     return Spec(("sum_multiples", "selective_sum", "sum_below"), "int", "int",
                 f"Return the sum of the positive integers i below `ARG` for which `{rule}` holds.",
-                f"return sum(i for i in range(1, ARG) if {rule})", lambda g: _ints(g, 0, 120, 0, p * q + 1))
+                f"return sum(i for i in range(1, ARG) if {rule})",
+                lambda g: _ints(g, 0, 120, 0, p * q + 1, 500))
 
 
 def _list_edit(rng: random.Random, v: int) -> Spec:

@@ -1,29 +1,136 @@
 """The metrics measured at every milestone, by suite: learning on the target domain, forgetting on the source.
 
-Metric names are '<domain>/<measure>'. Which of them are the study's learning and forgetting axes is
-decided by `learning_metric` and `forgetting_metric`.
+Suites (metric names are '<domain>/<measure>'):
+- loss:       english/loss, <domain>/loss — mean NLL of held-out packed text;
+- choice:     english/mc_acc, english/mc_acc_norm — HellaSwag-style multiple choice on held-out passages;
+- generation: code/pass@1 (greedy, sandboxed) or math/strict_match and math/flexible_match;
+- reference:  <domain>/ref_nll — per-token NLL of held-out reference solutions;
+- diversity:  <domain>/distinct_fraction (n samples per prompt at temperature T), and for code
+              code/sampled_pass@k from those samples;
+- harness:    harness/<task>/<metric> through lm-evaluation-harness, and harness/paper_forgetting
+              (mean of HellaSwag, ARC-Challenge, WinoGrande) when those three ran.
+
+Which metrics are the study's learning and forgetting axes is decided by `learning_metric` and
+`forgetting_metric` (configurable in `eval`).
 """
 
 from __future__ import annotations
 
 from learnforget.config import StudyConfig
-from learnforget.data.datasets import SOURCE_DOMAIN
-from learnforget.evaluate.likelihood import mean_token_loss
+from learnforget.data.datasets import CODE_STOP, MATH_STOP, SOURCE_DOMAIN, render_prompt
+from learnforget.evaluate.likelihood import completion_nll, mean_token_loss
+
+LOWER_IS_BETTER = ("loss", "nll", "rank")
 
 
 def evaluate_suites(model, tokenizer, study: StudyConfig, eval_sets: dict) -> dict[str, float]:
     """Every metric of one model on the study's evaluation sets."""
+    ev, domain = study.eval, study.domain
     metrics = {}
     for corpus, rows in eval_sets["loss"].items():
-        metrics[f"{corpus}/loss"] = mean_token_loss(model, rows, study.eval.batch_size)
+        metrics[f"{corpus}/loss"] = mean_token_loss(model, rows, ev.batch_size)
+    if eval_sets.get("choice"):
+        from learnforget.evaluate.choice import score_choices
+
+        scores = score_choices(model, tokenizer, eval_sets["choice"], ev.batch_size)
+        metrics[f"{SOURCE_DOMAIN}/mc_acc"] = scores["acc"]
+        metrics[f"{SOURCE_DOMAIN}/mc_acc_norm"] = scores["acc_norm"]
+    if eval_sets.get("reference"):
+        pairs = [(render_prompt(tokenizer, p["prompt"]), p["reference"]) for p in eval_sets["reference"]]
+        metrics[f"{domain}/ref_nll"] = completion_nll(model, tokenizer, pairs, ev.batch_size)
+    if eval_sets.get("generation"):
+        metrics.update(generation_metrics(model, tokenizer, study, eval_sets["generation"]))
+    if eval_sets.get("diversity"):
+        metrics.update(diversity_metrics(model, tokenizer, study, eval_sets["diversity"]))
+    if ev.harness_tasks:
+        metrics.update(harness_metrics(model, tokenizer, study))
     return metrics
 
 
+def _completions(model, tokenizer, study: StudyConfig, problems: list[dict], **sampling) -> list[list[str]]:
+    from learnforget.evaluate.generate import generate
+
+    stop = CODE_STOP if study.domain == "code" else MATH_STOP
+    prompts = [render_prompt(tokenizer, p["prompt"]) for p in problems]
+    return generate(
+        model,
+        tokenizer,
+        prompts,
+        study.eval.max_new_tokens,
+        stop=stop,
+        batch_size=study.eval.batch_size,
+        **sampling,
+    )
+
+
+def _score_code(problems: list[dict], completions: list[list[str]], ks: list[int]) -> dict:
+    from learnforget.evaluate.passk import score_completions
+
+    samples = [(p["task_id"], c) for p, outs in zip(problems, completions, strict=True) for c in outs]
+    # One sandbox worker: arms already run in parallel processes, one per core.
+    return score_completions({p["task_id"]: p for p in problems}, samples, ks, workers=1)
+
+
+def generation_metrics(model, tokenizer, study: StudyConfig, problems: list[dict]) -> dict[str, float]:
+    """Greedy generation: pass@1 in the sandbox (code) or GSM8K strict/flexible match (math)."""
+    completions = _completions(model, tokenizer, study, problems)
+    if study.domain == "code":
+        return {"code/pass@1": _score_code(problems, completions, [1])["pass@1"]}
+    from learnforget.evaluate.math_answers import score_generation
+
+    scores = [score_generation(outs[0], p["answer"]) for p, outs in zip(problems, completions, strict=True)]
+    return {
+        "math/strict_match": sum(s["strict-match"] for s in scores) / len(scores),
+        "math/flexible_match": sum(s["flexible-extract"] for s in scores) / len(scores),
+    }
+
+
+def diversity_metrics(model, tokenizer, study: StudyConfig, problems: list[dict]) -> dict[str, float]:
+    """n samples per prompt at temperature T: distinct outputs (and pass@k from them, for code)."""
+    from learnforget.analysis.diversity import diversity_report
+
+    ev = study.eval
+    completions = _completions(
+        model, tokenizer, study, problems, temperature=ev.diversity_temperature, num_samples=ev.diversity_samples,
+        seed=study.seed,
+    )  # fmt: skip
+    metrics = {f"{study.domain}/distinct_fraction": diversity_report(completions)["distinct_fraction"]}
+    if study.domain == "code":
+        ks = sorted({1, *(k for k in ev.pass_k if k <= ev.diversity_samples)})
+        scores = _score_code(problems, completions, ks)
+        metrics.update({f"code/sampled_pass@{k}": scores[f"pass@{k}"] for k in ks})
+    return metrics
+
+
+def harness_metrics(model, tokenizer, study: StudyConfig) -> dict[str, float]:
+    """lm-evaluation-harness tasks on the in-memory model."""
+    from learnforget.evaluate.harness import PAPER_FORGETTING_METRICS, paper_forgetting_score, run_harness
+
+    ev = study.eval
+    raw = run_harness(
+        model, tokenizer, ev.harness_tasks, num_fewshot=ev.harness_fewshot, limit=ev.harness_limit,
+        batch_size=ev.batch_size, include_path=ev.harness_include_path,
+    )  # fmt: skip
+    metrics = {f"harness/{k}": v for k, v in raw.items()}
+    if all(m in raw for m in PAPER_FORGETTING_METRICS):
+        metrics["harness/paper_forgetting"] = paper_forgetting_score(raw)
+    return metrics
+
+
+def higher_is_better(metric: str) -> bool:
+    """Losses, NLLs and ranks go down when things improve; accuracies and pass rates go up."""
+    return not any(word in metric.rsplit("/", 1)[-1] for word in LOWER_IS_BETTER)
+
+
 def learning_metric(study: StudyConfig) -> tuple[str, bool]:
-    """(metric name, higher is better) of the learning axis."""
-    return f"{study.domain}/loss", False
+    """(metric name, higher is better) of the learning axis: held-out target loss (CPT) or reference NLL (IFT)."""
+    name = study.eval.learning_metric or (
+        f"{study.domain}/loss" if study.regime == "cpt" else f"{study.domain}/ref_nll"
+    )
+    return name, higher_is_better(name)
 
 
 def forgetting_metric(study: StudyConfig) -> tuple[str, bool]:
-    """(metric name, higher is better) of the forgetting axis (the source domain's ability)."""
-    return f"{SOURCE_DOMAIN}/loss", False
+    """(metric name, higher is better) of the forgetting axis: the source domain's held-out loss by default."""
+    name = study.eval.forgetting_metric or f"{SOURCE_DOMAIN}/loss"
+    return name, higher_is_better(name)

@@ -1,0 +1,101 @@
+"""`learnforget evaluate`: one checkpoint (HF directory or hub id, optionally + a LoRA adapter), one suite.
+
+Suites reuse the study's evaluation sets and metrics, so a standalone number and a study's number
+for the same model are the same number:
+- code:   held-out code loss, built-in (or HumanEval) pass@1, reference NLL;
+- math:   held-out math loss, GSM8K-style strict/flexible match, reference NLL;
+- source: held-out English loss and the HellaSwag-style multiple choice (forgetting);
+- paper:  the paper's benchmarks through lm-evaluation-harness (HellaSwag, ARC-Challenge,
+          WinoGrande → harness/paper_forgetting; GSM8K) plus HumanEval pass@1 in the sandbox.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from learnforget.config import EvalConfig, StudyConfig
+from learnforget.errors import UserError
+
+SUITES = ("code", "math", "source", "paper")
+PAPER_HARNESS_TASKS = ["hellaswag", "arc_challenge", "winogrande", "gsm8k"]
+
+
+def load_checkpoint(model: str, adapter: str | None = None):
+    """(model, tokenizer) from an HF directory or hub id, with a peft adapter applied when given."""
+    from transformers import AutoModelForCausalLM
+
+    from learnforget.model import check_base_model, load_tokenizer
+
+    check_base_model(model)
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    except OSError as e:
+        raise UserError(f"{model}: cannot load the model ({str(e).splitlines()[0]})") from None
+    tokenizer_source = model
+    if adapter is not None:
+        from peft import PeftModel
+
+        if not (Path(adapter) / "adapter_config.json").exists():
+            raise UserError(f"--adapter {adapter}: not a peft adapter directory (no adapter_config.json)")
+        loaded = PeftModel.from_pretrained(loaded, adapter)
+        if (Path(adapter) / "tokenizer_config.json").exists():
+            tokenizer_source = adapter
+    loaded.eval()
+    return loaded, load_tokenizer(tokenizer_source)
+
+
+def suite_study(
+    suite: str, model, limit: int, code_problems: str, include_path: str | None, harness_limit: int | None
+) -> StudyConfig:
+    """A study config whose evaluation sets are exactly the suite's."""
+    if suite not in SUITES:
+        raise UserError(f"--suite {suite!r}: choose one of {', '.join(SUITES)}")
+    context = getattr(model.config, "max_position_embeddings", 2048)
+    seq_len = min(context, 1024)
+    common = dict(loss_tokens=16 * seq_len, diversity_prompts=0, batch_size=8)
+    if suite == "source":
+        ev = EvalConfig(choice_items=limit, generation_problems=0, reference_problems=0, **common)
+    elif suite == "paper":
+        ev = EvalConfig(
+            choice_items=0, generation_problems=limit, reference_problems=0, code_problems="humaneval",
+            max_new_tokens=512, harness_tasks=PAPER_HARNESS_TASKS, harness_limit=harness_limit,
+            harness_include_path=include_path, **common,
+        )  # fmt: skip
+    else:
+        ev = EvalConfig(
+            choice_items=0,
+            generation_problems=limit,
+            reference_problems=limit,
+            code_problems=code_problems,
+            **common,
+        )
+    domain = "math" if suite == "math" else "code"
+    return StudyConfig(base_model="local", domain=domain, seq_len=seq_len, eval=ev)
+
+
+def evaluate_checkpoint(
+    model_path: str,
+    suite: str,
+    adapter: str | None = None,
+    limit: int = 64,
+    code_problems: str = "builtin",
+    include_path: str | None = None,
+    harness_limit: int | None = None,
+) -> dict[str, float]:
+    """Every metric of the suite for one checkpoint."""
+    from learnforget.data.datasets import evaluation_sets
+    from learnforget.evaluate.suites import evaluate_suites
+
+    model, tokenizer = load_checkpoint(model_path, adapter)
+    study = suite_study(suite, model, limit, code_problems, include_path, harness_limit)
+    sets = evaluation_sets(study, tokenizer)
+    if suite == "source":
+        sets["loss"] = {"english": sets["loss"]["english"]}
+    elif suite == "paper":
+        sets["loss"] = {}
+    else:
+        sets["loss"] = {study.domain: sets["loss"][study.domain]}
+    torch.manual_seed(0)
+    return evaluate_suites(model, tokenizer, study, sets)

@@ -55,6 +55,12 @@ def _progress() -> Progress:
     )
 
 
+def _log_tenth(what: str, step: int, total: int, loss: float) -> None:
+    """Without a terminal progress bars draw nothing until the end: log every tenth instead."""
+    if not console.is_terminal and step % max(1, total // 10) == 0:
+        console.print(f"{what}: step {step}/{total}, loss {loss:.3f}", highlight=False)
+
+
 def _parse_shard(shard: str | None) -> tuple[int, int] | None:
     if shard is None:
         return None
@@ -79,6 +85,7 @@ def _pretrain_with_progress(study) -> str:
 
         def update(step: int, total: int, loss: float) -> None:
             progress.update(task, completed=step, info=f"loss {loss:.3f}")
+            _log_tenth("pretrain base", step, total, loss)
 
         return resolve_base(study.base_model, study.base, update)
 
@@ -104,25 +111,28 @@ def run(
         print_dry_run(study, arms, out_console)
         return
     started = time.time()
+    from learnforget import distributed
     from learnforget import study as study_mod
+    from learnforget.model import check_base_model
     from learnforget.report import write_report
     from learnforget.store import Store
 
     study_dir = out or Path("runs") / study.name
-    from learnforget.model import check_base_model
-
     check_base_model(study.base_model)
-    store = Store(study_dir)
-    study_mod.check_same_study(store, study)
-    base_path = _pretrain_with_progress(study)
-    store.set_info("base_path", base_path)
-    for arm in arms:
-        store.register_arm(arm.name, arm.model_dump())
-    console.print(
-        f"Study [bold]{study.name}[/]: {len(arms)} arms, {study.budget_tokens:,} tokens each → {study_dir}"
-    )
-    study_mod.prepare_data(study, study_dir, base_path)
-    study_mod.run_base(study, study_dir, base_path)
+    main_process = distributed.is_main_process()
+    with distributed.main_process_first():  # under accelerate launch: pretrain, prepare and check once
+        store = Store(study_dir)
+        study_mod.check_same_study(store, study)
+        base_path = _pretrain_with_progress(study)
+        store.set_info("base_path", base_path)
+        for arm in arms:
+            store.register_arm(arm.name, arm.model_dump())
+        study_mod.prepare_data(study, study_dir, base_path)
+        if main_process:
+            console.print(
+                f"Study [bold]{study.name}[/]: {len(arms)} arms, {study.budget_tokens:,} tokens each → {study_dir}"
+            )
+            study_mod.run_base(study, study_dir, base_path)
     mine = study_mod.shard_arms(arms, _parse_shard(shard))
     with _progress() as progress:
         tasks = {a.name: progress.add_task(a.name, total=study.steps, info="") for a in mine}
@@ -132,6 +142,7 @@ def run(
             if kind == "step":
                 step, total, loss = rest
                 progress.update(tasks[name], completed=step, info=f"loss {loss:.3f}")
+                _log_tenth(name, step, total, loss)
             elif kind == "milestone":
                 tokens, metrics = rest
                 shown = "  ".join(
@@ -144,6 +155,8 @@ def run(
                 progress.update(tasks[name], completed=study.steps)
 
         study_mod.run_arms(study, study_dir, base_path, mine, on_message)
+    if not main_process:
+        return
     write_report(study_dir, store, study, out_console)
     console.print(
         f"Done in {time.time() - started:.0f} s. Results: {study_dir}/summary.md, {study_dir}/learning_forgetting.png"
@@ -297,6 +310,40 @@ def spectrum(
         base, finetuned, variance=variance, json_path=json_path, plot_path=plot, include_embeddings=include_embeddings,
         top_k=top_k, epsilon=epsilon, random_cache_dir=cache_dir() / "random_spectra", console=out_console,
     )  # fmt: skip
+
+
+@app.command()
+def recommend(
+    study_dir: Annotated[Path, typer.Argument(help="Study directory.")],
+    max_forgetting: Annotated[
+        float,
+        typer.Option(
+            help="Largest acceptable degradation of the forgetting metric vs the base (e.g. 0.2 nats of source loss)."
+        ),
+    ],
+    absolute: Annotated[
+        bool, typer.Option(help="Read --max-forgetting as a bound on the metric itself, not a change.")
+    ] = False,
+) -> None:
+    """Name the configuration (arm and milestone) that learns most while forgetting at most X."""
+    from learnforget.analysis.frontier import describe_recommendation, recommend_for_study_dir
+
+    rec = recommend_for_study_dir(study_dir, max_forgetting, relative_to_base=not absolute)
+    if rec is None:
+        raise UserError(
+            f"{study_dir}: no arm and milestone forgets at most {max_forgetting}; raise --max-forgetting"
+        )
+    out_console.print(describe_recommendation(rec, max_forgetting), highlight=False)
+
+
+@app.command()
+def claims(study_dir: Annotated[Path, typer.Argument(help="Study directory.")]) -> None:
+    """Judge the paper's claims on a study's own numbers: supported, contradicted or inconclusive."""
+    from rich.markdown import Markdown
+
+    from learnforget.analysis.claims import claims_for_study_dir, claims_markdown
+
+    out_console.print(Markdown(claims_markdown(claims_for_study_dir(study_dir))))
 
 
 def quiet_libraries() -> None:

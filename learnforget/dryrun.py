@@ -48,11 +48,13 @@ def arm_size(config, arm: Arm) -> tuple[int, int]:
     from learnforget.config import TARGET_MODULES
     from learnforget.train import count_parameters, set_embeddings_trainable
 
-    with torch.device("meta"):
+    with torch.device("meta"):  # LoRA weights too: nothing is allocated, even for r=256 on 7B
         model = AutoModelForCausalLM.from_config(config)
-    if arm.method == "lora":
-        lora = LoraConfig(r=arm.rank, lora_alpha=arm.alpha, target_modules=TARGET_MODULES[arm.target_modules])
-        model = get_peft_model(model, lora)
+        if arm.method == "lora":
+            lora = LoraConfig(
+                r=arm.rank, lora_alpha=arm.alpha, target_modules=TARGET_MODULES[arm.target_modules]
+            )
+            model = get_peft_model(model, lora)
     set_embeddings_trainable(model, arm.train_embeddings)
     return count_parameters(model)
 

@@ -132,6 +132,10 @@ def write_summary(study_dir: Path, store: Store, study: StudyConfig) -> Path:
             [f"{tokens:,}"] + [_fmt(curve[tokens].get(m), 4) for m in metrics] for tokens in sorted(curve)
         ]
         parts += ["", f"### {arm['name']}", "", markdown_table(["tokens"] + metrics, body)]
+    from learnforget.analysis.claims import claims_for_study_dir, claims_markdown
+    from learnforget.analysis.frontier import frontier_for_study_dir
+
+    parts += ["", frontier_for_study_dir(study_dir), "", claims_markdown(claims_for_study_dir(study_dir))]
     path = study_dir / "summary.md"
     path.write_text("\n".join(parts) + "\n")
     return path

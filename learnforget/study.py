@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import os
 import resource
+import threading
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
+from multiprocessing.managers import SyncManager
 from pathlib import Path
 
 import torch
@@ -87,7 +89,9 @@ def run_base(study: StudyConfig, study_dir: Path, base_path: str) -> dict[str, f
     if store.finished_steps("base"):
         return {}
     data = prepare_data(study, study_dir, base_path)
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    from learnforget.distributed import device
+
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).to(device())
     trainable, total = 0, sum(p.numel() for p in model.parameters())
     metrics = evaluate_model(model, load_tokenizer(base_path), study, data)
     store.add_metrics("base", 0, 0, metrics)
@@ -97,13 +101,9 @@ def run_base(study: StudyConfig, study_dir: Path, base_path: str) -> dict[str, f
 
 def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queue=None) -> dict:
     """Train one arm through its milestones (resuming from its checkpoint) and record everything."""
+    from learnforget import distributed
     from learnforget.model import load_tokenizer
-    from learnforget.train import (
-        count_parameters,
-        load_arm_model,
-        make_optimizer,
-        train_steps,
-    )
+    from learnforget.train import count_parameters, load_arm_model, make_optimizer, train_steps
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # spawned workers start with default filters
     study = StudyConfig.model_validate_json(study_json)
@@ -113,18 +113,21 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
     store = Store(study_dir)
     if (store.arm(arm.name) or {}).get("status") == "done":
         return {"arm": arm.name, "skipped": True}
-    store.update_arm(arm.name, status="running")
+    main = distributed.is_main_process()  # only the main process writes (store, checkpoints, files)
+    if main:
+        store.update_arm(arm.name, status="running")
 
     def tell(*message):
-        if queue is not None:
+        if queue is not None and main:
             queue.put(message)
 
     data = prepare_data(study, study_dir, base_path)
     tokenizer = load_tokenizer(base_path)
     torch.manual_seed(arm.seed)
-    model = load_arm_model(base_path, arm)
+    model = load_arm_model(base_path, arm).to(distributed.device())
     trainable, total = count_parameters(model)
-    store.update_arm(arm.name, trainable_params=trainable, total_params=total)
+    if main:
+        store.update_arm(arm.name, trainable_params=trainable, total_params=total)
     steps, tokens_per_step = study.steps, study.tokens_per_step
     optimizer, scheduler = make_optimizer(
         model, arm.learning_rate, arm.weight_decay, round(study.warmup_fraction * steps), steps, arm.optimizer
@@ -133,6 +136,11 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
     step = 0
     if checkpoint_path.exists():
         step = restore_checkpoint(checkpoint_path, model, optimizer, scheduler)
+    accelerator, trained = None, model
+    if distributed.is_distributed():
+        # The scheduler stays unprepared: a prepared one would step once per process.
+        accelerator = distributed.accelerator()
+        trained, optimizer = accelerator.prepare(model, optimizer)
     base_weights = None
     trained_steps, train_seconds = 0, 0.0
     try:
@@ -141,23 +149,31 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
                 continue
             started = time.perf_counter()
             train_steps(
-                model, optimizer, scheduler, data["train"]["input_ids"], study.batch_size, step, milestone,
+                trained, optimizer, scheduler, data["train"]["input_ids"], study.batch_size, step, milestone,
                 labels=data["train"].get("labels"), on_step=lambda s, loss: tell("step", arm.name, s + 1, steps, loss),
+                accelerator=accelerator,
             )  # fmt: skip
             train_seconds += time.perf_counter() - started
             trained_steps += milestone - step
             step = milestone
-            metrics = evaluate_model(model, tokenizer, study, data)
-            if study.eval.spectra:
-                base_weights = base_weights or load_base_weights(base_path)
-                metrics.update(record_spectra(store, arm.name, step * tokens_per_step, base_weights, model))
-            store.add_metrics(arm.name, step, step * tokens_per_step, metrics)
-            atomic_save(checkpoint_state(model, optimizer, scheduler, step), checkpoint_path)
-            tell("milestone", arm.name, step * tokens_per_step, metrics)
+            if main:
+                metrics = evaluate_model(model, tokenizer, study, data)
+                if study.eval.spectra:
+                    base_weights = base_weights or load_base_weights(base_path)
+                    metrics.update(
+                        record_spectra(store, arm.name, step * tokens_per_step, base_weights, model)
+                    )
+                store.add_metrics(arm.name, step, step * tokens_per_step, metrics)
+                atomic_save(checkpoint_state(model, optimizer, scheduler, step), checkpoint_path)
+                tell("milestone", arm.name, step * tokens_per_step, metrics)
+            distributed.wait_for_everyone()
     except FloatingPointError as e:
-        store.update_arm(arm.name, status="failed", error=str(e))
+        if main:
+            store.update_arm(arm.name, status="failed", error=str(e))
         tell("failed", arm.name, str(e))
         return {"arm": arm.name, "failed": str(e)}
+    if not main:
+        return {"arm": arm.name}
     save_final(model, tokenizer, arm_dir(study_dir, arm.name))
     tokens_per_s = trained_steps * tokens_per_step / train_seconds if train_seconds else None
     store.update_arm(
@@ -181,6 +197,7 @@ def checkpoint_state(model, optimizer, scheduler, step: int) -> dict:
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
 
 
@@ -194,6 +211,8 @@ def restore_checkpoint(path: Path, model, optimizer, scheduler) -> int:
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     return state["step"]
 
 
@@ -259,8 +278,10 @@ def shard_arms(arms: list[Arm], shard: tuple[int, int] | None) -> list[Arm]:
 
 def run_arms(study: StudyConfig, study_dir: Path, base_path: str, arms: list[Arm], on_message) -> None:
     """Train arms, in this process (workers = 1) or a pool of worker processes, relaying progress."""
+    from learnforget.distributed import is_distributed
+
     study_json = study.model_dump_json()
-    if study.workers == 1 or len(arms) == 1:
+    if study.workers == 1 or len(arms) == 1 or is_distributed():  # launched processes each run every arm
         threads = torch.get_num_threads()
         try:
             for arm in arms:
@@ -269,9 +290,14 @@ def run_arms(study: StudyConfig, study_dir: Path, base_path: str, arms: list[Arm
             torch.set_num_threads(threads)
         return
     ctx = get_context("spawn")
-    with ctx.Manager() as manager:
+    manager = SyncManager(ctx=ctx)
+    manager.start(exit_with_parent, (os.getpid(),))
+    with manager:
         queue = manager.Queue()
-        with ProcessPoolExecutor(max_workers=min(study.workers, len(arms)), mp_context=ctx) as pool:
+        with ProcessPoolExecutor(
+            max_workers=min(study.workers, len(arms)), mp_context=ctx,
+            initializer=exit_with_parent, initargs=(os.getpid(),),
+        ) as pool:  # fmt: skip
             futures = [
                 pool.submit(run_arm, study_json, a.model_dump_json(), str(study_dir), base_path, queue)
                 for a in arms
@@ -281,6 +307,18 @@ def run_arms(study: StudyConfig, study_dir: Path, base_path: str, arms: list[Arm
             _drain(queue, on_message, timeout=0)
             for f in futures:
                 f.result()  # re-raise a worker's crash
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """Worker initializer: exit once the parent is gone. A SIGKILLed `learnforget run` must not leave
+    workers training and writing the study behind the back of the rerun that resumes it."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 class _Relay:

@@ -70,23 +70,33 @@ def train_steps(
     end_step: int,
     labels: torch.Tensor | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    accelerator=None,
 ) -> float:
     """Run optimizer steps [start_step, end_step) on rows[step*bs:(step+1)*bs]; return the last loss.
 
-    `labels` defaults to the inputs (loss on every token); -100 marks tokens without loss.
+    `labels` defaults to the inputs (loss on every token); -100 marks tokens without loss. With an
+    Accelerate `accelerator` (several processes), each process takes rows rank::world of the batch and
+    gradients are averaged across processes; the reported loss is the mean over processes.
     """
     model.train()
+    device = next(model.parameters()).device
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     loss_value = float("nan")
     for step in range(start_step, end_step):
-        batch = rows[step * batch_size : (step + 1) * batch_size]
-        target = batch if labels is None else labels[step * batch_size : (step + 1) * batch_size]
-        loss = model(input_ids=batch, labels=target).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], GRAD_CLIP)
+        batch = rows[step * batch_size : (step + 1) * batch_size][rank::world]
+        target = batch if labels is None else labels[step * batch_size : (step + 1) * batch_size][rank::world]
+        loss = model(input_ids=batch.to(device), labels=target.to(device)).loss
+        if accelerator is None:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, GRAD_CLIP)
+        else:
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(trainable, GRAD_CLIP)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        loss_value = loss.item()
+        loss_value = (accelerator.reduce(loss.detach(), "mean") if accelerator else loss).item()
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"loss became {loss_value} at step {step}")
         if on_step is not None:

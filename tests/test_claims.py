@@ -273,6 +273,26 @@ def test_paper_like_study_contradictions():
     assert claims[7]["verdict"] == "contradicted" and "all − mlp -0.3" in claims[7]["evidence"]
 
 
+def test_rank_and_regularizer_claims_turn():
+    rows = paper_like_study()
+    for r in rows:
+        if r["arm"].startswith("lora-r2-all") and r["metric"] == "code/loss":
+            r["value"] -= 0.3  # r2 2.0 -> 1.7: still below r8 (1.6), but a middle rank will dip
+        if r["weight_decay"] and r["metric"] == "english/loss":  # weight decay now forgets nothing
+            r["value"] = BASE_ENGLISH + 0.005 * (1 if r["seed"] else -1)
+    rows += seeded(
+        "lora-r4-all-lr1e-2",
+        {100: {"code/loss": 2.4, "english/loss": 2.1}, 200: {"code/loss": 2.2, "english/loss": 2.2}},
+        {"code/loss": 0.005, "english/loss": 0.005},
+        rank=4,
+        lr=1e-2,
+    )
+    claims = judge(rows)
+    assert claims[3]["verdict"] == "inconclusive" and "not monotone" in claims[3]["evidence"]
+    assert claims[3]["effect"] == pytest.approx(0.1)  # r8 1.6 vs r2 1.7
+    assert claims[4]["verdict"] == "contradicted" and "full-lr1e-3-wd0.1" in claims[4]["evidence"]
+
+
 def test_study_dir_entry_points(tmp_path):
     """claims / recommend / frontier on a real results store, with the study's own metric choice."""
     from learnforget.analysis.claims import claims_for_study_dir

@@ -1,10 +1,10 @@
-"""Kill and resume: a study SIGKILLed at any point and rerun gives exactly the numbers of an uninterrupted run.
+"""Kill and resume: a study SIGKILLed mid-run and rerun gives exactly the numbers of an uninterrupted run.
 
-The real entry point (`python -m learnforget run`) runs in a subprocess; the test watches the results
-store and kills the process before any arm's first milestone, in the middle of the first arm, and in
-the middle of the second, rerunning the same command after each kill. Arms use dropout, weight decay
-and both optimizers, so restoring the RNG, the optimizer state and the schedule all matter.
-"""
+The real entry point (`python -m learnforget run`) runs in a subprocess while the test watches the
+results store. It is killed in the middle of the first arm; rerun with two worker processes (which
+must not outlive their killed parent), it is killed in the middle of the second; a last rerun
+finishes it. Arms use dropout, weight decay and both optimizers, so restoring the RNG, the
+optimizer state and the schedule all matter."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import MICRO_STUDY
 
-STEPS, MILESTONES = 60, 5
+STEPS, MILESTONES = 40, 5
 FULL, LORA = "full-lr1e-3-wd0.1-do0.1-s0", "lora-r2-all-lr1e-3-do0.1-lion-s0"
 RESUME_STUDY = {
     **MICRO_STUDY,
@@ -78,28 +78,55 @@ def snapshot(study_dir: Path) -> Snapshot:
     return {arm: (counts.get(arm, 0), status.get(arm)) for arm in set(counts) | set(status)}
 
 
-def run_and_kill(cmd: list[str], env: dict, study_dir: Path, when: Callable[[Snapshot], bool]) -> Snapshot:
-    """Start the command, SIGKILL it as soon as `when(snapshot)` holds; return the store's state after."""
-    process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def child_pids(pid: int) -> set[int]:
+    """Processes whose parent is `pid` (Linux /proc)."""
+    children = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended while we looked
+        if int(fields[1]) == pid:
+            children.add(int(stat.parent.name))
+    return children
+
+
+def alive(pid: int) -> bool:
+    """Running (an exited process waiting to be reaped does not count)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def run_and_kill(
+    cmd: list[str], env: dict, study_dir: Path, when: Callable[[Snapshot], bool]
+) -> tuple[Snapshot, set[int]]:
+    """Start the command, SIGKILL it as soon as `when(snapshot)` holds.
+
+    Returns the store's state after the kill and the processes the killed one had started."""
+    log = study_dir.parent / f"{study_dir.name}.log"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     deadline = time.monotonic() + 120
     try:
         while not when(snapshot(study_dir)):
             if process.poll() is not None:
                 pytest.fail(
-                    f"run ended (exit {process.returncode}) before the kill point:\n{process.stderr.read()}"
+                    f"run ended (exit {process.returncode}) before the kill point:\n{log.read_text()}"
                 )
             if time.monotonic() > deadline:
                 pytest.fail("kill point not reached within 120 s")
-            time.sleep(0.005)
+            time.sleep(0.02)
+        children = child_pids(process.pid)
         process.send_signal(signal.SIGKILL)
         process.wait()
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-        process.stderr.close()
     assert process.returncode == -signal.SIGKILL
-    return snapshot(study_dir)
+    return snapshot(study_dir), children
 
 
 def run_to_end(cmd: list[str], env: dict) -> None:
@@ -116,31 +143,47 @@ def milestones(state: Snapshot, arm: str) -> int:
     return state.get(arm, (0, None))[0]
 
 
-def test_killed_and_resumed_study_matches_uninterrupted_run(study_env, tmp_path):
+@pytest.fixture
+def uninterrupted(study_env, tmp_path):
+    """The same study run start to end in another directory, alongside the test once the shared base
+    is pretrained; yields (process, study dir, log file)."""
     config, env = study_env
-    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    # The uninterrupted run goes alongside the killed ones, once it has pretrained the shared base.
-    uninterrupted = subprocess.Popen(
-        command(config, reference), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+    study_dir, log = tmp_path / "reference", tmp_path / "reference.log"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(
+            command(config, study_dir), env=env, stdout=subprocess.DEVNULL, stderr=stderr
+        )
     deadline = time.monotonic() + 120
-    while not snapshot(reference) and uninterrupted.poll() is None and time.monotonic() < deadline:
+    while not snapshot(study_dir) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    cmd = command(config, resumed)
+    yield process, study_dir, log
+    if process.poll() is None:
+        process.kill()
+        process.wait()
 
-    # 1. After the base is evaluated, before the first arm's first milestone.
-    state = run_and_kill(cmd, env, resumed, lambda s: milestones(s, "base") == 1)
-    assert milestones(state, FULL) == 0, state
-    # 2. In the middle of the first arm (its checkpoint holds 2 or more milestones).
-    state = run_and_kill(cmd, env, resumed, lambda s: milestones(s, FULL) >= 2)
+
+def test_killed_and_resumed_study_matches_uninterrupted_run(study_env, uninterrupted, tmp_path):
+    config, env = study_env
+    cmd, resumed = command(config, tmp_path / "resumed"), tmp_path / "resumed"
+
+    # 1. In the middle of the first arm (its checkpoint holds 2 or more milestones).
+    state, _ = run_and_kill(cmd, env, resumed, lambda s: milestones(s, FULL) >= 2)
     assert 2 <= milestones(state, FULL) < MILESTONES and milestones(state, LORA) == 0, state
     assert (resumed / "arms" / FULL / "checkpoint.pt").exists()
-    # 3. In the middle of the second arm.
-    state = run_and_kill(cmd, env, resumed, lambda s: milestones(s, LORA) >= 1)
-    assert state[FULL] == (MILESTONES, "done") and milestones(state, LORA) < MILESTONES, state
+    # 2. Both arms at once in worker processes, killed once the second has a milestone: the workers
+    # must stop too, or they would go on training and writing behind the rerun's back.
+    state, workers = run_and_kill(
+        cmd + ["--set", "workers=2"], env, resumed, lambda s: milestones(s, LORA) >= 1
+    )
+    assert milestones(state, LORA) < MILESTONES, state
+    assert len(workers) >= 2
+    deadline = time.monotonic() + 15
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in workers), "worker processes outlived their killed parent"
     run_to_end(cmd, env)
-    _, stderr = uninterrupted.communicate(timeout=300)
-    assert uninterrupted.returncode == 0, stderr
+    process, reference, log = uninterrupted
+    assert process.wait(timeout=300) == 0, log.read_text()
 
     metrics_sql = "SELECT arm, step, tokens, metric, value FROM metrics"
     expected = table(reference, metrics_sql)
@@ -149,12 +192,9 @@ def test_killed_and_resumed_study_matches_uninterrupted_run(study_env, tmp_path)
     assert table(resumed, metrics_sql) == expected  # exact float equality
     matrices_sql = "SELECT * FROM matrices"
     assert table(resumed, matrices_sql) == table(reference, matrices_sql)
-    assert table(resumed, "SELECT name, status FROM arms") == [
-        ("base", "done"),
-        (FULL, "done"),
-        (LORA, "done"),
-    ]
-    for weights in ("arms/full-lr1e-3-wd0.1-do0.1-s0/model", f"arms/{LORA}/adapter"):
+    statuses = table(resumed, "SELECT name, status FROM arms")
+    assert statuses == [("base", "done"), (FULL, "done"), (LORA, "done")]
+    for weights in (f"arms/{FULL}/model", f"arms/{LORA}/adapter"):
         [file] = (reference / weights).glob("*.safetensors")
         again, first = load_file(resumed / weights / file.name), load_file(file)
         assert again.keys() == first.keys() and all(again[k].equal(first[k]) for k in first)

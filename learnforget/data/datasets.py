@@ -40,7 +40,15 @@ def finetune_documents(study: StudyConfig) -> list[Document]:
         return corpora.documents(study.domain, "finetune")
     from learnforget.data.loaders import load_text_records
 
-    texts = load_text_records(study.data.train, text_field=study.data.text_field, split=study.data.split)
+    d = study.data
+    texts = load_text_records(
+        d.train,
+        text_field=d.text_field,
+        split=d.split,
+        limit=d.max_documents,
+        name=d.dataset_name,
+        data_dir=d.data_dir,
+    )
     return [Document(f"{study.data.train}:{i}", t) for i, t in enumerate(texts)]
 
 
@@ -68,6 +76,7 @@ def training_pairs(study: StudyConfig) -> list[tuple[str, str]]:
     pairs = load_pairs(
         study.data.train, prompt_field=study.data.prompt_field, response_field=study.data.response_field,
         messages_field=study.data.messages_field, split=study.data.split, limit=n,
+        name=study.data.dataset_name, data_dir=study.data.data_dir,
     )  # fmt: skip
     if len(pairs) < n:
         raise UserError(f"{study.data.train}: has {len(pairs)} pairs, fewer than data.examples={n}; lower it")
@@ -116,9 +125,11 @@ def training_rows(study: StudyConfig, tokenizer) -> dict[str, torch.Tensor]:
     n_rows = study.steps * study.batch_size
     if study.regime == "ift":
         return ift_rows(tokenizer, training_pairs(study), study.seq_len, n_rows, study.seed)
-    return {
-        "input_ids": pack_documents(tokenizer, finetune_documents(study), study.seq_len, n_rows, study.seed)
-    }
+    rows = pack_documents(tokenizer, finetune_documents(study), study.seq_len, n_rows, study.seed)
+    # Whole files are packed one after another; shuffling the rows makes every batch a mix of many files
+    # instead of a run of one file (which makes held-out loss jump with whatever file comes next).
+    order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(study.seed))
+    return {"input_ids": rows[order]}
 
 
 # ---------------------------------------------------------------------------------------------------

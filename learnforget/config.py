@@ -221,7 +221,9 @@ class StudyConfig(Strict):
     budget_tokens: int = Field(131_072, ge=1)
     """Training tokens per arm (every arm sees the same tokens in the same order)."""
     batch_size: int = Field(8, ge=1)
-    """Sequences per optimizer step."""
+    """Sequences per optimizer step (across all processes)."""
+    micro_batch_size: int | None = Field(None, ge=1)
+    """Sequences per forward/backward pass of one process (gradient accumulation); default: all of them."""
     seq_len: int = Field(256, ge=8)
     """Finetuning sequence length."""
     warmup_fraction: float = Field(0.1, ge=0, lt=1)

@@ -121,6 +121,10 @@ def write_summary(study_dir: Path, store: Store, study: StudyConfig) -> Path:
         "",
         f"![learning vs forgetting]({PLOT_NAME})",
         "",
+        f"![ΔW rank along training]({SPECTRUM_PLOT_NAME})"
+        if (study_dir / SPECTRUM_PLOT_NAME).exists()
+        else "",
+        "",
         "## Milestones",
     ]
     for arm in store.arms():
@@ -166,12 +170,13 @@ def plot_learning_forgetting(study_dir: Path, store: Store, study: StudyConfig) 
             ax.plot(xs, ys, style, marker="o", markersize=3, label=arm["name"])
     if learn in base and forget in base:
         ax.plot([base[forget]], [base[learn]], "k*", markersize=14, label="base", zorder=5)
-    ax.set_xlabel(f"{forget}  ({'←' if forget_up else '→'} more forgetting)")
-    ax.set_ylabel(f"{learn}  ({'↑' if learn_up else '↓'} more learning)")
+    # Axes are oriented so that up = learns more and right = forgets more, whatever each metric's direction.
+    ax.set_xlabel(f"{forget}  (→ more forgetting)")
+    ax.set_ylabel(f"{learn}  (↑ more learning)")
     if not learn_up:
-        ax.invert_yaxis()  # up = learns more, whatever the metric's direction
+        ax.invert_yaxis()
     if forget_up:
-        ax.invert_xaxis()  # right = forgets more
+        ax.invert_xaxis()
     ax.set_title(f"{study.name}: learning vs forgetting along training")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -182,9 +187,45 @@ def plot_learning_forgetting(study_dir: Path, store: Store, study: StudyConfig) 
     return path
 
 
+def plot_spectrum_over_training(study_dir: Path, store: Store) -> Path | None:
+    """Median rank for 90% of ΔW's variance (fraction of min(m, n)) per arm along training, vs random."""
+    curves = metric_curves(store)
+    metric = "spectrum/rank_delta_fraction"
+    arms = [a for a in store.arms() if any(metric in v for v in curves.get(a["name"], {}).values())]
+    if not arms:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    random_level = None
+    for arm in arms:
+        curve = curves[arm["name"]]
+        tokens = [t for t in sorted(curve) if metric in curve[t]]
+        ax.plot(tokens, [curve[t][metric] for t in tokens], "-" if arm["method"] == "full" else "--", marker="o",
+                markersize=3, label=arm["name"])  # fmt: skip
+        random_level = curve[tokens[-1]].get("spectrum/rank_random_fraction", random_level)
+    if random_level is not None:
+        ax.axhline(random_level, color="grey", linestyle=":", label="Gaussian random matrix")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("rank for 90% of ΔW variance / min(m, n)\n(median over linear layers)")
+    ax.set_yscale("log")
+    ax.set_title("ΔW spectrum along training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = study_dir / SPECTRUM_PLOT_NAME
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_report(study_dir: Path, store: Store, study: StudyConfig, console: Console | None = None) -> None:
     """summary.md, the plot, and the final table on the console."""
-    write_summary(study_dir, store, study)
     plot_learning_forgetting(study_dir, store, study)
+    plot_spectrum_over_training(study_dir, store)
+    write_summary(study_dir, store, study)
     if console is not None:
         console.print(console_table(arm_rows(store, study), f"{study.name}: final milestone"))

@@ -151,7 +151,7 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
             train_steps(
                 trained, optimizer, scheduler, data["train"]["input_ids"], study.batch_size, step, milestone,
                 labels=data["train"].get("labels"), on_step=lambda s, loss: tell("step", arm.name, s + 1, steps, loss),
-                accelerator=accelerator,
+                accelerator=accelerator, micro_batch_size=study.micro_batch_size,
             )  # fmt: skip
             train_seconds += time.perf_counter() - started
             trained_steps += milestone - step

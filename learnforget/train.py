@@ -71,12 +71,14 @@ def train_steps(
     labels: torch.Tensor | None = None,
     on_step: Callable[[int, float], None] | None = None,
     accelerator=None,
+    micro_batch_size: int | None = None,
 ) -> float:
     """Run optimizer steps [start_step, end_step) on rows[step*bs:(step+1)*bs]; return the last loss.
 
     `labels` defaults to the inputs (loss on every token); -100 marks tokens without loss. With an
     Accelerate `accelerator` (several processes), each process takes rows rank::world of the batch and
     gradients are averaged across processes; the reported loss is the mean over processes.
+    `micro_batch_size` splits each process's batch into forward/backward passes of that many rows.
     """
     model.train()
     device = next(model.parameters()).device
@@ -86,12 +88,23 @@ def train_steps(
     for step in range(start_step, end_step):
         batch = rows[step * batch_size : (step + 1) * batch_size][rank::world]
         target = batch if labels is None else labels[step * batch_size : (step + 1) * batch_size][rank::world]
-        loss = model(input_ids=batch.to(device), labels=target.to(device)).loss
+        micro = micro_batch_size or len(batch)
+        chunks = range(0, len(batch), micro)
+        loss = torch.zeros((), device=device)
+        for start in chunks:  # gradient accumulation: the mean of the micro-batches' mean losses
+            part = model(
+                input_ids=batch[start : start + micro].to(device),
+                labels=target[start : start + micro].to(device),
+            )
+            scaled = part.loss / len(chunks)
+            if accelerator is None:
+                scaled.backward()
+            else:
+                accelerator.backward(scaled)
+            loss += scaled.detach()
         if accelerator is None:
-            loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, GRAD_CLIP)
         else:
-            accelerator.backward(loss)
             accelerator.clip_grad_norm_(trainable, GRAD_CLIP)
         optimizer.step()
         scheduler.step()

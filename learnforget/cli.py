@@ -100,24 +100,47 @@ def run(
     ] = False,
     shard: Annotated[str | None, typer.Option(help="Run only arms I, I+N, ... of the grid: I/N.")] = None,
 ) -> None:
-    """Run a study: pretrain (or load) the base, train every arm, evaluate at milestones, write the report."""
-    from learnforget.config import expand_arms, load_study
+    """Run a study: pretrain (or load) the base, train every arm, evaluate at milestones, write the report.
 
-    study = load_study(config, set_)
-    arms = expand_arms(study)
+    A config with `settings:` is a suite of studies (e.g. paper-mini): each runs into its own
+    sub-directory, and the suite's summary.md gathers their claims.
+    """
+    from learnforget.config import expand_arms, load_studies
+
+    studies = load_studies(config, set_)
     if dry_run:
         from learnforget.dryrun import print_dry_run
 
-        print_dry_run(study, arms, out_console)
+        for _, study in studies:
+            print_dry_run(study, expand_arms(study), out_console)
         return
     started = time.time()
+    if len(studies) == 1:
+        _run_study(studies[0][1], out or Path("runs") / studies[0][1].name, shard)
+    else:
+        from learnforget.report import write_suite_summary
+
+        first_key, first = studies[0]
+        suite_dir = out or Path("runs") / first.name[: -len(first_key) - 1]  # names are '<suite>-<setting>'
+        for key, study in studies:
+            _run_study(study, suite_dir / key, shard)
+        from learnforget import distributed
+
+        if distributed.is_main_process():
+            path = write_suite_summary(suite_dir, [k for k, _ in studies])
+            console.print(f"Suite done in {time.time() - started:.0f} s. Results: {path}")
+
+
+def _run_study(study, study_dir: Path, shard: str | None) -> None:
     from learnforget import distributed
     from learnforget import study as study_mod
+    from learnforget.config import expand_arms
     from learnforget.model import check_base_model
     from learnforget.report import write_report
     from learnforget.store import Store
 
-    study_dir = out or Path("runs") / study.name
+    started = time.time()
+    arms = expand_arms(study)
     check_base_model(study.base_model)
     main_process = distributed.is_main_process()
     with distributed.main_process_first():  # under accelerate launch: pretrain, prepare and check once

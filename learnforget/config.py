@@ -409,21 +409,30 @@ def _validation_message(where: str, err: ValidationError) -> str:
     return f"{where}: {loc}: {first['msg']} (got {first.get('input')!r})"
 
 
-def load_study(config: str | None = None, overrides: list[str] = ()) -> StudyConfig:
-    """Read a study (file path, built-in name or None for the default), apply overrides, validate."""
-    path = resolve_config_path(config)
-    data: dict = {}
-    where = "default study"
-    if path is not None:
-        where = str(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark else ""
-            raise UserError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
-        if not isinstance(data, dict):
-            raise UserError(f"{path}: a study file must be a mapping of keys to values")
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise UserError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a study file must be a mapping of keys to values")
+    return data
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = (
+            _deep_merge(merged[key], value)
+            if isinstance(value, dict) and isinstance(merged.get(key), dict)
+            else value
+        )
+    return merged
+
+
+def _validate(data: dict, overrides: list[str], where: str) -> StudyConfig:
     if overrides:
         # Overrides apply on top of the full config, so list items that only exist as defaults
         # (arms.0...) can be addressed too.
@@ -435,6 +444,43 @@ def load_study(config: str | None = None, overrides: list[str] = ()) -> StudyCon
         return StudyConfig.model_validate(data)
     except ValidationError as e:
         raise UserError(_validation_message(where, e)) from None
+
+
+def load_studies(config: str | None = None, overrides: list[str] = ()) -> list[tuple[str, StudyConfig]]:
+    """[(setting, study)]: one study with setting '' or, for a file with `settings:`, one per setting.
+
+    In such a suite every key but `settings` is common to all settings, and each setting's keys are
+    merged on top (e.g. `settings: {code-cpt: {domain: code}, math-ift: {domain: math, regime: ift}}`).
+    Its studies are named '<name>-<setting>' and stored in sub-directories named after the setting.
+    """
+    path = resolve_config_path(config)
+    if path is None:
+        return [("", _validate({}, list(overrides), "default study"))]
+    data = _read_yaml(path)
+    settings = data.pop("settings", None)
+    if settings is None:
+        return [("", _validate(data, list(overrides), str(path)))]
+    if (
+        not isinstance(settings, dict)
+        or not settings
+        or not all(isinstance(v, dict) for v in settings.values())
+    ):
+        raise UserError(f"{path}: settings: expected a mapping of setting names to study keys")
+    studies = []
+    for key, extra in settings.items():
+        merged = _deep_merge(data, extra)
+        merged["name"] = f"{data.get('name', path.stem)}-{key}"
+        studies.append((str(key), _validate(merged, list(overrides), f"{path} (settings.{key})")))
+    return studies
+
+
+def load_study(config: str | None = None, overrides: list[str] = ()) -> StudyConfig:
+    """Read one study (file path, built-in name or None for the default), apply overrides, validate."""
+    studies = load_studies(config, overrides)
+    if len(studies) != 1:
+        raise UserError(f"{config}: holds {len(studies)} studies (settings: {', '.join(k for k, _ in studies)}); "
+                        "this command takes one")  # fmt: skip
+    return studies[0][1]
 
 
 def _valid(data: dict) -> bool:

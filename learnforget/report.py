@@ -45,6 +45,9 @@ def arm_rows(store: Store, study: StudyConfig) -> list[dict]:
                 None if value is None or metric not in base else value - base[metric]
             )
         row.update(
+            embeddings="–"
+            if arm["method"] == "base"
+            else ("trained" if arm["train_embeddings"] else "frozen"),
             trainable=arm["trainable_params"],
             tokens_per_s=arm["tokens_per_s"],
             peak_memory_mb=arm["peak_memory_mb"],
@@ -147,16 +150,13 @@ def write_summary(study_dir: Path, store: Store, study: StudyConfig) -> Path:
 
 def plot_learning_forgetting(study_dir: Path, store: Store, study: StudyConfig) -> Path:
     """x = forgetting metric, y = learning metric; a line per arm from the base through its milestones."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from learnforget.plotting import new_axes, save
 
     learn, learn_up = learning_metric(study)
     forget, forget_up = forgetting_metric(study)
     curves = metric_curves(store)
     base = final_metrics(curves.get("base", {}))
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    fig, ax = new_axes((7.5, 5.5))
     for arm in store.arms():
         if arm["name"] == "base":
             continue
@@ -177,14 +177,7 @@ def plot_learning_forgetting(study_dir: Path, store: Store, study: StudyConfig) 
         ax.invert_yaxis()
     if forget_up:
         ax.invert_xaxis()
-    ax.set_title(f"{study.name}: learning vs forgetting along training")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = study_dir / PLOT_NAME
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, ax, f"{study.name}: learning vs forgetting along training", study_dir / PLOT_NAME)
 
 
 def plot_spectrum_over_training(study_dir: Path, store: Store) -> Path | None:
@@ -194,12 +187,9 @@ def plot_spectrum_over_training(study_dir: Path, store: Store) -> Path | None:
     arms = [a for a in store.arms() if any(metric in v for v in curves.get(a["name"], {}).values())]
     if not arms:
         return None
-    import matplotlib
+    from learnforget.plotting import new_axes, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = new_axes((7, 4.5))
     random_level = None
     for arm in arms:
         curve = curves[arm["name"]]
@@ -212,14 +202,7 @@ def plot_spectrum_over_training(study_dir: Path, store: Store) -> Path | None:
     ax.set_xlabel("training tokens")
     ax.set_ylabel("rank for 90% of ΔW variance / min(m, n)\n(median over linear layers)")
     ax.set_yscale("log")
-    ax.set_title("ΔW spectrum along training")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = study_dir / SPECTRUM_PLOT_NAME
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, ax, "ΔW spectrum along training", study_dir / SPECTRUM_PLOT_NAME)
 
 
 def write_report(study_dir: Path, store: Store, study: StudyConfig, console: Console | None = None) -> None:
@@ -229,3 +212,40 @@ def write_report(study_dir: Path, store: Store, study: StudyConfig, console: Con
     write_summary(study_dir, store, study)
     if console is not None:
         console.print(console_table(arm_rows(store, study), f"{study.name}: final milestone"))
+
+
+def write_suite_summary(suite_dir: Path, settings: list[str]) -> Path:
+    """summary.md of a suite: the claims' verdicts per setting side by side, then each setting's tables."""
+    from learnforget.analysis.claims import claims_for_study_dir, claims_markdown
+
+    judged = {key: claims_for_study_dir(suite_dir / key) for key in settings}
+    first = judged[settings[0]]
+    verdicts = [
+        [f"{c['id']}. {c['claim']}"] + [f"**{judged[k][i]['verdict']}**" for k in settings]
+        for i, c in enumerate(first)
+    ]
+    parts = [
+        f"# Suite `{suite_dir.name}`",
+        "",
+        "The paper's claims judged on each setting's own numbers (details and evidence below; each "
+        "setting's full report is in its sub-directory).",
+        "",
+        markdown_table(["claim", *settings], verdicts),
+    ]
+    for key in settings:
+        store = Store(suite_dir / key)
+        study = StudyConfig.model_validate(store.info("config"))
+        rows = arm_rows(store, study)
+        parts += [
+            "",
+            f"## {key}",
+            "",
+            markdown_table([HEADERS.get(k, k) for k in rows[0]], [_table_cells(r) for r in rows]),
+            "",
+            f"![learning vs forgetting]({key}/{PLOT_NAME})",
+            "",
+            claims_markdown(judged[key]).replace("## Claims", f"### Claims: {key}"),
+        ]
+    path = suite_dir / "summary.md"
+    path.write_text("\n".join(parts) + "\n")
+    return path

@@ -236,8 +236,11 @@ def record_spectra(store: Store, arm: str, tokens: int, base_weights: dict, mode
 
     result = spectrum_of_state_dicts(base_weights, merged_weights(model), progress=False)
     store.add_matrices(arm, tokens, result["matrices"])
-    fractions = sorted(m["rank_delta"] / min(m["shape"]) for m in result["matrices"])
-    random_fractions = sorted(m["rank_random"] / min(m["shape"]) for m in result["matrices"])
+    # Matrices an arm does not train (LoRA on attention only leaves the MLP's ΔW = 0) are left out of the
+    # median: it describes the updates the arm makes.
+    changed = [m for m in result["matrices"] if m["delta_fro"] > 0]
+    fractions = sorted(m["rank_delta"] / min(m["shape"]) for m in changed)
+    random_fractions = sorted(m["rank_random"] / min(m["shape"]) for m in changed)
     if not fractions:
         return {}
     mid = len(fractions) // 2

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from learnforget.config import BUILTIN_CONFIG_DIR, expand_arms, load_study, resolve_config_path
+from learnforget.config import BUILTIN_CONFIG_DIR, expand_arms, load_studies, load_study, resolve_config_path
 from tests.test_study import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,12 +38,13 @@ def header(path: Path) -> str:
 def test_study_file_loads_by_name_and_its_header_says_how_to_run_it(path):
     name = builtin_name(path)
     assert resolve_config_path(name) == path
-    study = load_study(name)
-    assert study == load_study(str(path))
+    studies = load_studies(name)
+    assert studies == load_studies(str(path))
     assert path.read_text().startswith("# ")
     assert re.search(rf"learnforget run {re.escape(name)}\b", header(path)), "header lacks the run command"
-    arms = expand_arms(study)
-    assert len({a.name for a in arms}) == len(arms) > 0
+    for _, study in studies:
+        arms = expand_arms(study)
+        assert len({a.name for a in arms}) == len(arms) > 0
 
 
 def test_shipped_file_sets_cover_the_paper_and_the_tiny_grid():

@@ -120,3 +120,28 @@ def test_user_mistakes_exit_2_with_one_line(args, message, capsys):
     assert code == 2
     assert message in err and "Traceback" not in err + out
     assert len(err.strip().splitlines()) == 1
+
+
+def test_suite_of_settings_runs_each_into_its_own_directory_and_judges_claims(tmp_path, capsys):
+    import yaml
+
+    from tests.conftest import MICRO_STUDY
+
+    suite = dict(MICRO_STUDY, settings={"code-cpt": {"domain": "code"}, "math-ift": {
+        "domain": "math", "regime": "ift", "epochs": 1, "data": {"examples": 8}}})  # fmt: skip
+    suite["arms"] = [
+        {"method": "full", "learning_rate": 1e-3, "seed": [0, 1]},
+        {"method": "lora", "rank": 2, "learning_rate": 1e-2},
+    ]
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    code, _, err = run_cli(["run", str(path), "--out", str(tmp_path / "suite")], capsys)
+    assert code == 0, err
+    for setting in ("code-cpt", "math-ift"):
+        assert (tmp_path / "suite" / setting / "summary.md").exists()
+    summary = (tmp_path / "suite" / "summary.md").read_text()
+    assert "| claim | code-cpt | math-ift |" in summary
+    assert (
+        summary.count("**inconclusive**") + summary.count("**supported**") + summary.count("**contradicted**")
+        >= 14
+    )

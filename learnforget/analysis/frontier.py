@@ -298,12 +298,9 @@ def frontier_plot(
 
     Axes are oriented so that up = learns more and right = forgets more, whatever the metrics' directions.
     """
-    import matplotlib
+    from learnforget.plotting import new_axes, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    fig, ax = new_axes((7.5, 5.5))
     for method in sorted({p["method"] for p in pts} - {"base"}):
         group = [p for p in pts if p["method"] == method]
         ax.scatter(
@@ -332,14 +329,7 @@ def frontier_plot(
         ax.invert_yaxis()
     if forgetting[1]:
         ax.invert_xaxis()
-    ax.set_title("Learning–forgetting trade-off")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, ax, "Learning–forgetting trade-off", path)
 
 
 def _cell(value, digits: int = 4) -> str:

@@ -6,6 +6,7 @@ User mistakes (UserError) print one line and exit 2; anything else is a bug and 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -148,6 +149,7 @@ def _run_study(study, study_dir: Path, shard: str | None) -> None:
         study_mod.check_same_study(store, study)
         base_path = _pretrain_with_progress(study)
         store.set_info("base_path", base_path)
+        store.set_info("processes", int(os.environ.get("WORLD_SIZE", "1")))
         for arm in arms:
             store.register_arm(arm.name, arm.model_dump())
         study_mod.prepare_data(study, study_dir, base_path)

@@ -206,6 +206,15 @@ def report(study_dir: Annotated[Path, typer.Argument(help="Study directory.")]) 
     from learnforget.report import write_report
     from learnforget.store import open_store
 
+    settings = _suite_settings(study_dir)
+    if settings:
+        from learnforget.report import write_suite_summary
+
+        for key in settings:
+            store = open_store(study_dir / key)
+            write_report(study_dir / key, store, StudyConfig.model_validate(store.info("config")))
+        out_console.print(f"wrote {write_suite_summary(study_dir, settings)}")
+        return
     store = open_store(study_dir)
     write_report(study_dir, store, StudyConfig.model_validate(store.info("config")), out_console)
 
@@ -368,7 +377,19 @@ def claims(study_dir: Annotated[Path, typer.Argument(help="Study directory.")]) 
 
     from learnforget.analysis.claims import claims_for_study_dir, claims_markdown
 
-    out_console.print(Markdown(claims_markdown(claims_for_study_dir(study_dir))))
+    settings = _suite_settings(study_dir)
+    for key in settings or [""]:
+        markdown = claims_markdown(claims_for_study_dir(study_dir / key))
+        out_console.print(Markdown(markdown.replace("## Claims", f"## Claims: {key}") if key else markdown))
+
+
+def _suite_settings(directory: Path) -> list[str]:
+    """Sub-directories holding studies, when `directory` is a suite's output (and not a study itself)."""
+    from learnforget.store import DB_NAME
+
+    if (directory / DB_NAME).exists() or not directory.is_dir():
+        return []
+    return sorted(p.parent.name for p in directory.glob(f"*/{DB_NAME}"))
 
 
 def quiet_libraries() -> None:

@@ -98,6 +98,18 @@ def test_claim1_single_seed_is_inconclusive():
     )
 
 
+def test_single_seed_comparison_uses_the_study_wide_seed_spread():
+    # The compared (best) configurations ran one seed; a replicated configuration elsewhere in the study
+    # tells the seed noise: 0.02 half-range, so an effect of 0.5 is supported and one of 0.05 is not.
+    for lora_loss, expected in ((1.5, "supported"), (1.05, "inconclusive")):
+        rows = learning_study(1.0, lora_loss, 0.0, seeds=(0,))
+        rows += seeded(
+            "full-lr1e-4", {100: {"code/loss": 2.5, "english/loss": 2.2}}, {"code/loss": 0.02}, lr=1e-4
+        )
+        claim = judge(rows)[1]
+        assert claim["verdict"] == expected and claim["noise"] == pytest.approx(0.02)
+
+
 def test_missing_arms_are_inconclusive():
     rows = base_rows() + seeded("full-lr1e-3", {100: {"code/loss": 1.0, "english/loss": 2.5}}, {}, lr=1e-3)
     claims = judge(rows)

@@ -145,3 +145,5 @@ def test_suite_of_settings_runs_each_into_its_own_directory_and_judges_claims(tm
         summary.count("**inconclusive**") + summary.count("**supported**") + summary.count("**contradicted**")
         >= 14
     )
+    code, out, _ = run_cli(["claims", str(tmp_path / "suite")], capsys)
+    assert code == 0 and "Claims: code-cpt" in out and "Claims: math-ift" in out

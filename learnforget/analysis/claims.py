@@ -8,7 +8,10 @@ Conventions (the same for every claim):
 - `effect` is oriented so that positive points in the claim's direction, in the metric's own units
   (a loss difference in nats, an accuracy difference, a rank fraction).
 - `noise` is the seed spread: the half-range (max − min)/2 across seeds of the compared metric, for each
-  compared configuration with ≥2 seeds, the largest of them. With one seed everywhere it is unknown.
+  compared configuration with ≥2 seeds, the largest of them. When no compared configuration has ≥2 seeds,
+  the study-wide spread stands in: the largest half-range of that metric over every replicated
+  configuration and milestone of the study (a conservative estimate of seed noise from the same setup).
+  With one seed everywhere it is unknown.
 - Verdict: supported when effect ≥ 3 × noise (and > 0); contradicted when −effect ≥ 3 × noise;
   inconclusive otherwise. With unknown noise the verdict is inconclusive ("needs ≥2 seeds"): a single
   run cannot tell an effect from seed luck, however large it looks. Missing arms → inconclusive.
@@ -105,10 +108,25 @@ def _value(p: dict, metric: str) -> float | None:
     return p[metric] if metric in ("learning", "forgetting") else p["metrics"].get(metric)
 
 
+# Study-wide seed spread per metric (largest over replicated configurations), set by `judge_claims`.
+_STUDY_SPREAD: dict[str, float] = {}
+
+
 def _noise(configs: list[dict], metric: str) -> float | None:
-    """Largest known seed spread of `metric` among the configurations (None when none has ≥2 seeds)."""
+    """Largest known seed spread of `metric` among the configurations; the study-wide spread when none of
+    them has ≥2 seeds; None when no configuration of the study has."""
     known = [s for p in configs if (s := _spread(p, metric)) is not None]
-    return max(known) if known else None
+    return max(known) if known else _STUDY_SPREAD.get(metric)
+
+
+def _study_spread(avg: list[dict]) -> dict[str, float]:
+    spreads: dict[str, float] = {}
+    for p in avg:
+        for metric in ("learning", "forgetting", *p["spreads"]):
+            s = _spread(p, metric)
+            if s is not None:
+                spreads[metric] = max(spreads.get(metric, 0.0), s)
+    return spreads
 
 
 def _show(p: dict, metric: str) -> str:
@@ -400,6 +418,8 @@ def judge_claims(
     pts = points(rows, learning, forgetting)
     _add_spectrum(pts, matrices)
     avg = seed_average(pts)
+    _STUDY_SPREAD.clear()
+    _STUDY_SPREAD.update(_study_spread(avg))
     base = next((p for p in avg if p["method"] == "base"), None)
     trained = [p for p in avg if p["method"] != "base"]
     last = max((p["milestone"] for p in trained), default=None)
@@ -427,8 +447,9 @@ def claims_markdown(claims: list[dict]) -> str:
         "",
         "Each finding of Biderman et al. (2024) judged from this study's own numbers. `effect` is in the "
         "metric's units, positive in the claim's direction; `3× spread` is three times the seed spread "
-        "(half-range across seeds, the largest over the compared configurations). A claim is *supported* "
-        "only when effect ≥ 3× spread, *contradicted* when the opposite effect is; with one seed per "
+        "(half-range across seeds, the largest over the compared configurations; when those ran one seed "
+        "each, the largest over every replicated configuration of the study). A claim is *supported* "
+        "only when effect ≥ 3× spread, *contradicted* when the opposite effect is; with no replicated "
         "configuration the spread is unknown and the verdict stays *inconclusive*.",
         "",
         "| # | claim | verdict | effect | 3× spread | evidence |",

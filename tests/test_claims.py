@@ -340,3 +340,14 @@ def test_study_dir_entry_points(tmp_path):
     assert rec["method"] == "lora" and rec["forgetting_degradation"] <= 0.3
     text = frontier_for_study_dir(tmp_path)
     assert "## Learning-rate sensitivity" in text and (tmp_path / "frontier.png").exists()
+
+
+def test_embedding_confound_arms_are_left_out_of_the_method_comparison():
+    rows = learning_study(1.0, 1.5, 0.01)
+    # LoRA with trainable embeddings learns far more than full finetuning; it is not the paper's LoRA.
+    for row in seeded(
+        "lora-r4-all-lr1e-2-emb", {100: {"code/loss": 0.2, "english/loss": 2.1}}, {}, rank=4, lr=1e-2
+    ):
+        rows.append(dict(row, train_embeddings=True))
+    claim = judge(rows)[1]
+    assert claim["verdict"] == "supported" and "-emb" not in claim["evidence"]

@@ -108,6 +108,10 @@ def _value(p: dict, metric: str) -> float | None:
     return p[metric] if metric in ("learning", "forgetting") else p["metrics"].get(metric)
 
 
+def _arms(rows: list[dict]) -> dict[str, dict]:
+    return {r["arm"]: r for r in rows}
+
+
 # Study-wide seed spread per metric (largest over replicated configurations), set by `judge_claims`.
 _STUDY_SPREAD: dict[str, float] = {}
 
@@ -303,7 +307,14 @@ def _claim_regularizers(final, avg, base, learning: Axis, forgetting: Axis) -> d
     return _part(weakest["effect"], noise, f"{evidence}; smallest LoRA advantage {weakest['effect']:+.4f}")
 
 
-def _claim_spectrum(avg: list[dict], final: list[dict], learning: Axis) -> dict:
+def _spectrum_noise(configs: list[dict], resolution: float) -> float | None:
+    """Seed spread of the rank fraction, but never below its resolution: ranks are integers, so a fraction
+    of min(m, n) moves in steps of 1/min(m, n) and identical seeds say nothing about smaller effects."""
+    noise = _noise(configs, DELTA_FRACTION)
+    return None if noise is None else max(noise, resolution)
+
+
+def _claim_spectrum(avg: list[dict], final: list[dict], learning: Axis, resolution: float = 0.0) -> dict:
     full = [p for p in final if p["method"] == "full" and DELTA_FRACTION in p["metrics"]]
     lora = [p for p in final if p["method"] == "lora" and DELTA_FRACTION in p["metrics"]]
     if not full or not lora:
@@ -315,7 +326,7 @@ def _claim_spectrum(avg: list[dict], final: list[dict], learning: Axis) -> dict:
     ratio = f"{f_full / f_lora:.1f}×" if f_lora else "∞×"
     higher = _part(
         f_full - f_lora,
-        _noise([bf, bl], DELTA_FRACTION),
+        _spectrum_noise([bf, bl], resolution),
         f"median rank-for-90% / min dim at {bf['milestone']:,} tokens: full {_show(bf, DELTA_FRACTION)} vs "
         f"LoRA r{top_rank} {_show(bl, DELTA_FRACTION)} ({ratio})",
     )
@@ -336,7 +347,7 @@ def _claim_spectrum(avg: list[dict], final: list[dict], learning: Axis) -> dict:
         gap = [abs(p["metrics"][RANDOM_FRACTION] - p["metrics"][DELTA_FRACTION]) for p in (first, last)]
         effect = min(growth, gap[0] - gap[1])
         evidence += f"; gap to a random matrix's fraction {gap[0]:.4f} → {gap[1]:.4f}"
-    trend = _part(effect, _noise([first, last], DELTA_FRACTION), evidence)
+    trend = _part(effect, _spectrum_noise([first, last], resolution), evidence)
     return _combine([higher, trend])
 
 
@@ -415,8 +426,16 @@ def judge_claims(
 
     Each: {"id", "claim", "verdict": "supported"|"contradicted"|"inconclusive", "evidence", "effect", "noise"}.
     """
+    # The paper's arms: full finetuning trains embeddings and LM head, LoRA does not. Arms that swap this
+    # ("full, embeddings frozen", "LoRA + trainable embeddings") separate the embedding confound; they are
+    # shown in the study's tables but would mix two effects into every claim here.
+    paper_arm = {
+        k: r.get("train_embeddings") in (None, r["method"] == "full") for k, r in _arms(rows).items()
+    }
+    rows = [r for r in rows if r["method"] == "base" or paper_arm[r["arm"]]]
     pts = points(rows, learning, forgetting)
     _add_spectrum(pts, matrices)
+    resolution = 1 / min((m["min_dim"] for m in matrices if m.get("min_dim")), default=float("inf"))
     avg = seed_average(pts)
     _STUDY_SPREAD.clear()
     _STUDY_SPREAD.update(_study_spread(avg))
@@ -429,7 +448,7 @@ def judge_claims(
         2: _claim_forgets_less(final, avg, base, learning, forgetting),
         3: _claim_rank(final, learning),
         4: _claim_regularizers(final, avg, base, learning, forgetting),
-        5: _claim_spectrum(avg, final, learning),
+        5: _claim_spectrum(avg, final, learning, resolution),
         6: _claim_diversity(final, learning, diversity_metric),
         7: _claim_lr_and_targets(pts, final, learning),
     }

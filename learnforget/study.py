@@ -261,14 +261,15 @@ def check_same_study(store: Store, study: StudyConfig) -> None:
     if saved is None:
         store.set_info("config", current)
         return
-    # Workers and threads change how fast, not what: resuming with other values is allowed...
-    # except threads, which change floating-point reduction order; keep them.
-    ignore = {"workers"}
+    # Workers change how fast, not what (threads do change reduction order: they must match). Arms may
+    # be added to a study: an arm's name encodes its settings, so finished arms stay valid.
+    ignore = {"workers", "arms"}
     diff = sorted(k for k in set(saved) | set(current) if k not in ignore and saved.get(k) != current.get(k))
     if diff:
         raise UserError(
             f"{store.path.parent}: holds a different study (differs in {', '.join(diff)}); use another --out"
         )
+    store.set_info("config", current)  # the grid as last run
 
 
 def shard_arms(arms: list[Arm], shard: tuple[int, int] | None) -> list[Arm]:

@@ -147,3 +147,23 @@ def test_suite_of_settings_runs_each_into_its_own_directory_and_judges_claims(tm
     )
     code, out, _ = run_cli(["claims", str(tmp_path / "suite")], capsys)
     assert code == 0 and "Claims: code-cpt" in out and "Claims: math-ift" in out
+
+
+def test_a_study_directory_refuses_another_study_but_accepts_new_arms(
+    micro_run, micro_config, tmp_path, capsys
+):
+    import shutil
+
+    code, _, err = run_cli(
+        ["run", str(micro_config), "--out", str(micro_run), "--set", "budget_tokens=4096"], capsys
+    )
+    assert code == 2 and "holds a different study (differs in budget_tokens)" in err
+    grown = tmp_path / "grown"
+    shutil.copytree(micro_run, grown)
+    before = metric_table(grown)
+    extra = "arms=[{method: full, learning_rate: 0.001}, {method: lora, rank: [2, 4], learning_rate: 0.01}]"
+    code, _, err = run_cli(["run", str(micro_config), "--out", str(grown), "--set", extra], capsys)
+    assert code == 0, err
+    after = metric_table(grown)
+    assert {k: after[k] for k in before} == before  # finished arms untouched
+    assert {a for a, _, _ in after} - {a for a, _, _ in before} == {"lora-r4-all-lr1e-2-s0"}

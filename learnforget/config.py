@@ -240,6 +240,15 @@ class StudyConfig(Strict):
     (the paper's 16/64/256 of 4096 are 1/256..1/16 of the width), all linear layers, LR 10x full."""
     eval: EvalConfig = EvalConfig()
     """Evaluation settings."""
+    precision: Literal["fp32", "bf16-mixed", "bf16", "fp16-mixed"] = "fp32"
+    """Numeric precision of loading, training and evaluation. 'fp32': everything in float32.
+    'bf16-mixed' / 'fp16-mixed': float32 master weights and optimizer, forward and backward under
+    autocast (fp16 with a gradient scaler). 'bf16': weights, gradients and optimizer states in bfloat16
+    (least memory). Arms are saved in the base model's own dtype."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, about a third more compute)."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel passed to transformers ('sdpa', 'eager', 'flash_attention_2', ...)."""
     workers: int = Field(2, ge=1)
     """Arms trained in parallel processes."""
     threads_per_worker: int = Field(1, ge=1)

@@ -249,6 +249,10 @@ class StudyConfig(Strict):
     """Recompute activations in the backward pass (less memory, about a third more compute)."""
     attn_implementation: str = "sdpa"
     """Attention kernel passed to transformers ('sdpa', 'eager', 'flash_attention_2', ...)."""
+    sharding: Literal["none", "fsdp"] = "none"
+    """'fsdp': under a multi-process launcher (torchrun / accelerate launch), shard each arm's weights,
+    gradients and optimizer states across processes with FSDP2 (`fully_shard` per decoder layer and at
+    the root). 'none': every process holds the whole model (data parallel)."""
     workers: int = Field(2, ge=1)
     """Arms trained in parallel processes."""
     threads_per_worker: int = Field(1, ge=1)

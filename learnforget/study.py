@@ -67,10 +67,13 @@ def prepare_data(study: StudyConfig, study_dir: Path, base_path: str) -> dict:
 
 
 def evaluate_model(model, tokenizer, study: StudyConfig, data: dict) -> dict[str, float]:
-    """Every milestone metric of one model (deterministic; does not touch the training RNG)."""
-    from learnforget.evaluate.suites import evaluate_suites
+    """Every milestone metric of one model (deterministic; does not touch the training RNG).
 
-    with torch.random.fork_rng():
+    A sharded model is evaluated by every process together, in lockstep on identical inputs."""
+    from learnforget.evaluate.suites import evaluate_suites
+    from learnforget.sharding import evaluating
+
+    with torch.random.fork_rng(), evaluating(model):
         return evaluate_suites(model, tokenizer, study, data["eval"])
 
 
@@ -101,9 +104,15 @@ def run_base(study: StudyConfig, study_dir: Path, base_path: str) -> dict[str, f
 
 def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queue=None) -> dict:
     """Train one arm through its milestones (resuming from its checkpoint) and record everything."""
-    from learnforget import distributed
+    from learnforget import distributed, sharding
     from learnforget.model import load_tokenizer
-    from learnforget.train import count_parameters, load_arm_model, make_optimizer, train_steps
+    from learnforget.train import (
+        count_parameters,
+        load_arm_model,
+        make_optimizer,
+        merged_weights,
+        train_steps,
+    )
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # spawned workers start with default filters
     study = StudyConfig.model_validate_json(study_json)
@@ -114,6 +123,7 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
     if (store.arm(arm.name) or {}).get("status") == "done":
         return {"arm": arm.name, "skipped": True}
     main = distributed.is_main_process()  # only the main process writes (store, checkpoints, files)
+    sharded = distributed.is_distributed() and study.sharding == "fsdp"
     if main:
         store.update_arm(arm.name, status="running")
 
@@ -128,6 +138,9 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
     trainable, total = count_parameters(model)
     if main:
         store.update_arm(arm.name, trainable_params=trainable, total_params=total)
+    if sharded:
+        distributed.accelerator()  # the process group (gloo on the CPU)
+        sharding.shard_model(model, study.precision)
     steps, tokens_per_step = study.steps, study.tokens_per_step
     optimizer, scheduler = make_optimizer(
         model, arm.learning_rate, arm.weight_decay, round(study.warmup_fraction * steps), steps, arm.optimizer
@@ -137,7 +150,9 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
     if checkpoint_path.exists():
         step = restore_checkpoint(checkpoint_path, model, optimizer, scheduler)
     accelerator, trained = None, model
-    if distributed.is_distributed():
+    if sharded:
+        accelerator = sharding.Collective()
+    elif distributed.is_distributed():
         # The scheduler stays unprepared: a prepared one would step once per process.
         accelerator = distributed.accelerator()
         trained, optimizer = accelerator.prepare(model, optimizer)
@@ -156,15 +171,17 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
             train_seconds += time.perf_counter() - started
             trained_steps += milestone - step
             step = milestone
+            metrics = evaluate_model(model, tokenizer, study, data) if main or sharded else {}
+            gathered = sharding.gather(model, optimizer) if sharded else None  # every process takes part
             if main:
-                metrics = evaluate_model(model, tokenizer, study, data)
                 if study.eval.spectra:
                     base_weights = base_weights or load_base_weights(base_path)
+                    weights = merged_weights(model, gathered and gathered["model"])
                     metrics.update(
-                        record_spectra(store, arm.name, step * tokens_per_step, base_weights, model)
+                        record_spectra(store, arm.name, step * tokens_per_step, base_weights, weights)
                     )
                 store.add_metrics(arm.name, step, step * tokens_per_step, metrics)
-                atomic_save(checkpoint_state(model, optimizer, scheduler, step), checkpoint_path)
+                atomic_save(checkpoint_state(model, optimizer, scheduler, step, gathered), checkpoint_path)
                 tell("milestone", arm.name, step * tokens_per_step, metrics)
             distributed.wait_for_everyone()
     except FloatingPointError as e:
@@ -172,9 +189,10 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
             store.update_arm(arm.name, status="failed", error=str(e))
         tell("failed", arm.name, str(e))
         return {"arm": arm.name, "failed": str(e)}
+    final_weights = sharding.full_state_dict(model) if sharded else None
     if not main:
         return {"arm": arm.name}
-    save_final(model, tokenizer, arm_dir(study_dir, arm.name))
+    save_final(model, tokenizer, arm_dir(study_dir, arm.name), final_weights)
     tokens_per_s = trained_steps * tokens_per_step / train_seconds if train_seconds else None
     store.update_arm(
         arm.name,
@@ -188,13 +206,21 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
     return {"arm": arm.name}
 
 
-def checkpoint_state(model, optimizer, scheduler, step: int) -> dict:
+def checkpoint_state(model, optimizer, scheduler, step: int, gathered: dict | None = None) -> dict:
+    """What resuming needs; `gathered`: a sharded arm's full weights and optimizer state (`sharding.gather`)."""
+    from learnforget.sharding import trainable_names
     from learnforget.train import trainable_state
 
+    if gathered is None:
+        trainable, optimizer_state = trainable_state(model), optimizer.state_dict()
+    else:
+        trainable = {name: gathered["model"][name] for name in trainable_names(model)}
+        optimizer_state = gathered["optimizer"]
     return {
         "step": step,
-        "trainable": trainable_state(model),
-        "optimizer": optimizer.state_dict(),
+        "sharded": gathered is not None,
+        "trainable": trainable,
+        "optimizer": optimizer_state,
         "scheduler": scheduler.state_dict(),
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -202,13 +228,20 @@ def checkpoint_state(model, optimizer, scheduler, step: int) -> dict:
 
 
 def restore_checkpoint(path: Path, model, optimizer, scheduler) -> int:
-    """Load a checkpoint into a freshly built arm; returns the step it was taken at."""
-    state = torch.load(path, weights_only=False)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, tensor in state["trainable"].items():
-            params[name].copy_(tensor)
-    optimizer.load_state_dict(state["optimizer"])
+    """Load a checkpoint into a freshly built arm (sharded arms: already sharded, every process loads the
+    full state and keeps its shard); returns the step it was taken at."""
+    from learnforget.sharding import is_sharded, load_full_state
+
+    # Memory-mapped for sharded arms: every process reads only the pages of its own shards.
+    state = torch.load(path, weights_only=False, mmap=is_sharded(model))
+    if state.get("sharded"):
+        load_full_state(model, optimizer, state["trainable"], state["optimizer"])
+    else:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in state["trainable"].items():
+                params[name].copy_(tensor)
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
     if state.get("cuda_rng") is not None and torch.cuda.is_available():
@@ -216,10 +249,14 @@ def restore_checkpoint(path: Path, model, optimizer, scheduler) -> int:
     return state["step"]
 
 
-def save_final(model, tokenizer, directory: Path) -> None:
-    """The trained arm as users load it: a peft adapter directory or a full model directory."""
+def save_final(model, tokenizer, directory: Path, state_dict: dict | None = None) -> None:
+    """The trained arm as users load it: a peft adapter directory or a full model directory.
+    `state_dict`: a sharded arm's full weights, gathered (`sharding.full_state_dict`)."""
+    from learnforget.sharding import saved_as_unsharded
+
     target = directory / ("adapter" if hasattr(model, "get_base_model") else "model")
-    model.save_pretrained(target)
+    with saved_as_unsharded(model):
+        model.save_pretrained(target, state_dict=state_dict)
     tokenizer.save_pretrained(target)
 
 
@@ -229,12 +266,14 @@ def load_base_weights(base_path: str) -> dict[str, torch.Tensor]:
     return AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).state_dict()
 
 
-def record_spectra(store: Store, arm: str, tokens: int, base_weights: dict, model) -> dict[str, float]:
-    """ΔW spectra of every linear layer at this milestone; returns summary metrics for the metrics table."""
+def record_spectra(
+    store: Store, arm: str, tokens: int, base_weights: dict, weights: dict
+) -> dict[str, float]:
+    """ΔW spectra of every linear layer at this milestone (`weights`: the arm's `train.merged_weights`);
+    returns summary metrics for the metrics table."""
     from learnforget.analysis.spectrum import spectrum_of_state_dicts
-    from learnforget.train import merged_weights
 
-    result = spectrum_of_state_dicts(base_weights, merged_weights(model), progress=False)
+    result = spectrum_of_state_dicts(base_weights, weights, progress=False)
     store.add_matrices(arm, tokens, result["matrices"])
     # Matrices an arm does not train (LoRA on attention only leaves the MLP's ΔW = 0) are left out of the
     # median: it describes the updates the arm makes.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,19 @@ def micro_config(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("configs") / "micro.yaml"
     path.write_text(yaml.safe_dump(MICRO_STUDY))
     return path
+
+
+def launch_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for `learnforget run` subprocesses: offline, one thread, a cache all runs share."""
+    return dict(
+        os.environ, LEARNFORGET_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"
+    )
+
+
+def loss_metrics(study_dir: Path) -> dict[tuple[str, int, str], float]:
+    """(arm, tokens, metric) -> value of every loss metric (`*/loss`, `*/ref_nll`) in a study's store."""
+    with sqlite3.connect(study_dir / "results.db") as conn:
+        rows = conn.execute(
+            "SELECT arm, tokens, metric, value FROM metrics WHERE metric LIKE '%loss' OR metric LIKE '%nll'"
+        )
+        return {(a, t, m): v for a, t, m, v in rows}

@@ -270,13 +270,20 @@ def evaluate(
         int | None, typer.Option(help="Examples per lm-eval task (paper suite).")
     ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the metrics here.")] = None,
+    precision: Annotated[
+        str, typer.Option(help="fp32 | bf16-mixed | bf16 | fp16-mixed (as a study's `precision`).")
+    ] = "fp32",
 ) -> None:
     """Evaluate one checkpoint on one suite, outside any study."""
     from rich.table import Table
 
     from learnforget.evaluate.standalone import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(model, suite, adapter, limit, problems, include_path, harness_limit)
+    if precision not in ("fp32", "bf16-mixed", "bf16", "fp16-mixed"):
+        raise UserError(f"--precision {precision!r}: choose fp32, bf16-mixed, bf16 or fp16-mixed")
+    metrics = evaluate_checkpoint(
+        model, suite, adapter, limit, problems, include_path, harness_limit, precision
+    )
     table = Table(title=f"{model}{' + ' + adapter if adapter else ''}: {suite}")
     table.add_column("metric")
     table.add_column("value", justify="right")

@@ -84,7 +84,6 @@ def evaluate_checkpoint(
     """Every metric of the suite for one checkpoint (under autocast for the mixed precisions)."""
     from learnforget.data.datasets import evaluation_sets
     from learnforget.evaluate.suites import evaluate_suites
-
     from learnforget.precision import autocast
 
     model, tokenizer = load_checkpoint(model_path, adapter, precision)

@@ -12,9 +12,10 @@ from collections.abc import Callable
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from learnforget.config import TARGET_MODULES, Arm
+from learnforget.config import Arm
+from learnforget.targets import dropout_overrides, resolve_targets, uses_conv1d
 
 GRAD_CLIP = 1.0
 BETAS = (0.9, 0.95)
@@ -119,14 +120,22 @@ def train_steps(
 
 def load_arm_model(base_path: str, arm: Arm) -> PreTrainedModel:
     """The base model set up for one arm: full finetuning or a peft LoRA wrapper, embeddings as asked."""
-    extra = {"attention_dropout": arm.dropout} if arm.method == "full" and arm.dropout else {}
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, **extra)
+    config = AutoConfig.from_pretrained(base_path)
+    config.update(dropout_overrides(config, arm.method, arm.dropout))
+    model = AutoModelForCausalLM.from_pretrained(base_path, config=config, dtype=torch.float32)
+    return prepare_arm(model, arm)
+
+
+def prepare_arm(model: PreTrainedModel, arm: Arm) -> PreTrainedModel:
+    """Wrap a loaded base for a LoRA arm (targets resolved from its structure) and set the embeddings."""
     if arm.method == "lora":
+        targets = resolve_targets(model, arm.target_modules)
         config = LoraConfig(
             r=arm.rank,
             lora_alpha=arm.alpha,
             lora_dropout=arm.dropout,
-            target_modules=TARGET_MODULES[arm.target_modules],
+            target_modules=targets,
+            fan_in_fan_out=uses_conv1d(model, targets),
             bias="none",
         )
         model = get_peft_model(model, config)

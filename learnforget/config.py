@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from learnforget.errors import UserError
 
@@ -165,13 +165,6 @@ class ExplicitModules(Strict):
     modules: list[str] = Field(min_length=1)
     """Module-name suffixes inside the decoder blocks, e.g. q_proj or attn.c_proj (GPT-2's attention output)."""
 
-    @model_validator(mode="after")
-    def _check(self) -> ExplicitModules:
-        for name in self.modules:
-            if not name or MODULE_SEPARATOR in name or name in TargetGroup.__args__:
-                raise ValueError(f"{name!r} is not a module name (a group goes as target_modules: {name})")
-        return self
-
     def label(self) -> str:
         """The arm's target_modules string (and part of its name)."""
         return MODULE_SEPARATOR.join(self.modules)
@@ -205,6 +198,25 @@ class ArmSpec(Strict):
     """AdamW (β = 0.9, 0.95), or Lion with decoupled weight decay (LionW, as the paper used)."""
     seed: int | list[int] = 0
     """Seed of the arm's initialisation and dropout; a list runs repeats."""
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _check_targets(cls, value: Any) -> Any:
+        # One clear message instead of pydantic's attempt at every member of the union.
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and item not in TargetGroup.__args__:
+                raise ValueError(
+                    f"{item!r} is not a group ({', '.join(TargetGroup.__args__)}); "
+                    "explicit modules go as {modules: [name, ...]}"
+                )
+            if isinstance(item, dict) and (set(item) != {"modules"} or not item["modules"]):
+                raise ValueError("explicit modules go as {modules: [name, ...]} (one name at least)")
+            for name in item["modules"] if isinstance(item, dict) else []:
+                if name in TargetGroup.__args__ or MODULE_SEPARATOR in str(name):
+                    raise ValueError(
+                        f"{name!r} is not a module name (a group goes as target_modules: {name})"
+                    )
+        return value
 
 
 class Arm(Strict):

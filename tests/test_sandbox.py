@@ -112,8 +112,15 @@ def test_kernel_layers_hold_without_the_in_process_guard(tmp_path):
         "import socket\nsocket.create_connection(('1.1.1.1', 53))",
         f"open({str(outside)!r}, 'w')",
         "open('/usr/escaped', 'w')",
+        # seccomp's own answer (EPERM), also where an unprivileged process may: user namespaces, ptrace
+        "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nerrors = []\n"
+        "for call in (lambda: libc.unshare(0x10000000), lambda: libc.ptrace(0, 0, 0, 0),\n"
+        "             lambda: libc.setns(0, 0), lambda: libc.chroot(b'/tmp'), lambda: libc.umount2(b'/tmp', 2),\n"
+        "             lambda: libc.mount(b'none', b'/tmp', b'tmpfs', 0, None), lambda: libc.execv(b'/bin/true', None)):\n"
+        "    errors.append((call(), ctypes.get_errno()))\n"
+        "assert errors == [(-1, 1)] * 7, errors",
     ]
-    probe, fork, libc_fork, connect, write, write_usr = run_programs(
+    probe, fork, libc_fork, connect, write, write_usr, denied = run_programs(
         programs, QUICK, 2, in_process_guard=False
     )
     if set(probe.isolation) != set(sandbox.ALL_LAYERS):
@@ -123,6 +130,7 @@ def test_kernel_layers_hold_without_the_in_process_guard(tmp_path):
     assert "unreachable" in connect.result
     assert write.result.startswith("failed: FileNotFoundError")  # the host's directories are not there
     assert "Read-only file system" in write_usr.result
+    assert denied.result == "passed"
     assert not outside.exists()
 
 

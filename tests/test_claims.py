@@ -284,6 +284,14 @@ def test_regularizers_at_the_same_budget(wd_english, jitter, expected):
     assert "smallest advantage vs `full-lr1e-3-wd0.1`" in claim["evidence"]
 
 
+def test_regularized_full_arms_are_baselines_not_the_best_full_configuration():
+    rows = learning_study(1.0, 1.5, 0.01)
+    rows += seeded("full-lr1e-3-wd0.1", {100: point(0.8, 2.6)}, {"code/loss": 0.01}, lr=1e-3, wd=0.1)
+    claims = judge(rows)
+    assert claims["4.1"]["effect"] == pytest.approx(0.5) and "wd0.1" not in claims["4.1"]["evidence"]
+    assert claims["4.4"]["effect"] == pytest.approx(0.5) and "full-lr1e-3-wd0.1" in claims["4.4"]["evidence"]
+
+
 @pytest.mark.parametrize(
     ("lora", "expected"), [(0.7, "supported"), (0.2, "contradicted"), (0.41, "inconclusive")]
 )

@@ -10,7 +10,8 @@ Conventions (the same for every claim):
 - Only the paper's arms are judged: full finetuning trains embeddings and LM head, LoRA does not.
 - Seeds of a configuration (an arm without its seed suffix) are averaged at each milestone.
 - "Best" configuration of a method = the best seed-averaged learning metric at the final milestone (the
-  same budget); a method's "peak" = its best (configuration, milestone) over all milestones.
+  same budget); a method's "peak" = its best (configuration, milestone) over all milestones. Full
+  finetuning there means its plain arms; the weight-decay / dropout ones are the §4.4 baselines.
 - `effect` is oriented so that positive points in the claim's direction, in the metric's own units
   (a loss difference in nats, an accuracy difference, a rank fraction).
 - Noise of a compared point = the seed spread (half-range (max − min)/2 across seeds) of the compared
@@ -66,7 +67,7 @@ PAPER_CLAIMS = {
     "4.2-data": ("§4.2", "Forgetting grows with training data."),
     "4.3": ("§4.3", "LoRA and full finetuning lie on one learning–forgetting curve (LoRA learns less, forgets less); "
              "a better LoRA trade-off is the paper's occasional case."),
-    "4.4": ("§4.4", "LoRA keeps source-domain performance better than full finetuning with weight decay or dropout."),
+    "4.4": ("§4.4", "LoRA keeps source-domain performance better than full finetuning with weight decay or attention dropout."),
     "4.4-diversity": ("§4.4", "LoRA keeps generations more diverse than full finetuning."),
     "4.5": ("§4.5", "Full finetuning's ΔW needs a far higher rank for 90% of its variance than LoRA's, "
              "and its rank grows with training."),
@@ -178,8 +179,13 @@ class StudyPoints:
         last = max((p["milestone"] for p in self.trained), default=None)
         return [p for p in self.trained if p["milestone"] == last]
 
-    def of(self, method: str, final: bool = True) -> list[dict]:
-        return [p for p in (self.final if final else self.trained) if p["method"] == method]
+    def of(self, method: str, final: bool = True, regularized: bool = False) -> list[dict]:
+        """The method's points (at the final milestone, or all). Full finetuning means its plain arms: the
+        weight-decay / dropout baselines (§4.4) only with `regularized`, or when it has no plain arm."""
+        found = [p for p in (self.final if final else self.trained) if p["method"] == method]
+        if method != "full" or regularized:
+            return found
+        return [p for p in found if not (p["weight_decay"] or p["dropout"])] or found
 
     def learns(self, p: dict) -> float:
         return score(p["learning"], self.learning[1])
@@ -419,7 +425,7 @@ def _claim_tradeoff(s: StudyPoints) -> dict:
 
 
 def _regularized(s: StudyPoints) -> list[dict]:
-    return [p for p in s.of("full") if p["weight_decay"] or p["dropout"]]
+    return [p for p in s.of("full", regularized=True) if p["weight_decay"] or p["dropout"]]
 
 
 def _claim_regularizers(s: StudyPoints) -> dict:

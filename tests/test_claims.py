@@ -620,13 +620,15 @@ def test_embedding_confound_arms_are_left_out_of_the_method_comparison():
 # --- across settings (suite) -------------------------------------------------------------------------------------
 
 
-def setting(key: str, english: float, jitter: float = 0.01, forgetting=FORGET) -> dict:
-    """A setting whose best full and LoRA configurations end at english loss `english` (+0.2 for full)."""
+def setting(
+    key: str, english: float, lora_code: float = 1.5, jitter: float = 0.01, forgetting=FORGET
+) -> dict:
+    """A setting: base code loss 3.0, full's best 1.0 (gain 2.0), LoRA's `lora_code`; english loss at the
+    end `english` for LoRA, +0.2 for full."""
     rows = base_rows()
-    rows += seeded("full-lr1e-3", {100: point(1.0, english + 0.2)}, {"english/loss": jitter}, lr=1e-3)
-    rows += seeded(
-        "lora-r4-all-lr1e-2", {100: point(1.5, english)}, {"english/loss": jitter}, rank=4, lr=1e-2
-    )
+    noise = {"english/loss": jitter, "code/loss": jitter}
+    rows += seeded("full-lr1e-3", {100: point(1.0, english + 0.2)}, noise, lr=1e-3)
+    rows += seeded("lora-r4-all-lr1e-2", {100: point(lora_code, english)}, noise, rank=4, lr=1e-2)
     domain, regime = key.split("-")
     return dict(setting=key, domain=domain, regime=regime, rows=rows, matrices=[], learning=LEARN, forgetting=forgetting)  # fmt: skip
 
@@ -650,24 +652,52 @@ def setting(key: str, english: float, jitter: float = 0.01, forgetting=FORGET) -
         ),
     ],
 )
-def test_suite_ift_vs_cpt_and_code_vs_math(forgotten, ift_verdict, code_verdict):
+def test_suite_ift_vs_cpt_and_code_vs_math_forgetting(forgotten, ift_verdict, code_verdict):
     claims = {c["id"]: c for c in judge_suite([setting(k, v) for k, v in forgotten.items()])}
     assert claims["4.2-ift"]["verdict"] == ift_verdict and claims["4.2-code"]["verdict"] == code_verdict
     f = forgotten
-    assert claims["4.2-ift"]["effect"] == pytest.approx(
-        ((f["code-ift"] - f["code-cpt"]) + (f["math-ift"] - f["math-cpt"])) / 2
-    )
+    ift_effect = ((f["code-ift"] - f["code-cpt"]) + (f["math-ift"] - f["math-cpt"])) / 2
+    assert claims["4.2-ift"]["effect"] == pytest.approx(ift_effect) and claims["4.2-ift"][
+        "noise"
+    ] == pytest.approx(0.01)
     assert claims["4.2-code"]["section"] == "§4.2" and "code-cpt" in claims["4.2-code"]["evidence"]
 
 
+@pytest.mark.parametrize(
+    ("lora_code", "cpt_verdict", "code_verdict"),
+    [
+        # share of full's gain (2.0) that LoRA misses: code-cpt 0.5, code-ift 0.2, math-cpt 0.3, math-ift 0.1
+        ({"code-cpt": 2.0, "code-ift": 1.4, "math-cpt": 1.6, "math-ift": 1.2}, "supported", "supported"),
+        (
+            {"code-cpt": 1.2, "code-ift": 1.6, "math-cpt": 1.4, "math-ift": 2.0},
+            "contradicted",
+            "contradicted",
+        ),
+        (
+            {"code-cpt": 1.5, "code-ift": 1.5, "math-cpt": 1.5, "math-ift": 1.51},
+            "inconclusive",
+            "inconclusive",
+        ),
+    ],
+)
+def test_suite_learning_gap_code_vs_math_and_cpt_vs_ift(lora_code, cpt_verdict, code_verdict):
+    claims = {c["id"]: c for c in judge_suite([setting(k, 2.4, v) for k, v in lora_code.items()])}
+    assert claims["4.1-cpt"]["verdict"] == cpt_verdict and claims["4.1-code"]["verdict"] == code_verdict
+    if cpt_verdict == "supported":
+        assert claims["4.1-code"]["effect"] == pytest.approx(((0.5 - 0.3) + (0.2 - 0.1)) / 2)
+        assert claims["4.1-cpt"]["effect"] == pytest.approx(((0.5 - 0.2) + (0.3 - 0.1)) / 2)
+        # noise 0.01 carried through the ratio: 0.01 × (1 + 0.5) / 2.0 at code-cpt, the largest
+        assert claims["4.1-code"]["noise"] == pytest.approx(0.0075)
+
+
 def test_suite_needs_both_settings_and_one_forgetting_metric():
-    claims = {
-        c["id"]: c
-        for c in judge_suite(
-            [setting("code-cpt", 2.4), setting("math-cpt", 2.2, forgetting=("harness/x", True))]
-        )
-    }
+    other = setting("math-cpt", 2.2, forgetting=("other/loss", False))
+    other["rows"] = [
+        dict(r, metric="other/loss") if r["metric"] == "english/loss" else r for r in other["rows"]
+    ]
+    claims = {c["id"]: c for c in judge_suite([setting("code-cpt", 2.4), other])}
     assert claims["4.2-code"]["verdict"] == "inconclusive" and claims["4.2-code"]["effect"] is None
+    assert claims["4.1-code"]["effect"] == pytest.approx(0.0)  # the learning share compares across metrics
     assert "needs a ift and a cpt setting" in claims["4.2-ift"]["evidence"]
 
 

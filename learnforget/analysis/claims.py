@@ -4,7 +4,8 @@
 The paper's claims (`PAPER_CLAIMS`, one per finding of §4.1–§4.6) measure the paper's own comparisons:
 the same training budget (final milestone) and each method's peak. Our stricter tests (`OUR_CLAIMS`,
 "beyond the paper") compare forgetting at matched learning; they are judged and shown apart.
-`learnforget.analysis.suite_claims` judges the findings that compare settings (IFT vs CPT, code vs math).
+`learnforget.analysis.suite_claims` judges the findings that compare settings (IFT vs CPT, code vs math);
+`learnforget.analysis.verdicts` holds the verdict rule and the noise estimate.
 
 Conventions (the same for every claim):
 - Only the paper's arms are judged: full finetuning trains embeddings and LM head, LoRA does not.
@@ -34,26 +35,25 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
-from statistics import mean, median
+from statistics import mean
 
-from learnforget.analysis.frontier import (
-    Axis,
-    lr_sensitivity,
-    pareto_frontier,
-    points,
-    score,
-    seed_average,
-    study_axes,
-    sweep_name,
+from learnforget.analysis.frontier import Axis, lr_sensitivity, pareto_frontier, score, study_axes, sweep_name
+from learnforget.analysis.verdicts import (
+    DELTA_FRACTION,
+    FACTOR,
+    RANDOM_FRACTION,
+    StudyPoints,
+    combine,
+    missing,
+    part,
+    spread,
+    study_points,
+    verdict,
 )
 
-FACTOR = 3.0  # an effect must be this many seed spreads large to count
 MATCHED_LEVELS = 5  # learning levels at which forgetting is compared (our matched-learning test)
-DELTA_FRACTION = "spectrum/rank_delta_fraction"
-RANDOM_FRACTION = "spectrum/rank_random_fraction"
 # The paper's ranking of LoRA target modules, best first: its "MLP" is up_proj + down_proj (no gate_proj)
 # and "All" is attention + that MLP set. The gate-including groups stand in when a study lacks these.
 PAPER_TARGETS = ("paper-all", "paper-mlp", "attention")
@@ -83,175 +83,13 @@ OUR_CLAIMS = {
 }  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------------------------
-# Verdicts
-
-
-def verdict(effect: float | None, noise: float | None) -> tuple[str, str]:
-    """(verdict, reason) from an oriented effect and the seed spread."""
-    if effect is None:
-        return "inconclusive", "no effect measurable"
-    if noise is None:
-        return "inconclusive", "seed spread unknown: needs ≥2 seeds of a compared configuration"
-    threshold = FACTOR * noise * (1 - 1e-9)  # exactly 3x counts, whatever the float rounding
-    if effect > 0 and effect >= threshold:
-        return "supported", f"effect ≥ 3× seed spread ({FACTOR * noise:.4g})"
-    if effect < 0 and -effect >= threshold:
-        return "contradicted", f"opposite effect ≥ 3× seed spread ({FACTOR * noise:.4g})"
-    return "inconclusive", f"effect within 3× seed spread ({FACTOR * noise:.4g})"
-
-
-def part(effect: float | None, noise: float | None, evidence: str) -> dict:
-    judged, reason = verdict(effect, noise)
-    return {"verdict": judged, "effect": effect, "noise": noise, "evidence": f"{evidence}; {reason}"}
-
-
-def _missing(evidence: str) -> dict:
-    return {"verdict": "inconclusive", "effect": None, "noise": None, "evidence": evidence}
-
-
-def _combine(parts: list[dict]) -> dict:
-    """All parts supported → supported; any contradicted → contradicted; else inconclusive.
-    Effect and noise are those of the part that decided the verdict."""
-    verdicts = [p["verdict"] for p in parts]
-    if all(v == "supported" for v in verdicts):
-        judged, decider = "supported", parts[0]
-    elif "contradicted" in verdicts:
-        judged, decider = "contradicted", parts[verdicts.index("contradicted")]
-    else:
-        judged = "inconclusive"
-        decider = next(p for p in parts if p["verdict"] != "supported")
-    evidence = " · ".join(f"({chr(97 + i)}) {p['evidence']}" for i, p in enumerate(parts))
-    return {"verdict": judged, "effect": decider["effect"], "noise": decider["noise"], "evidence": evidence}
-
-
-# ---------------------------------------------------------------------------------------------------
-# Noise
-
-
-def _spread(p: dict, metric: str) -> float | None:
-    return {"learning": p["learning_spread"], "forgetting": p["forgetting_spread"]}.get(
-        metric, p["spreads"].get(metric)
-    )
-
-
-def _family(p: dict) -> tuple[str, bool]:
-    return p["method"], bool(p["dropout"])
-
-
-def pooled_spreads(avg: list[dict], base: dict | None, learning: Axis) -> dict[tuple, float]:
-    """(method, dropout on, milestone, metric) -> root mean square of the seed spreads of the replicated,
-    stable configurations there (stable: learns at least as well as the base; every one without a base)."""
-    spreads: dict[tuple, list[float]] = defaultdict(list)
-    for p in avg:
-        if p["method"] == "base" or p["seeds"] < 2:
-            continue
-        if base is not None and score(p["learning"], learning[1]) < score(base["learning"], learning[1]):
-            continue
-        for metric in ("learning", "forgetting", *p["spreads"]):
-            if (s := _spread(p, metric)) is not None:
-                spreads[(*_family(p), p["milestone"], metric)].append(s)
-    return {key: math.sqrt(mean(s * s for s in values)) for key, values in spreads.items()}
-
-
-# ---------------------------------------------------------------------------------------------------
-# A study's seed-averaged points
-
-
-@dataclass
-class StudyPoints:
-    """A study's seed-averaged points (the paper's arms), its axes and its pooled seed spreads."""
-
-    pts: list[dict]  # one per (arm, milestone), seeds apart
-    avg: list[dict]
-    base: dict | None
-    learning: Axis
-    forgetting: Axis
-    pooled: dict[tuple, float]
-    resolution: float = 0.0  # 1 / min(m, n) of the spectra's matrices: a rank fraction's step
-
-    @property
-    def trained(self) -> list[dict]:
-        return [p for p in self.avg if p["method"] != "base"]
-
-    @property
-    def final(self) -> list[dict]:
-        last = max((p["milestone"] for p in self.trained), default=None)
-        return [p for p in self.trained if p["milestone"] == last]
-
-    def of(self, method: str, final: bool = True, regularized: bool = False) -> list[dict]:
-        """The method's points (at the final milestone, or all). Full finetuning means its plain arms: the
-        weight-decay / dropout baselines (§4.4) only with `regularized`, or when it has no plain arm."""
-        found = [p for p in (self.final if final else self.trained) if p["method"] == method]
-        if method != "full" or regularized:
-            return found
-        return [p for p in found if not (p["weight_decay"] or p["dropout"])] or found
-
-    def learns(self, p: dict) -> float:
-        return score(p["learning"], self.learning[1])
-
-    def keeps(self, p: dict) -> float:
-        return score(p["forgetting"], self.forgetting[1])
-
-    def best(self, configs: list[dict]) -> dict:
-        return max(configs, key=self.learns)
-
-    def peak(self, method: str) -> dict:
-        """The method's best (configuration, milestone); the earlier milestone on a tie."""
-        return max(self.of(method, final=False), key=lambda p: (self.learns(p), -p["milestone"]))
-
-    def curve(self, configuration: str) -> list[dict]:
-        return sorted(
-            (p for p in self.avg if p["configuration"] == configuration), key=lambda p: p["milestone"]
-        )
-
-    def point_noise(self, p: dict, metric: str) -> float | None:
-        own = _spread(p, metric)
-        return own if own is not None else self.pooled.get((*_family(p), p["milestone"], metric))
-
-    def noise(self, compared: list[dict], metric: str) -> float | None:
-        """Largest noise among the compared points (the base model's evaluation is taken as exact)."""
-        known = [
-            n for p in compared if p["method"] != "base" and (n := self.point_noise(p, metric)) is not None
-        ]
-        return max(known) if known else None
-
-
-def study_points(rows: list[dict], matrices: list[dict], learning: Axis, forgetting: Axis) -> StudyPoints:
-    """The paper's arms of a study as seed-averaged points, with spectra and pooled seed spreads."""
-    # The paper's arms: full finetuning trains embeddings and LM head, LoRA does not. Arms that swap this
-    # ("full, embeddings frozen", "LoRA + trainable embeddings") separate the embedding confound; they are
-    # shown in the study's tables but would mix two effects into every claim here.
-    paper_arm = {r["arm"]: r.get("train_embeddings") in (None, r["method"] == "full") for r in rows}
-    rows = [r for r in rows if r["method"] == "base" or paper_arm[r["arm"]]]
-    pts = points(rows, learning, forgetting)
-    _add_spectrum(pts, matrices)
-    avg = seed_average(pts)
-    base = next((p for p in avg if p["method"] == "base"), None)
-    resolution = 1 / min((m["min_dim"] for m in matrices if m.get("min_dim")), default=math.inf)
-    return StudyPoints(pts, avg, base, learning, forgetting, pooled_spreads(avg, base, learning), resolution)
-
-
-def _add_spectrum(pts: list[dict], matrices: list[dict]) -> None:
-    """Fill the rank fractions (median over matrices) from matrix rows where the metric rows lack them."""
-    by_point: dict[tuple[str, int], list[dict]] = defaultdict(list)
-    for m in matrices:
-        if m.get("min_dim"):
-            by_point[(m["arm"], m["tokens"])].append(m)
-    for p in pts:
-        group = by_point.get((p["arm"], p["milestone"]))
-        if group and DELTA_FRACTION not in p["metrics"]:
-            p["metrics"][DELTA_FRACTION] = median(m["rank_delta"] / m["min_dim"] for m in group)
-            p["metrics"][RANDOM_FRACTION] = median(m["rank_random"] / m["min_dim"] for m in group)
-
-
 def _value(p: dict, metric: str) -> float | None:
     return p[metric] if metric in ("learning", "forgetting") else p["metrics"].get(metric)
 
 
 def _show(p: dict, metric: str, at: bool = False) -> str:
-    spread = _spread(p, metric)
-    text = f"{_value(p, metric):.4f}" + ("" if spread is None else f" ± {spread:.4f}")
+    half_range = spread(p, metric)
+    text = f"{_value(p, metric):.4f}" + ("" if half_range is None else f" ± {half_range:.4f}")
     where = f" at {p['milestone']:,} tokens" if at else ""
     return f"`{p['configuration']}`{where} {text} (n={p['seeds']})"
 
@@ -261,7 +99,7 @@ def _both(s: StudyPoints, final: bool = True) -> tuple[list[dict], list[dict], d
     full, lora = s.of("full", final), s.of("lora", final)
     if full and lora:
         return full, lora, None
-    return full, lora, _missing(f"no {'full-finetuning' if not full else 'LoRA'} arms in this study")
+    return full, lora, missing(f"no {'full-finetuning' if not full else 'LoRA'} arms in this study")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -272,9 +110,9 @@ def _budget_and_peak(s: StudyPoints, metric: str) -> dict:
     """Full finetuning vs LoRA on `metric` ('learning': full learns more; 'forgetting': LoRA keeps more),
     (a) at the same budget: the best configuration of each at the final milestone; (b) at each method's
     peak learning: its best (configuration, milestone)."""
-    full, lora, missing = _both(s)
-    if missing:
-        return missing
+    full, lora, absent = _both(s)
+    if absent:
+        return absent
     learning = metric == "learning"
     oriented, sign = (s.learns, 1) if learning else (s.keeps, -1)  # full − LoRA, or LoRA − full
     name, winner = (s.learning[0], "full learns more") if learning else (s.forgetting[0], "LoRA keeps more")
@@ -287,7 +125,7 @@ def _budget_and_peak(s: StudyPoints, metric: str) -> dict:
             f"{winner} by {effect:+.4f}"
         )
         parts.append(part(effect, s.noise([f, lo], metric), evidence))
-    return _combine(parts)
+    return combine(parts)
 
 
 def _best_per(s: StudyPoints, configs: list[dict], outer: str, inner: str) -> dict:
@@ -304,7 +142,7 @@ def _claim_rank(s: StudyPoints) -> dict:
     table = _best_per(s, s.of("lora"), "target_modules", "rank")
     sweeps = {target: [ranks[r] for r in sorted(ranks)] for target, ranks in table.items() if len(ranks) >= 2}
     if not sweeps:
-        return _missing("no LoRA arms with two or more ranks at the same target modules in this study")
+        return missing("no LoRA arms with two or more ranks at the same target modules in this study")
     gains = [s.learns(sw[-1]) - s.learns(sw[0]) for sw in sweeps.values()]
     steps = [s.learns(b) - s.learns(a) for sw in sweeps.values() for a, b in pairwise(sw)]
     full = s.of("full")
@@ -345,7 +183,7 @@ def _claim_forgetting_grows(s: StudyPoints) -> dict:
             f"{last['forgetting']:.4f} at {last['milestone']:,} tokens"
         )
     if not growths:
-        return _missing("needs ≥2 milestones of a full-finetuning or LoRA configuration")
+        return missing("needs ≥2 milestones of a full-finetuning or LoRA configuration")
     effect = mean(growths)
     evidence = f"{s.forgetting[0]} along training: {'; '.join(listing)}; mean extra forgetting {effect:+.4f}"
     return part(effect, s.noise(compared, "forgetting"), evidence)
@@ -381,9 +219,9 @@ def _claim_tradeoff(s: StudyPoints) -> dict:
     outside full's learning range are excluded (nothing to compare with). Mean gap ≥ 3× noise: supported,
     better trade-off; ≤ −3× noise: contradicted (LoRA lies behind); within: supported, same curve, unless
     3× noise covers the whole kept range of full's frontier (then nothing could be told apart)."""
-    full, lora, missing = _both(s, final=False)
-    if missing:
-        return missing
+    full, lora, absent = _both(s, final=False)
+    if absent:
+        return absent
     full_line = _frontier_line(s, full + ([s.base] if s.base else []))
     lora_line = _frontier_line(s, lora)
     gaps, compared, outside = [], [], 0
@@ -395,7 +233,7 @@ def _claim_tradeoff(s: StudyPoints) -> dict:
         gaps.append(found[0])
         compared += [p, *found[1]]
     if not gaps:
-        return _missing(f"no LoRA frontier point within full finetuning's {s.learning[0]} range")
+        return missing(f"no LoRA frontier point within full finetuning's {s.learning[0]} range")
     effect, noise = mean(gaps), s.noise(compared, "forgetting")
     span = max(y for _, y, _ in full_line) - min(y for _, y, _ in full_line)
     lora_end = max(x for x, _, _ in lora_line) < max(x for x, _, _ in full_line)
@@ -431,9 +269,9 @@ def _regularized(s: StudyPoints) -> list[dict]:
 def _claim_regularizers(s: StudyPoints) -> dict:
     lora, regularized = s.of("lora"), _regularized(s)
     if not lora:
-        return _missing("no LoRA arms in this study")
+        return missing("no LoRA arms in this study")
     if not regularized:
-        return _missing("no regularized full-finetuning arms (weight_decay > 0 or dropout > 0) in this study")
+        return missing("no regularized full-finetuning arms (weight_decay > 0 or dropout > 0) in this study")
     bl = s.best(lora)
     advantages = {p["configuration"]: s.keeps(bl) - s.keeps(p) for p in regularized}
     weakest = min(regularized, key=lambda p: advantages[p["configuration"]])  # LoRA must beat each one
@@ -455,7 +293,7 @@ def _claim_diversity(s: StudyPoints, metric: str | None) -> dict:
             if not metric
             else f"no {'full-finetuning' if not full else 'LoRA'} arms with `{metric}`"
         )
-        return _missing(f"{what} in this study")
+        return missing(f"{what} in this study")
     bf, bl = s.best(full), s.best(lora)
     effect = bl["metrics"][metric] - bf["metrics"][metric]
     evidence = (
@@ -480,7 +318,7 @@ def _claim_spectrum(s: StudyPoints) -> dict:
     full = [p for p in s.of("full") if DELTA_FRACTION in p["metrics"]]
     lora = [p for p in s.of("lora") if DELTA_FRACTION in p["metrics"]]
     if not full or not lora:
-        return _missing(f"no {'full-finetuning' if not full else 'LoRA'} arms with ΔW spectra in this study")
+        return missing(f"no {'full-finetuning' if not full else 'LoRA'} arms with ΔW spectra in this study")
     bf = s.best(full)
     top_rank = max(p["rank"] for p in lora)
     bl = s.best([p for p in lora if p["rank"] == top_rank])
@@ -494,7 +332,7 @@ def _claim_spectrum(s: StudyPoints) -> dict:
     )
     curve = [p for p in s.curve(bf["configuration"]) if DELTA_FRACTION in p["metrics"]]
     if len(curve) < 2:
-        return _combine([higher, _missing("full finetuning's spectrum needs ≥2 milestones to show a trend")])
+        return combine([higher, missing("full finetuning's spectrum needs ≥2 milestones to show a trend")])
     first, last = curve[0], curve[-1]
     growth = last["metrics"][DELTA_FRACTION] - first["metrics"][DELTA_FRACTION]
     evidence = (
@@ -505,7 +343,7 @@ def _claim_spectrum(s: StudyPoints) -> dict:
     if all(RANDOM_FRACTION in p["metrics"] for p in (first, last)):  # shown, not judged
         gap = [abs(p["metrics"][RANDOM_FRACTION] - p["metrics"][DELTA_FRACTION]) for p in (first, last)]
         evidence += f"; gap to a random matrix's fraction {gap[0]:.4f} → {gap[1]:.4f}"
-    return _combine([higher, part(growth, _spectrum_noise(s, [first, last]), evidence)])
+    return combine([higher, part(growth, _spectrum_noise(s, [first, last]), evidence)])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -540,7 +378,7 @@ def _neighbours(row: dict) -> list[float]:
 def _claim_lr_sensitivity(s: StudyPoints) -> dict:
     rf, rl = _sweeps(s)
     if any(r is None or r["per_decade"] is None for r in (rf, rl)):
-        return _missing(
+        return missing(
             "needs an LR sweep (≥2 learning rates) of both the best full and the best LoRA configuration"
         )
     # per_decade reads the best LR and its neighbours: their seed spreads, per decade of LR, are its noise
@@ -560,14 +398,14 @@ def _claim_best_lr(s: StudyPoints) -> dict:
     every plausible LoRA LR is above every plausible full LR; contradicted when every one is below."""
     rf, rl = _sweeps(s)
     if any(r is None or len(r["learning_rates"]) < 2 for r in (rf, rl)):
-        return _missing(
+        return missing(
             "needs an LR sweep (≥2 learning rates) of both the best full and the best LoRA configuration"
         )
     plausible, noises = [], []
     for r in (rf, rl):
         noise = s.noise(_sweep_points(s, r, r["learning_rates"]), "learning")
         if noise is None:
-            return _missing("seed spread unknown: needs ≥2 seeds of a swept configuration")
+            return missing("seed spread unknown: needs ≥2 seeds of a swept configuration")
         noises.append(noise)
         top = score(r["best_value"], s.learning[1])
         plausible.append(
@@ -605,7 +443,7 @@ def _claim_targets(s: StudyPoints) -> dict:
             gaps[(a, b)].append(s.learns(targets[a]) - s.learns(targets[b]))
         listing.append(f"r{rank}: " + ", ".join(f"{t} {targets[t]['learning']:.4f}" for t in present))
     if not gaps:
-        return _missing("no LoRA arms with different target modules at the same rank in this study")
+        return missing("no LoRA arms with different target modules at the same rank in this study")
     means = {pair: mean(v) for pair, v in gaps.items()}
     pairs = ", ".join(f"{a} − {b} {g:+.4f}" for (a, b), g in means.items())
     compared = [
@@ -623,7 +461,7 @@ def _claim_targets(s: StudyPoints) -> dict:
 def _claim_alpha(s: StudyPoints) -> dict:
     lora = s.of("lora")
     if not lora:
-        return _missing("no LoRA arms in this study")
+        return missing("no LoRA arms in this study")
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for p in lora:
         groups[(p["rank"], p["target_modules"], p["learning_rate"], p["weight_decay"], p["dropout"])].append(
@@ -641,7 +479,7 @@ def _claim_alpha(s: StudyPoints) -> dict:
                            f"α={best_other['alpha']:g} {best_other['learning']:.4f}")  # fmt: skip
     if not effects:
         alphas = sorted({f"α={p['alpha']:g} at r{p['rank']}" for p in lora if p["alpha"] is not None})
-        return _missing(f"report only: the study does not sweep α ({', '.join(alphas) or 'α not recorded'})")
+        return missing(f"report only: the study does not sweep α ({', '.join(alphas) or 'α not recorded'})")
     evidence = f"{s.learning[0]}: {'; '.join(listing)}; α = 2r learns more by {mean(effects):+.4f}"
     return part(mean(effects), s.noise(compared, "learning"), evidence)
 
@@ -699,13 +537,13 @@ def _matched(s: StudyPoints, lora: dict, other: dict) -> dict | None:
 
 
 def _claim_matched(s: StudyPoints) -> dict:
-    full, lora, missing = _both(s)
-    if missing:
-        return missing
+    full, lora, absent = _both(s)
+    if absent:
+        return absent
     bf, bl = s.best(full), s.best(lora)
     result = _matched(s, bl, bf)
     if result is None:
-        return _missing(
+        return missing(
             f"learning ranges of `{bl['configuration']}` and `{bf['configuration']}` do not overlap"
         )
     levels = ", ".join(f"{x:.3f}: {a:.3f} vs {b:.3f}" for x, a, b in result.pop("levels"))
@@ -716,11 +554,11 @@ def _claim_matched(s: StudyPoints) -> dict:
 def _claim_matched_regularizers(s: StudyPoints) -> dict:
     lora, regularized = s.of("lora"), _regularized(s)
     if not lora or not regularized:
-        return _missing("needs LoRA arms and regularized full-finetuning arms (weight_decay or dropout > 0)")
+        return missing("needs LoRA arms and regularized full-finetuning arms (weight_decay or dropout > 0)")
     bl = s.best(lora)
     results = [r for p in regularized if (r := _matched(s, bl, p)) is not None]
     if not results:
-        return _missing(f"learning ranges of `{bl['configuration']}` and the regularized arms do not overlap")
+        return missing(f"learning ranges of `{bl['configuration']}` and the regularized arms do not overlap")
     weakest = min(results, key=lambda r: r["effect"])  # LoRA must beat the strongest regularizer
     levels = results[0]["levels"]
     evidence = (

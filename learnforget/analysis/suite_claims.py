@@ -19,7 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 from statistics import mean
 
-from learnforget.analysis.claims import StudyPoints, labelled, part, study_points
+from learnforget.analysis.claims import labelled
+from learnforget.analysis.verdicts import StudyPoints, part, study_points
 from learnforget.analysis.frontier import study_axes
 
 SUITE_INTRO = (

@@ -20,8 +20,8 @@ from pathlib import Path
 from statistics import mean
 
 from learnforget.analysis.claims import labelled
-from learnforget.analysis.verdicts import StudyPoints, part, study_points
 from learnforget.analysis.frontier import study_axes
+from learnforget.analysis.verdicts import StudyPoints, part, study_points
 
 SUITE_INTRO = (
     "The paper's findings that compare settings (§ = the paper's section), each setting measured at its "

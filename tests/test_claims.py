@@ -406,7 +406,7 @@ def test_paper_like_study_supports_every_judged_claim():
     assert claims["4.6-lr"]["effect"] == pytest.approx(0.45)
     assert (
         claims["4.6-best-lr"]["effect"] == pytest.approx(1.0)
-        and "(10×; paper ≈10×)" in claims["4.6-best-lr"]["evidence"]
+        and "(10×, effect +1.00 decades; paper ≈10×)" in claims["4.6-best-lr"]["evidence"]
     )
     assert (
         "all − mlp +0.2000" in claims["4.6-targets"]["evidence"]

@@ -421,9 +421,9 @@ def _claim_best_lr(s: StudyPoints) -> dict:
         judged = "inconclusive"
     evidence = (
         f"best LR: LoRA `{rl['sweep']}` {rl['best_learning_rate']:g} vs full `{rf['sweep']}` "
-        f"{rf['best_learning_rate']:g} ({10**decades:.3g}×; paper ≈10×); LRs within 3× seed spread of the "
-        f"best: LoRA {', '.join(f'{lr:g}' for lr in pl)} ({FACTOR * noises[1]:.4g}), full "
-        f"{', '.join(f'{lr:g}' for lr in pf)} ({FACTOR * noises[0]:.4g})"
+        f"{rf['best_learning_rate']:g} ({10**decades:.3g}×, effect {decades:+.2f} decades; paper ≈10×); LRs "
+        f"as good as the best within 3× seed spread: LoRA {', '.join(f'{lr:g}' for lr in pl)} (3× spread "
+        f"{FACTOR * noises[1]:.4g}), full {', '.join(f'{lr:g}' for lr in pf)} (3× spread {FACTOR * noises[0]:.4g})"
     )
     # effect in decades of LR; the noise lives in the learning metric, so it is shown in the evidence
     return {"verdict": judged, "effect": decades, "noise": None, "evidence": evidence}

@@ -581,6 +581,17 @@ def test_ours_forgets_less_at_matched_learning(full_slope, lora_slope, jitter, e
     assert claim["noise"] == pytest.approx(jitter) and claim["verdict"] == expected
 
 
+@pytest.mark.parametrize(
+    ("wd_slope", "expected"), [(0.4, "supported"), (0.0, "contradicted"), (0.2, "inconclusive")]
+)
+def test_ours_forgets_less_than_regularizers_at_matched_learning(wd_slope, expected):
+    rows = forgetting_study(0.4, 0.2, 0.005)
+    curve = {t: point(c, BASE_ENGLISH + wd_slope * (BASE_CODE - c)) for t, c in {100: 2.0, 200: 1.0}.items()}
+    rows += seeded("full-lr1e-3-wd0.1", curve, {"english/loss": 0.005}, lr=1e-3, wd=0.1)
+    claim = judge(rows)["ours-matched-reg"]
+    assert claim["verdict"] == expected and claim["effect"] == pytest.approx((wd_slope - 0.2) * 0.6, abs=1e-9)
+
+
 def test_ours_matched_no_overlap_above_base():
     rows = forgetting_study(0.4, 0.2, 0.005)
     rows = [r for r in rows if not (r["arm"].startswith("lora") and r["metric"] == "code/loss")]

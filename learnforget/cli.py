@@ -382,15 +382,20 @@ def recommend(
 
 @app.command()
 def claims(study_dir: Annotated[Path, typer.Argument(help="Study directory.")]) -> None:
-    """Judge the paper's claims on a study's own numbers: supported, contradicted or inconclusive."""
+    """Judge the paper's claims (each citing its section) and ours on a study's own numbers, or on each
+    setting of a suite plus the findings that compare settings: supported, contradicted or inconclusive."""
     from rich.markdown import Markdown
 
     from learnforget.analysis.claims import claims_for_study_dir, claims_markdown
+    from learnforget.analysis.suite_claims import SUITE_INTRO, claims_for_suite_dir
 
     settings = _suite_settings(study_dir)
     for key in settings or [""]:
-        markdown = claims_markdown(claims_for_study_dir(study_dir / key))
-        out_console.print(Markdown(markdown.replace("## Claims", f"## Claims: {key}") if key else markdown))
+        heading = f"## Claims: {key}" if key else "## Claims"
+        out_console.print(Markdown(claims_markdown(claims_for_study_dir(study_dir / key), heading)))
+    if settings:
+        across = claims_for_suite_dir(study_dir, settings)
+        out_console.print(Markdown(claims_markdown(across, "## Across settings", SUITE_INTRO)))
 
 
 def _suite_settings(directory: Path) -> list[str]:

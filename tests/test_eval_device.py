@@ -131,7 +131,6 @@ def test_bfloat16_model_gives_the_float32_metrics(trained, tokenizer, eval_sets)
     for name in ("english/loss", "math/loss", "math/ref_nll"):
         assert half[name] == pytest.approx(full[name], rel=2e-2), name
     assert full["english/loss"] < 0.8 * math.log(len(tokenizer))  # trained: the comparison means something
-    assert half["english/mc_acc"] == full["english/mc_acc"]
     scores = choice_loglikelihoods(bf16, tokenizer, eval_sets["choice"])
     reference = choice_loglikelihoods(trained, tokenizer, eval_sets["choice"])
     for got, want in zip(scores, reference, strict=True):

@@ -83,8 +83,8 @@ def evaluate_checkpoint(
 ) -> dict[str, float]:
     """Every metric of the suite for one checkpoint (under autocast for the mixed precisions)."""
     from learnforget.data.datasets import evaluation_sets
-    from learnforget.evaluate.suites import evaluate_suites
     from learnforget.evaluate.device import model_device
+    from learnforget.evaluate.suites import evaluate_suites
     from learnforget.precision import autocast
 
     model, tokenizer = load_checkpoint(model_path, adapter, precision)

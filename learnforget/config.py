@@ -14,18 +14,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from learnforget.errors import UserError
 
 BUILTIN_CONFIG_DIR = Path(__file__).parent / "configs"
 
-# Linear layers of Llama-style blocks, grouped as the paper groups them.
-TARGET_MODULES = {
-    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "mlp": ["gate_proj", "up_proj", "down_proj"],
-    "all": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-}
+# Named sets of linear layers LoRA adapts, resolved from each model's structure (learnforget/targets.py).
+TargetGroup = Literal["all", "attention", "mlp", "paper-all", "paper-mlp"]
+# Joins an explicit module list into the arm's one-string `target_modules` ('q_proj+v_proj').
+MODULE_SEPARATOR = "+"
 
 
 class Strict(BaseModel):
@@ -161,6 +159,17 @@ class EvalConfig(Strict):
     """Folder of extra lm-eval task YAMLs (local tasks)."""
 
 
+class ExplicitModules(Strict):
+    """An explicit set of layers for LoRA, e.g. `{modules: [q_proj, v_proj]}`."""
+
+    modules: list[str] = Field(min_length=1)
+    """Module-name suffixes inside the decoder blocks, e.g. q_proj or attn.c_proj (GPT-2's attention output)."""
+
+    def label(self) -> str:
+        """The arm's target_modules string (and part of its name)."""
+        return MODULE_SEPARATOR.join(self.modules)
+
+
 class ArmSpec(Strict):
     """One arm, or a grid of arms when fields are lists (cartesian product)."""
 
@@ -170,8 +179,13 @@ class ArmSpec(Strict):
     """LoRA rank r (ignored for full)."""
     alpha: float | None = None
     """LoRA alpha; default 2r as in the paper."""
-    target_modules: Literal["all", "attention", "mlp"] | list[Literal["all", "attention", "mlp"]] = "all"
-    """Which linear layers LoRA adapts: attention = q,k,v,o; mlp = gate,up,down; all = both."""
+    target_modules: TargetGroup | ExplicitModules | list[TargetGroup | ExplicitModules] = "all"
+    """Which linear layers LoRA adapts, found from the model's blocks (any architecture): 'attention' (the
+    attention's linear layers, e.g. q,k,v,o or GPT-2's c_attn,c_proj), 'mlp' (the rest of the block, e.g.
+    gate,up,down), 'all' (both); the paper's sets 'paper-mlp' (up and down, the gate left out; refused
+    where gate and up are one fused matrix, as Phi-3's gate_up_proj) and 'paper-all' (attention +
+    paper-mlp). An explicit set is a mapping `{modules: [q_proj, v_proj]}`. A list sweeps its items,
+    e.g. [attention, mlp, {modules: [q_proj, v_proj]}]."""
     learning_rate: float | list[float] = 1e-3
     """Peak learning rate; a list sweeps it. The paper found LoRA's best about 10x full finetuning's."""
     weight_decay: float | list[float] = 0.0
@@ -185,6 +199,25 @@ class ArmSpec(Strict):
     seed: int | list[int] = 0
     """Seed of the arm's initialisation and dropout; a list runs repeats."""
 
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _check_targets(cls, value: Any) -> Any:
+        # One clear message instead of pydantic's attempt at every member of the union.
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and item not in TargetGroup.__args__:
+                raise ValueError(
+                    f"{item!r} is not a group ({', '.join(TargetGroup.__args__)}); "
+                    "explicit modules go as {modules: [name, ...]}"
+                )
+            if isinstance(item, dict) and (set(item) != {"modules"} or not item["modules"]):
+                raise ValueError("explicit modules go as {modules: [name, ...]} (one name at least)")
+            for name in item["modules"] if isinstance(item, dict) else []:
+                if name in TargetGroup.__args__ or MODULE_SEPARATOR in str(name):
+                    raise ValueError(
+                        f"{name!r} is not a module name (a group goes as target_modules: {name})"
+                    )
+        return value
+
 
 class Arm(Strict):
     """One concrete arm after grid expansion."""
@@ -193,7 +226,7 @@ class Arm(Strict):
     method: Literal["full", "lora"]
     rank: int | None
     alpha: float | None
-    target_modules: str
+    target_modules: str  # a group (all, attention, ...) or module suffixes joined by '+': 'q_proj+v_proj'
     learning_rate: float
     weight_decay: float
     dropout: float
@@ -266,6 +299,9 @@ class StudyConfig(Strict):
             raise ValueError("a study needs at least one arm")
         if self.epochs is not None and self.regime != "ift":
             raise ValueError("epochs is for regime 'ift'; CPT budgets are in budget_tokens")
+        if self.sharding == "fsdp" and self.precision == "fp16-mixed":
+            # fp16's gradient scaler would decide on overflow from each process's own shards.
+            raise ValueError("sharding 'fsdp' does not support precision 'fp16-mixed'; use 'bf16-mixed'")
         if self.base_model == "builtin" and self.seq_len > self.base.seq_len:
             raise ValueError(
                 f"seq_len {self.seq_len} exceeds the built-in base's seq_len {self.base.seq_len}"
@@ -331,7 +367,10 @@ def expand_arms(study: StudyConfig) -> list[Arm]:
     for spec in study.arms:
         for method in _as_list(spec.method):
             ranks = _as_list(spec.rank) if method == "lora" else [None]
-            targets = _as_list(spec.target_modules) if method == "lora" else ["all"]
+            targets = [
+                t.label() if isinstance(t, ExplicitModules) else t for t in _as_list(spec.target_modules)
+            ]
+            targets = targets if method == "lora" else ["all"]
             for rank, target, lr, wd, dropout, optimizer, seed in itertools.product(
                 ranks,
                 targets,

@@ -54,6 +54,15 @@ def test_decoder_layers_found_by_structure_in_llama_gpt2_and_peft():
         decoder_layers(torch.nn.Linear(2, 2))
 
 
+def test_fp16_mixed_under_fsdp_is_a_user_error(micro_config, capsys):
+    from tests.test_study import run_cli
+
+    code, _, err = run_cli(
+        ["run", str(micro_config), "--set", "sharding=fsdp", "--set", "precision=fp16-mixed"], capsys
+    )
+    assert code == 2 and "use 'bf16-mixed'" in err and "Traceback" not in err
+
+
 @pytest.fixture(scope="module")
 def process_group():
     """A one-process gloo group: FSDP2 shards over it (every collective is real, the shard is whole)."""
@@ -91,7 +100,7 @@ def test_sharded_arm_trains_gathers_checkpoints_and_saves_like_a_plain_one(proce
 
     # Checkpoint, then resume in a freshly sharded arm: two more steps give the same numbers.
     path = tmp_path / "checkpoint.pt"
-    torch.save(checkpoint_state(sharded, opt, sched, 2, gathered), path)
+    torch.save(checkpoint_state(sharded, opt, sched, 2, gathered=gathered), path)
     resumed = sharding.shard_model(tiny_llama(lora))
     resumed_opt, resumed_sched = make_optimizer(resumed, 1e-2, 0.1, 1, 4)
     assert restore_checkpoint(path, resumed, resumed_opt, resumed_sched) == 2
@@ -102,7 +111,8 @@ def test_sharded_arm_trains_gathers_checkpoints_and_saves_like_a_plain_one(proce
     if lora:
         return
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=_word_tokenizer(), eos_token="[EOS]")
-    save_final(sharded, tokenizer, tmp_path, sharding.full_state_dict(sharded))
+    sharded.config.save_pretrained(tmp_path / "base")  # save_final reads the base's dtype from its config
+    save_final(sharded, tokenizer, tmp_path, str(tmp_path / "base"), sharding.full_state_dict(sharded))
     assert type(sharded).__name__ == "FSDPLlamaForCausalLM"  # the class is put back after saving
     assert is_fsdp_managed_module(sharded)  # generate() keeps processes in step (synced_gpus)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model")

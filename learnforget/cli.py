@@ -111,8 +111,10 @@ def run(
     studies = load_studies(config, set_)
     if dry_run:
         from learnforget.dryrun import print_dry_run
+        from learnforget.model import check_base_model
 
         for _, study in studies:
+            check_base_model(study.base_model)
             print_dry_run(study, expand_arms(study), out_console)
         return
     started = time.time()
@@ -155,7 +157,7 @@ def _run_study(study, study_dir: Path, shard: str | None) -> list[tuple[str, str
         store = Store(study_dir)
         study_mod.check_same_study(store, study, arms)
         base_path = _pretrain_with_progress(study)
-        study_mod.check_arms_fit(arms, base_path)
+        study_mod.check_arms_fit(arms, study_mod.base_model_config(base_path))
         store.set_info("base_path", base_path)
         store.set_info("processes", int(os.environ.get("WORLD_SIZE", "1")))
         store.register_arms([(arm.name, arm.model_dump(), arm.id) for arm in arms])

@@ -450,6 +450,8 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         value = raw
+    except (ValueError, RecursionError) as e:
+        raise UserError(f"--set {key}: invalid value ({str(e).splitlines()[0]})") from None
     return key.strip().split("."), value
 
 
@@ -514,6 +516,8 @@ def _read_yaml(path: Path) -> dict:
         ) from None
     except RecursionError:
         raise UserError(f"{path}: YAML nested too deeply") from None
+    except ValueError as e:  # e.g. an integer with more digits than Python converts
+        raise UserError(f"{path}: invalid value: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""

@@ -242,7 +242,11 @@ class Store:
         """Set fields of an arm: its merged row, updated, goes into this process's part."""
         with closing(self._connect_part()) as conn:  # this process's row is the latest of an arm it holds
             own = conn.execute("SELECT * FROM arms WHERE name = ?", (name,)).fetchone()
-        row = dict(own) if own else self.arm(name) or {"name": name, "status": "pending", "registered": time.time()}
+        row = (
+            dict(own)
+            if own
+            else self.arm(name) or {"name": name, "status": "pending", "registered": time.time()}
+        )
         row.update(fields, updated=time.time())
         values = [row.get(c) for c in ALL_ARM_COLUMNS]
         marks = ", ".join("?" * len(ALL_ARM_COLUMNS))

@@ -123,7 +123,20 @@ def evaluate_model(model, tokenizer, study: StudyConfig, data: dict) -> dict[str
 
 
 def run_base(study: StudyConfig, study_dir: Path, base_path: str) -> dict[str, float]:
-    """Evaluate the untouched base model (arm 'base', 0 tokens) unless already done."""
+    """Evaluate the untouched base model (arm 'base', 0 tokens) unless already done (under its lease:
+    a second process on the directory waits for the first's numbers instead of computing them again)."""
+    from learnforget.lease import Lease
+
+    lease = Lease(study_dir, "base")
+    while not lease.acquire():
+        time.sleep(POLL_SECONDS)
+    try:
+        return _evaluate_base(study, study_dir, base_path)
+    finally:
+        lease.release()
+
+
+def _evaluate_base(study: StudyConfig, study_dir: Path, base_path: str) -> dict[str, float]:
     from transformers import AutoModelForCausalLM
 
     from learnforget.model import load_tokenizer
@@ -260,9 +273,10 @@ def run_arm_safely(study_json: str, arm_json: str, study_dir: str, base_path: st
                 return {"arm": arm.name, "skipped": True}
             warn(f"{arm.name}: {problem}; retraining the arm")
             store.update_arm(arm.name, status="pending")
-        check_checkpoint(store, study, directory, arm)
-        if distributed.is_main_process():
+        if distributed.is_main_process():  # one process decides, so every process resumes alike
+            check_checkpoint(store, study, directory, arm)
             store.record_start(arm.name, arm.id)
+        distributed.wait_for_everyone()
         result = run_arm(study_json, arm_json, study_dir, base_path, queue)
         if "failed" not in result and distributed.is_main_process():
             record_final_files(store, directory, arm)
@@ -460,22 +474,30 @@ def _key_order(key: str):
     return [int(p) if p.isdigit() else p for p in key.split(".")]
 
 
-def check_arms_fit(arms: list[Arm], base_path: str) -> None:
-    """A LoRA rank above the width of the matrices it adapts is an error, named by the arm."""
+def base_model_config(base_path: str) -> dict | None:
+    """The base model's config.json as a dict (None for a hub id: checked when it loads)."""
     config_file = Path(base_path) / "config.json"
     if not config_file.exists():
-        return  # a hub id: checked when it loads
+        return None
     try:
-        config = json.loads(config_file.read_text())
-    except (ValueError, UnicodeDecodeError):
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise UserError(f"{config_file}: not a readable JSON model config") from None
-    width = min(
-        v for v in (config.get("hidden_size"), config.get("intermediate_size")) if isinstance(v, int)
-    ) if isinstance(config.get("hidden_size"), int) else None  # fmt: skip
+    if not isinstance(config, dict):
+        raise UserError(f"{config_file}: not a JSON object")
+    return config
+
+
+def check_arms_fit(arms: list[Arm], model_config: dict | None) -> None:
+    """A LoRA rank above the width of the matrices it adapts is an error, named by the arm."""
+    widths = [(model_config or {}).get(k) for k in ("hidden_size", "intermediate_size")]
+    widths = [w for w in widths if isinstance(w, int) and w > 0]
+    if not widths:
+        return
     for arm in arms:
-        if width is not None and arm.method == "lora" and arm.rank > width:
+        if arm.method == "lora" and arm.rank > min(widths):
             raise UserError(
-                f"arm {arm.name}: LoRA rank {arm.rank} exceeds the width {width} of the base model's "
+                f"arm {arm.name}: LoRA rank {arm.rank} exceeds the width {min(widths)} of the base model's "
                 "matrices; lower the rank"
             )
 

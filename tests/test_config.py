@@ -108,7 +108,9 @@ def test_values_that_would_train_nonsense_are_refused_in_one_line(override, expe
 def test_valid_metric_names_and_pass_k_within_the_samples_are_accepted():
     study = load_study(None, ["eval.pass_k=[1, 5]", "eval.learning_metric=code/sampled_pass@5"])
     assert study.eval.learning_metric == "code/sampled_pass@5"
-    harness = load_study(None, ["eval.harness_tasks=[hellaswag]", "eval.forgetting_metric=harness/paper_forgetting"])
+    harness = load_study(
+        None, ["eval.harness_tasks=[hellaswag]", "eval.forgetting_metric=harness/paper_forgetting"]
+    )
     assert harness.eval.forgetting_metric == "harness/paper_forgetting"
 
 

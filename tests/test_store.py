@@ -121,7 +121,10 @@ def test_a_store_of_an_older_version_is_adopted_and_gains_the_arm_id_column(tmp_
     assert store.metrics()[0]["value"] == 3.5
     store.update_arm("full-lr1e-3-s0", arm_id="abc")
     store.register_arm("full-lr2e-3-s0", {"method": "full"}, "def")
-    assert [(a["name"], a["arm_id"]) for a in Store(tmp_path).arms()] == [("full-lr1e-3-s0", "abc"), ("full-lr2e-3-s0", "def")]
+    assert [(a["name"], a["arm_id"]) for a in Store(tmp_path).arms()] == [
+        ("full-lr1e-3-s0", "abc"),
+        ("full-lr2e-3-s0", "def"),
+    ]
     with sqlite3.connect(tmp_path / "results.db") as conn:  # now the merged snapshot
         assert conn.execute("SELECT value FROM metrics").fetchall() == [(3.5,)]
 

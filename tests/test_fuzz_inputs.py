@@ -9,16 +9,14 @@ import json
 import os
 import random
 import signal
-import sys
 from contextlib import contextmanager
 
 import pytest
 import yaml
 
-from learnforget.cli import main
 from learnforget.data.loaders import load_pairs, load_text_records
 from learnforget.errors import UserError
-from tests.conftest import MICRO_STUDY
+from tests.conftest import MICRO_STUDY, cli_exit_code
 
 SEED = 0
 CASE_SECONDS = 10
@@ -130,16 +128,7 @@ def time_limit(seconds: int):
         signal.signal(signal.SIGALRM, previous)
 
 
-def run_cli(args: list[str]) -> int:
-    argv = sys.argv
-    sys.argv = ["learnforget", *args]
-    try:
-        main()
-        return 0
-    except SystemExit as e:
-        return e.code or 0
-    finally:
-        sys.argv = argv
+run_cli = cli_exit_code
 
 
 @pytest.fixture(scope="module")
@@ -218,3 +207,14 @@ def test_config_metric_names_match_what_the_suites_record():
         "english/loss", "math/loss", "math/ref_nll", "math/strict_match", "math/flexible_match",
         "math/distinct_fraction",
     }  # fmt: skip
+
+
+def test_a_rank_above_the_width_and_a_model_without_weights_are_named(tmp_path, capsys, warm):
+    config = tmp_path / "wide.yaml"
+    config.write_text(yaml.safe_dump(dict(MICRO_STUDY, arms=[{"method": "lora", "rank": [2, 64]}])))
+    assert run_cli(["run", str(config), "--dry-run"]) == 2
+    assert "arm lora-r64-all-lr1e-3-s0: LoRA rank 64 exceeds the width 32" in capsys.readouterr().err
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text('{"model_type": "llama"}')
+    assert run_cli(["run", "--dry-run", "--set", f"base_model={tmp_path / 'model'}"]) == 2
+    assert "config.json but no weights" in capsys.readouterr().err

@@ -13,9 +13,8 @@ import pytest
 import yaml
 
 from learnforget import study as study_mod
-from learnforget.cli import main
 from learnforget.store import Store
-from tests.conftest import MICRO_STUDY
+from tests.conftest import MICRO_STUDY, cli_exit_code
 
 pytestmark = pytest.mark.slow
 
@@ -23,15 +22,7 @@ FULL, LORA = "full-lr1e-3-s0", "lora-r2-all-lr1e-2-s0"
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str]:
-    argv = sys.argv
-    sys.argv = ["learnforget", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    finally:
-        sys.argv = argv
+    code = cli_exit_code(args)
     return code, capsys.readouterr().err
 
 
@@ -54,15 +45,7 @@ def failed_run(micro_config, tmp_path_factory):
 
     study_mod.evaluate_model = flaky
     try:
-        argv = sys.argv
-        sys.argv = ["learnforget", "run", str(micro_config), "--out", str(out)]
-        try:
-            main()
-            code = 0
-        except SystemExit as e:
-            code = e.code or 0
-        finally:
-            sys.argv = argv
+        code = cli_exit_code(["run", str(micro_config), "--out", str(out)])
     finally:
         study_mod.evaluate_model = evaluate
     return out, code
@@ -84,14 +67,7 @@ def resumed(failed_run, micro_config, tmp_path_factory):
     """The failed study rerun as it is: the full arm resumes from its checkpoint."""
     out = tmp_path_factory.mktemp("resumed") / "micro"
     shutil.copytree(failed_run[0], out)
-    argv = sys.argv
-    sys.argv = ["learnforget", "run", str(micro_config), "--out", str(out)]
-    try:
-        main()
-    except SystemExit as e:
-        assert not e.code
-    finally:
-        sys.argv = argv
+    assert cli_exit_code(["run", str(micro_config), "--out", str(out)]) == 0
     assert len(Store(out).starts(FULL)) == 2 and Store(out).finished_steps(FULL) == {4, 8, 12}
     return out
 

@@ -42,15 +42,20 @@ def write_forever(study_dir: str) -> None:
         milestone += 1
 
 
-def test_two_processes_writing_one_store_lose_no_rows(tmp_path):
+def run_together(target, args: list[tuple]) -> None:
+    """One spawned process per argument tuple, started at a barrier (passed last); all must exit 0."""
     ctx = multiprocessing.get_context("spawn")
-    start = ctx.Barrier(2)
-    writers = [ctx.Process(target=write_study, args=(str(tmp_path), w, start)) for w in (0, 1)]
-    for p in writers:
+    start = ctx.Barrier(len(args))
+    processes = [ctx.Process(target=target, args=(*a, start)) for a in args]
+    for p in processes:
         p.start()
-    for p in writers:
+    for p in processes:
         p.join(timeout=120)
         assert p.exitcode == 0
+
+
+def test_two_processes_writing_one_store_lose_no_rows(tmp_path):
+    run_together(write_study, [(str(tmp_path), 0), (str(tmp_path), 1)])
 
     store = Store(tmp_path)
     rows = store.metrics()
@@ -177,14 +182,7 @@ def claim_and_train(study_dir: str, start) -> None:
 
 
 def test_three_processes_on_one_directory_split_the_arms_and_lose_nothing(tmp_path):
-    ctx = multiprocessing.get_context("spawn")
-    start = ctx.Barrier(3)
-    processes = [ctx.Process(target=claim_and_train, args=(str(tmp_path), start)) for _ in range(3)]
-    for p in processes:
-        p.start()
-    for p in processes:
-        p.join(timeout=120)
-        assert p.exitcode == 0
+    run_together(claim_and_train, [(str(tmp_path),)] * 3)
     store = Store(tmp_path)
     starts = store.starts()
     assert sorted(s["arm"] for s in starts) == ARMS, "every arm trained exactly once"

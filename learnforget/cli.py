@@ -145,19 +145,23 @@ def _run_study(study, study_dir: Path, shard: str | None) -> list[tuple[str, str
     from learnforget import distributed
     from learnforget import study as study_mod
     from learnforget.config import expand_arms
+    from learnforget.dryrun import base_config
     from learnforget.model import check_base_model
     from learnforget.report import write_report
     from learnforget.store import Store
+    from learnforget.targets import check_targets
 
     started = time.time()
     arms = expand_arms(study)
     check_base_model(study.base_model)
+    model_config = base_config(study)
+    check_targets(model_config, arms)  # LoRA targets and dropout keys exist in this architecture
+    study_mod.check_arms_fit(arms, model_config.to_dict())
     main_process = distributed.is_main_process()
     with distributed.main_process_first():  # under accelerate launch: pretrain, prepare and check once
         store = Store(study_dir)
         study_mod.check_same_study(store, study, arms)
         base_path = _pretrain_with_progress(study)
-        study_mod.check_arms_fit(arms, study_mod.base_model_config(base_path))
         store.set_info("base_path", base_path)
         store.set_info("processes", int(os.environ.get("WORLD_SIZE", "1")))
         store.register_arms([(arm.name, arm.model_dump(), arm.id) for arm in arms])
@@ -286,13 +290,20 @@ def evaluate(
         int | None, typer.Option(help="Examples per lm-eval task (paper suite).")
     ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the metrics here.")] = None,
+    precision: Annotated[
+        str, typer.Option(help="fp32 | bf16-mixed | bf16 | fp16-mixed (as a study's `precision`).")
+    ] = "fp32",
 ) -> None:
     """Evaluate one checkpoint on one suite, outside any study."""
     from rich.table import Table
 
     from learnforget.evaluate.standalone import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(model, suite, adapter, limit, problems, include_path, harness_limit)
+    if precision not in ("fp32", "bf16-mixed", "bf16", "fp16-mixed"):
+        raise UserError(f"--precision {precision!r}: choose fp32, bf16-mixed, bf16 or fp16-mixed")
+    metrics = evaluate_checkpoint(
+        model, suite, adapter, limit, problems, include_path, harness_limit, precision
+    )
     table = Table(title=f"{model}{' + ' + adapter if adapter else ''}: {suite}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -388,15 +399,20 @@ def recommend(
 
 @app.command()
 def claims(study_dir: Annotated[Path, typer.Argument(help="Study directory.")]) -> None:
-    """Judge the paper's claims on a study's own numbers: supported, contradicted or inconclusive."""
+    """Judge the paper's claims (each citing its section) and ours on a study's own numbers, or on each
+    setting of a suite plus the findings that compare settings: supported, contradicted or inconclusive."""
     from rich.markdown import Markdown
 
     from learnforget.analysis.claims import claims_for_study_dir, claims_markdown
+    from learnforget.analysis.suite_claims import SUITE_INTRO, claims_for_suite_dir
 
     settings = _suite_settings(study_dir)
     for key in settings or [""]:
-        markdown = claims_markdown(claims_for_study_dir(study_dir / key))
-        out_console.print(Markdown(markdown.replace("## Claims", f"## Claims: {key}") if key else markdown))
+        heading = f"## Claims: {key}" if key else "## Claims"
+        out_console.print(Markdown(claims_markdown(claims_for_study_dir(study_dir / key), heading)))
+    if settings:
+        across = claims_for_suite_dir(study_dir, settings)
+        out_console.print(Markdown(claims_markdown(across, "## Across settings", SUITE_INTRO)))
 
 
 def _suite_settings(directory: Path) -> list[str]:

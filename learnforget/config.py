@@ -16,18 +16,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from learnforget.errors import UserError
 
 BUILTIN_CONFIG_DIR = Path(__file__).parent / "configs"
 
-# Linear layers of Llama-style blocks, grouped as the paper groups them.
-TARGET_MODULES = {
-    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "mlp": ["gate_proj", "up_proj", "down_proj"],
-    "all": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-}
+# Named sets of linear layers LoRA adapts, resolved from each model's structure (learnforget/targets.py).
+TargetGroup = Literal["all", "attention", "mlp", "paper-all", "paper-mlp"]
+# Joins an explicit module list into the arm's one-string `target_modules` ('q_proj+v_proj').
+MODULE_SEPARATOR = "+"
 
 
 def _as_list(value: Any) -> list:
@@ -174,6 +172,17 @@ class EvalConfig(Strict):
     """Folder of extra lm-eval task YAMLs (local tasks)."""
 
 
+class ExplicitModules(Strict):
+    """An explicit set of layers for LoRA, e.g. `{modules: [q_proj, v_proj]}`."""
+
+    modules: list[str] = Field(min_length=1)
+    """Module-name suffixes inside the decoder blocks, e.g. q_proj or attn.c_proj (GPT-2's attention output)."""
+
+    def label(self) -> str:
+        """The arm's target_modules string (and part of its name)."""
+        return MODULE_SEPARATOR.join(self.modules)
+
+
 class ArmSpec(Strict):
     """One arm, or a grid of arms when fields are lists (cartesian product)."""
 
@@ -183,8 +192,13 @@ class ArmSpec(Strict):
     """LoRA rank r (ignored for full)."""
     alpha: float | None = None
     """LoRA alpha; default 2r as in the paper."""
-    target_modules: Literal["all", "attention", "mlp"] | list[Literal["all", "attention", "mlp"]] = "all"
-    """Which linear layers LoRA adapts: attention = q,k,v,o; mlp = gate,up,down; all = both."""
+    target_modules: TargetGroup | ExplicitModules | list[TargetGroup | ExplicitModules] = "all"
+    """Which linear layers LoRA adapts, found from the model's blocks (any architecture): 'attention' (the
+    attention's linear layers, e.g. q,k,v,o or GPT-2's c_attn,c_proj), 'mlp' (the rest of the block, e.g.
+    gate,up,down), 'all' (both); the paper's sets 'paper-mlp' (up and down, the gate left out; refused
+    where gate and up are one fused matrix, as Phi-3's gate_up_proj) and 'paper-all' (attention +
+    paper-mlp). An explicit set is a mapping `{modules: [q_proj, v_proj]}`. A list sweeps its items,
+    e.g. [attention, mlp, {modules: [q_proj, v_proj]}]."""
     learning_rate: float | list[float] = 1e-3
     """Peak learning rate; a list sweeps it. The paper found LoRA's best about 10x full finetuning's."""
     weight_decay: float | list[float] = 0.0
@@ -197,6 +211,25 @@ class ArmSpec(Strict):
     """AdamW (β = 0.9, 0.95), or Lion with decoupled weight decay (LionW, as the paper used)."""
     seed: int | list[int] = 0
     """Seed of the arm's initialisation and dropout; a list runs repeats."""
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _check_targets(cls, value: Any) -> Any:
+        # One clear message instead of pydantic's attempt at every member of the union.
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and item not in TargetGroup.__args__:
+                raise ValueError(
+                    f"{item!r} is not a group ({', '.join(TargetGroup.__args__)}); "
+                    "explicit modules go as {modules: [name, ...]}"
+                )
+            if isinstance(item, dict) and (set(item) != {"modules"} or not item["modules"]):
+                raise ValueError("explicit modules go as {modules: [name, ...]} (one name at least)")
+            for name in item["modules"] if isinstance(item, dict) else []:
+                if name in TargetGroup.__args__ or MODULE_SEPARATOR in str(name):
+                    raise ValueError(
+                        f"{name!r} is not a module name (a group goes as target_modules: {name})"
+                    )
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> ArmSpec:
@@ -237,7 +270,7 @@ class Arm(Strict):
     method: Literal["full", "lora"]
     rank: int | None
     alpha: float | None
-    target_modules: str
+    target_modules: str  # a group (all, attention, ...) or module suffixes joined by '+': 'q_proj+v_proj'
     learning_rate: float
     weight_decay: float
     dropout: float
@@ -405,7 +438,10 @@ def expand_arms(study: StudyConfig) -> list[Arm]:
     for spec in study.arms:
         for method in _as_list(spec.method):
             ranks = _as_list(spec.rank) if method == "lora" else [None]
-            targets = _as_list(spec.target_modules) if method == "lora" else ["all"]
+            targets = [
+                t.label() if isinstance(t, ExplicitModules) else t for t in _as_list(spec.target_modules)
+            ]
+            targets = targets if method == "lora" else ["all"]
             for rank, target, lr, wd, dropout, optimizer, seed in itertools.product(
                 ranks,
                 targets,

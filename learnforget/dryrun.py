@@ -42,20 +42,12 @@ def base_config(study: StudyConfig):
 
 def arm_size(config, arm: Arm) -> tuple[int, int]:
     """(trainable, total) parameters of an arm, counted on the meta device."""
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from learnforget.config import TARGET_MODULES
-    from learnforget.train import count_parameters, set_embeddings_trainable
+    from learnforget.train import count_parameters, prepare_arm
 
     with torch.device("meta"):  # LoRA weights too: nothing is allocated, even for r=256 on 7B
-        model = AutoModelForCausalLM.from_config(config)
-        if arm.method == "lora":
-            lora = LoraConfig(
-                r=arm.rank, lora_alpha=arm.alpha, target_modules=TARGET_MODULES[arm.target_modules]
-            )
-            model = get_peft_model(model, lora)
-    set_embeddings_trainable(model, arm.train_embeddings)
+        model = prepare_arm(AutoModelForCausalLM.from_config(config), arm)
     return count_parameters(model)
 
 
@@ -74,8 +66,10 @@ def estimate_memory_gb(config, study: StudyConfig, trainable: int, total: int) -
 def print_dry_run(study: StudyConfig, arms: list[Arm], console: Console) -> list[dict]:
     """Print (and return) one row per arm: name, settings, trainable parameters, estimated memory."""
     from learnforget.study import check_arms_fit
+    from learnforget.targets import check_targets
 
     config = base_config(study)
+    check_targets(config, arms)  # every arm's targets and dropout, before the table
     check_arms_fit(arms, config.to_dict())
     table = Table(
         title=f"{study.name}: {len(arms)} arms × {study.budget_tokens:,} tokens, {study.milestones} milestones"

@@ -16,7 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import (
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from learnforget.config import BaseRecipe
 from learnforget.data import corpora
@@ -71,7 +77,32 @@ def resolve_base(
         if not (path / "config.json").exists():
             pretrain_base(recipe, path, progress)
         return str(path)
-    return base_model
+    from learnforget.precision import absolute_model_path
+
+    return absolute_model_path(base_model)
+
+
+def load_causal_lm(
+    path: str, precision: str = "fp32", attn_implementation: str = "sdpa", **config_overrides
+) -> PreTrainedModel:
+    """A causal LM from a directory or hub id, in the storage dtype of `precision` (see precision.py).
+
+    A local directory is loaded by its absolute path, so what is saved from the model (a peft adapter's
+    `base_model_name_or_path`) names a base that loads from anywhere.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from learnforget.precision import absolute_model_path, storage_dtype
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            absolute_model_path(path),
+            dtype=storage_dtype(precision),
+            attn_implementation=attn_implementation,
+            **config_overrides,
+        )
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot load the model ({str(e).splitlines()[0]})") from None
 
 
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:

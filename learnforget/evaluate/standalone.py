@@ -22,17 +22,13 @@ SUITES = ("code", "math", "source", "paper")
 PAPER_HARNESS_TASKS = ["hellaswag", "arc_challenge", "winogrande", "gsm8k"]
 
 
-def load_checkpoint(model: str, adapter: str | None = None):
+def load_checkpoint(model: str, adapter: str | None = None, precision: str = "fp32"):
     """(model, tokenizer) from an HF directory or hub id, with a peft adapter applied when given."""
-    from transformers import AutoModelForCausalLM
-
-    from learnforget.model import check_base_model, load_tokenizer
+    from learnforget.distributed import device
+    from learnforget.model import check_base_model, load_causal_lm, load_tokenizer
 
     check_base_model(model)
-    try:
-        loaded = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
-    except OSError as e:
-        raise UserError(f"{model}: cannot load the model ({str(e).splitlines()[0]})") from None
+    loaded = load_causal_lm(model, precision)
     tokenizer_source = model
     if adapter is not None:
         from peft import PeftModel
@@ -43,7 +39,7 @@ def load_checkpoint(model: str, adapter: str | None = None):
         if (Path(adapter) / "tokenizer_config.json").exists():
             tokenizer_source = adapter
     loaded.eval()
-    return loaded, load_tokenizer(tokenizer_source)
+    return loaded.to(device()), load_tokenizer(tokenizer_source)
 
 
 def suite_study(
@@ -83,12 +79,15 @@ def evaluate_checkpoint(
     code_problems: str = "builtin",
     include_path: str | None = None,
     harness_limit: int | None = None,
+    precision: str = "fp32",
 ) -> dict[str, float]:
-    """Every metric of the suite for one checkpoint."""
+    """Every metric of the suite for one checkpoint (under autocast for the mixed precisions)."""
     from learnforget.data.datasets import evaluation_sets
+    from learnforget.evaluate.device import model_device
     from learnforget.evaluate.suites import evaluate_suites
+    from learnforget.precision import autocast
 
-    model, tokenizer = load_checkpoint(model_path, adapter)
+    model, tokenizer = load_checkpoint(model_path, adapter, precision)
     study = suite_study(suite, model, limit, code_problems, include_path, harness_limit)
     sets = evaluation_sets(study, tokenizer)
     if suite == "source":
@@ -98,4 +97,5 @@ def evaluate_checkpoint(
     else:
         sets["loss"] = {study.domain: sets["loss"][study.domain]}
     torch.manual_seed(0)
-    return evaluate_suites(model, tokenizer, study, sets)
+    with autocast(precision, model_device(model)):
+        return evaluate_suites(model, tokenizer, study, sets)

@@ -1,0 +1,60 @@
+"""Numeric precision: how weights are stored, how forward/backward run, and how arms are saved.
+
+- 'fp32':        float32 everywhere.
+- 'bf16-mixed':  float32 master weights, gradients and optimizer states; forward and backward under
+                 `torch.autocast(bfloat16)` (matmuls in bf16, norms and softmax kept in fp32 by autocast).
+- 'fp16-mixed':  the same with float16, plus a gradient scaler (fp16's range needs loss scaling).
+- 'bf16':        weights stored in bfloat16 (2 bytes per frozen parameter). Full finetuning then trains
+                 pure bf16 weights, gradients and optimizer states; peft keeps LoRA's own weights in
+                 float32 (its `autocast_adapter_dtype`), so a LoRA arm is a bf16 base plus fp32 adapters.
+
+Evaluation runs under the same precision as training, so a milestone measures the model as it trains.
+Trained arms are saved in the base model's own dtype (a bf16 hub model stays bf16 on disk).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+LOW_PRECISION = {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}
+
+
+def storage_dtype(precision: str) -> torch.dtype:
+    """The dtype model weights are loaded in."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def autocast(precision: str, device: torch.device | str):
+    """The forward-pass context: autocast for the mixed precisions, nothing otherwise."""
+    dtype = LOW_PRECISION.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def grad_scaler(precision: str, device: torch.device | str) -> torch.amp.GradScaler | None:
+    """fp16-mixed needs loss scaling (its range underflows small gradients); bf16 and fp32 do not."""
+    if precision != "fp16-mixed":
+        return None
+    return torch.amp.GradScaler(torch.device(device).type)
+
+
+def base_dtype(model_path: str) -> torch.dtype:
+    """The dtype a model was published in (its config's `dtype`), float32 when it does not say."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path)
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
+
+
+def absolute_model_path(model_path: str) -> str:
+    """A local model directory as an absolute path (saved adapters must name a base that loads from
+    anywhere); a hub id unchanged."""
+    path = Path(model_path).expanduser()
+    return str(path.resolve()) if path.is_dir() else model_path

@@ -5,6 +5,10 @@ better as separate single-threaded processes than as one process with two thread
 its metrics to the store at each milestone and then an atomic checkpoint (trainable weights,
 optimizer, scheduler, RNG, step); a rerun skips finished arms and continues unfinished ones from
 their last checkpoint, with numbers identical to an uninterrupted run.
+
+`run_arm_safely` wraps it: the arm is claimed with a lease (several processes on one directory split
+the arms), its checkpoint is checked against the sha256 and the milestones in the store before it is
+trusted, and any exception marks the arm failed with its reason while the study goes on.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ CREATE TABLE IF NOT EXISTS matrices (
 CREATE TABLE IF NOT EXISTS files (
     path TEXT, sha256 TEXT, size INTEGER, written REAL, PRIMARY KEY (path, sha256));
 CREATE TABLE IF NOT EXISTS starts (
-    arm TEXT, arm_id TEXT, host TEXT, pid INTEGER, started REAL);
+    arm TEXT, arm_id TEXT, host TEXT, pid INTEGER, started REAL, PRIMARY KEY (arm, host, pid, started));
 """
 
 ARM_COLUMNS = (
@@ -108,7 +108,6 @@ class Store:
         self.path = self.study_dir / DB_NAME  # the merged snapshot
         self.parts_dir = self.study_dir / PARTS_DIR
         self.parts_dir.mkdir(parents=True, exist_ok=True)
-        self._cache: tuple[tuple, sqlite3.Connection] | None = None
         self._adopt_legacy()
 
     # --- files -------------------------------------------------------------------------------------
@@ -174,25 +173,24 @@ class Store:
 
     # --- merged reading ----------------------------------------------------------------------------
     def _merged(self) -> sqlite3.Connection:
-        """An in-memory database holding the merge of every part (rebuilt when a part changed)."""
+        """An in-memory database holding the merge of every part (kept per process and study, and
+        brought up to date by copying only the parts that changed since)."""
+        where = str(self.parts_dir.resolve())
         for attempt in range(5):  # a part being written on another node can read torn for a moment
+            merged = _MERGES.get(where) or _Merged()
             try:
-                parts = self.parts()
-                key = tuple(
-                    (p.name, p.stat().st_mtime_ns, p.stat().st_size, _change_counter(p)) for p in parts
-                )
-                if self._cache is not None and self._cache[0] == key:
-                    return self._cache[1]
-                conn = _merge(parts)
-                self._cache = (key, conn)
-                return conn
+                merged.update(self.parts())
+                _MERGES[where] = merged
+                return merged.conn
             except FileNotFoundError:
+                _MERGES.pop(where, None)
                 time.sleep(0.05)
             except sqlite3.DatabaseError as e:
+                _MERGES.pop(where, None)  # a part copied halfway: start again from nothing
                 if attempt == 4:
                     raise store_error(getattr(e, "part", self.parts_dir), e) from None
                 time.sleep(0.2 * (attempt + 1))
-        return _merge(self.parts())
+        raise store_error(self.parts_dir, OSError("parts kept disappearing while being read"))
 
     def _read(self, sql: str, args: tuple = ()) -> list[dict]:
         return [dict(r) for r in self._merged().execute(sql, args)]
@@ -347,50 +345,81 @@ def _change_counter(path: Path) -> bytes:
         return f.read(28)[24:]
 
 
-def _merge(parts: list[Path]) -> sqlite3.Connection:
-    """Copy every part into one in-memory database: rows of later parts replace equal keys; an arm
-    keeps its most recently updated row and its first registration (for the display order)."""
-    conn = sqlite3.connect(":memory:", check_same_thread=False)
-    conn.row_factory = sqlite3.Row
-    conn.executescript(SCHEMA)
-    conn.execute("CREATE TEMP TABLE all_arms AS SELECT *, 0 AS part FROM arms WHERE 0")
-    for index, part in enumerate(parts):
-        try:
-            conn.execute("ATTACH DATABASE ? AS p", (str(part),))
+class _Merged:
+    """The merge of a study's parts, brought up to date by copying only the rows parts gained: rows of
+    later-changed parts replace equal keys; an arm keeps its most recently updated row and its first
+    registration (for the display order)."""
+
+    def __init__(self):
+        self.conn = sqlite3.connect(":memory:", check_same_thread=False)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.executescript(SCHEMA)
+        self.conn.execute("CREATE TEMP TABLE all_arms AS SELECT *, 0 AS part FROM arms WHERE 0")
+        self.keys: dict[str, tuple] = {}
+        self.ids: dict[str, int] = {}
+        self.marks: dict[str, dict[str, int]] = {}  # part -> table -> highest rowid copied
+
+    def update(self, parts: list[Path]) -> None:
+        keys = {p.name: (p.stat().st_mtime_ns, p.stat().st_size, _change_counter(p)) for p in parts}
+        if set(self.keys) - set(keys):
+            raise FileNotFoundError("a part was removed: merge again from nothing")
+        changed = [p for p in parts if self.keys.get(p.name) != keys[p.name]]
+        if not changed:
+            return
+        conn = self.conn
+        for part in changed:
+            index = self.ids.setdefault(part.name, len(self.ids))
             try:
-                _copy_part(conn, index)
-            finally:
-                conn.commit()
-                conn.execute("DETACH DATABASE p")
-        except sqlite3.DatabaseError as e:
-            e.part = part
-            raise
-    cols = ", ".join(ALL_ARM_COLUMNS)
-    conn.execute(
-        f"INSERT INTO arms ({cols}) SELECT {cols} FROM ("
-        " SELECT *, ROW_NUMBER() OVER (PARTITION BY name ORDER BY COALESCE(updated, 0) DESC, part DESC) AS pick,"
-        " MIN(COALESCE(registered, 0) + part * 1e-9) OVER (PARTITION BY name) AS first_seen FROM all_arms"
-        ") WHERE pick = 1 ORDER BY first_seen, name"
-    )
-    conn.commit()
-    return conn
-
-
-def _copy_part(conn: sqlite3.Connection, index: int) -> None:
-    tables = {r[0] for r in conn.execute("SELECT name FROM p.sqlite_master WHERE type = 'table'")}
-    for table in ROW_TABLES:
-        if table in tables:
-            mine = [r[1] for r in conn.execute(f"PRAGMA main.table_info({table})")]
-            theirs = {r[1] for r in conn.execute(f"PRAGMA p.table_info({table})")}
-            select = ", ".join(c if c in theirs else "NULL" for c in mine)
-            conn.execute(f"INSERT OR REPLACE INTO main.{table} SELECT {select} FROM p.{table}")
-    if "arms" in tables:
-        theirs = {r[1] for r in conn.execute("PRAGMA p.table_info(arms)")}
-        select = ", ".join(c if c in theirs else "NULL" for c in ALL_ARM_COLUMNS)
+                conn.execute("ATTACH DATABASE ? AS p", (str(part),))
+                try:
+                    _copy_part(conn, index, self.marks.setdefault(part.name, {}))
+                finally:
+                    conn.commit()
+                    conn.execute("DETACH DATABASE p")
+            except sqlite3.DatabaseError as e:
+                e.part = part
+                raise
+        cols = ", ".join(ALL_ARM_COLUMNS)
+        conn.execute("DELETE FROM arms")
         conn.execute(
-            f"INSERT INTO all_arms ({', '.join(ALL_ARM_COLUMNS)}, part) SELECT {select}, ? FROM p.arms",
-            (index,),
+            f"INSERT INTO arms ({cols}) SELECT {cols} FROM ("
+            " SELECT *, ROW_NUMBER() OVER (PARTITION BY name ORDER BY COALESCE(updated, 0) DESC, part DESC)"
+            " AS pick, MIN(COALESCE(registered, 0) + part * 1e-9) OVER (PARTITION BY name) AS first_seen"
+            " FROM all_arms) WHERE pick = 1 ORDER BY first_seen, name"
         )
+        conn.commit()
+        self.keys.update(keys)
+
+
+_MERGES: dict[str, _Merged] = {}
+
+
+def _copy_part(conn: sqlite3.Connection, index: int, marks: dict[str, int]) -> None:
+    """Copy the rows a part gained since the last copy. A part's rows are only ever inserted or
+    replaced, and SQLite gives a replacing row a rowid above every existing one, so the rows with a
+    rowid above the last copy's highest are exactly the new ones."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM p.sqlite_master WHERE type = 'table'")}
+    for table in (*ROW_TABLES, "arms"):
+        if table not in tables:
+            continue
+        top = conn.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM p.{table}").fetchone()[0]
+        window = (marks.get(table, 0), top)
+        theirs = {r[1] for r in conn.execute(f"PRAGMA p.table_info({table})")}
+        if table == "arms":
+            select = ", ".join(c if c in theirs else "NULL" for c in ALL_ARM_COLUMNS)
+            conn.execute(
+                f"INSERT INTO all_arms ({', '.join(ALL_ARM_COLUMNS)}, part) SELECT {select}, ? FROM p.arms"
+                " WHERE rowid > ? AND rowid <= ?",
+                (index, *window),
+            )
+        else:
+            mine = [r[1] for r in conn.execute(f"PRAGMA main.table_info({table})")]
+            select = ", ".join(c if c in theirs else "NULL" for c in mine)
+            conn.execute(
+                f"INSERT OR REPLACE INTO main.{table} SELECT {select} FROM p.{table} WHERE rowid > ? AND rowid <= ?",
+                window,
+            )
+        marks[table] = top
 
 
 def open_store(study_dir: str | Path) -> Store:

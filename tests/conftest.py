@@ -45,6 +45,23 @@ def micro_config(tmp_path_factory) -> Path:
     return path
 
 
+def cli_exit_code(args: list[str]) -> int:
+    """Run `learnforget ARGS` in this process (torch and transformers are imported once) and return its exit code."""
+    import sys
+
+    from learnforget.cli import main
+
+    argv = sys.argv
+    sys.argv = ["learnforget", *args]
+    try:
+        main()
+        return 0
+    except SystemExit as e:
+        return e.code or 0
+    finally:
+        sys.argv = argv
+
+
 def launch_env(tmp_path: Path) -> dict[str, str]:
     """Environment for `learnforget run` subprocesses: offline, one thread, a cache all runs share."""
     return dict(

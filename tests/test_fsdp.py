@@ -16,7 +16,8 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from tests.conftest import MICRO_STUDY, launch_env, loss_metrics
+from learnforget.store import Store
+from tests.conftest import MICRO_STUDY, cli_exit_code, launch_env, loss_metrics
 
 LLAMA = dict(
     vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
@@ -55,11 +56,10 @@ def test_decoder_layers_found_by_structure_in_llama_gpt2_and_peft():
 
 
 def test_fp16_mixed_under_fsdp_is_a_user_error(micro_config, capsys):
-    from tests.test_study import run_cli
-
-    code, _, err = run_cli(
-        ["run", str(micro_config), "--set", "sharding=fsdp", "--set", "precision=fp16-mixed"], capsys
+    code = cli_exit_code(
+        ["run", str(micro_config), "--set", "sharding=fsdp", "--set", "precision=fp16-mixed"]
     )
+    err = capsys.readouterr().err
     assert code == 2 and "use 'bf16-mixed'" in err and "Traceback" not in err
 
 
@@ -306,7 +306,7 @@ def test_killed_fsdp_study_resumes_with_the_same_numbers(studies):
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert query(out, f"SELECT DISTINCT tokens FROM metrics WHERE arm = '{FULL}'") == [(2048,)]
+    assert {row["tokens"] for row in Store(out).metrics(FULL)} == {2048}  # the parts, merged on read
     assert torch.load(checkpoint, weights_only=False)["sharded"]
     done = subprocess.run(torchrun(config, out), env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -134,14 +134,14 @@ def main() -> None:
         print(json.dumps(measure(json.loads(args.measure))))
         return
     mb = 2**20
-    print(f"{'configuration':<18} {'trainable':>11} {'weights':>8} {'grad+opt':>8} {'activ.':>8} "
+    print(f"{'configuration':<22} {'trainable':>11} {'weights':>8} {'grad+opt':>8} {'activ.':>8} "
           f"{'estimate':>9} {'measured':>9} {'ratio':>6}   (MiB; {STEPS} steps of 4×256 tokens)")  # fmt: skip
     for cfg in CONFIGS:
         if not any(part in cfg["name"] for part in args.only.split(",")):
             continue
         r = measure_in_fresh_process({**cfg, "threads": args.threads}, args.default_malloc)
         e = r["estimate"]
-        print(f"{r['name']:<18} {r['trainable']:>11,} {e['weights'] / mb:>8.1f} "
+        print(f"{r['name']:<22} {r['trainable']:>11,} {e['weights'] / mb:>8.1f} "
               f"{(e['gradients'] + e['optimizer']) / mb:>8.1f} {e['activations'] / mb:>8.1f} "
               f"{e['total'] / mb:>9.1f} {r['measured'] / mb:>9.1f} {r['ratio']:>6.2f}", flush=True)  # fmt: skip
 

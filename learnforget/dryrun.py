@@ -98,11 +98,11 @@ def print_dry_run(
     sharding = f", FSDP over {world_size}" if study.sharding == "fsdp" else ""
     table = Table(
         title=f"{study.name}: {len(arms)} arms × {study.budget_tokens:,} tokens, {study.milestones} milestones; "
-        f"memory per device: {world_size} process{'es' if world_size > 1 else ''}{sharding}, {study.precision}"
+        f"memory per device (GB): {world_size} process{'es' if world_size > 1 else ''}{sharding}, {study.precision}"
         f"{', gradient checkpointing' if study.gradient_checkpointing else ''}"
     )
     columns = ["arm", "method", "rank", "alpha", "targets", "lr", "wd", "dropout", "seed", "trainable",
-               "% of total", "weights GB", "grads+optim GB", "activations GB", "est. memory GB"]  # fmt: skip
+               "% of total", "weights", "grads+opt", "activ.", "est. memory GB"]  # fmt: skip
     for col in columns:
         table.add_column(col, justify="left" if col in ("arm", "method", "targets") else "right")
     rows = []

@@ -6,13 +6,15 @@ states). Gradients are counted in full although they appear while activations ar
 accumulation (micro_batch_size < batch_size) the first micro-batch's gradients do live through the next
 ones, so the sum is what a planner needs. It is checked against measured peaks by `bench/bench_memory.py`.
 
-Assumptions about training (`learnforget/train.py`), by precision:
+Assumptions about training (`learnforget/train.py`), by precision (STORAGE_BYTES):
 - 'fp32': everything in float32.
 - 'bf16-mixed' / 'fp16-mixed': every weight, frozen or not, is stored in float32 (the model is loaded in
   float32 and the forward pass runs under autocast), gradients and optimizer states in float32. LoRA's
-  frozen base is therefore counted at 4 bytes per parameter too; use 'bf16' for a 2-byte frozen base.
-  Autocast's 16-bit copies of the matmul weights are counted with the activations (`autocast_copies`).
-- 'bf16': weights, gradients and optimizer states in bfloat16.
+  frozen base is therefore counted at 4 bytes per parameter too (training that stores it in 16 bits
+  under *-mixed needs 2 here); 'bf16' gives a 2-byte frozen base. Autocast's 16-bit copies of the
+  matmul weights (≈ 2 bytes per parameter) are counted with the activations: they are transient.
+- 'bf16': weights, gradients and optimizer states in bfloat16, except LoRA adapters, which peft keeps
+  in float32 (with their gradients and optimizer states).
 """
 
 from __future__ import annotations
@@ -63,9 +65,9 @@ class MemoryEstimate:
     weights: int
     """Stored weights (sharded under FSDP) plus, under FSDP, the all-gathered layers being computed."""
     gradients: int
-    """Gradients of the trainable parameters, in the storage dtype (sharded under FSDP)."""
+    """Gradients of the trainable parameters, in their dtype (sharded under FSDP)."""
     optimizer: int
-    """Optimizer states of the trainable parameters, in the storage dtype (sharded under FSDP)."""
+    """Optimizer states of the trainable parameters, in their dtype (sharded under FSDP)."""
     activations: int
     """Saved activations of one micro-batch, the logits and their gradients, and autocast copies."""
 

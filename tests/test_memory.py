@@ -24,9 +24,9 @@ def load_bench(name: str):
 
 def test_estimate_is_within_30_percent_of_a_measured_cpu_peak():
     bench = load_bench("bench_memory")
-    cfg = next(c for c in bench.CONFIGS if c["name"] == "s128-full-fp32")
+    cfg = next(c for c in bench.CONFIGS if c["name"] == "s256-full-fp32")
     result = bench.measure_in_fresh_process({**cfg, "batch_size": 2})
-    assert result["measured"] > 40 * 2**20  # a real peak (weights, AdamW, activations), not noise
+    assert result["measured"] > 100 * 2**20  # a real peak (weights, AdamW, activations), not noise
     assert 0.7 <= result["ratio"] <= 1.3, result
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import sys
 import threading
 import time
 import warnings
@@ -64,6 +65,11 @@ def prepare_data(study: StudyConfig, study_dir: Path, base_path: str) -> dict:
     tokenizer = load_tokenizer(base_path)
     data = {"train": training_rows(study, tokenizer), "eval": evaluation_sets(study, tokenizer)}
     atomic_save(data, path)
+    if "stats" in data["train"]:  # IFT: padding and overlong examples, for the log and summary.md
+        from learnforget.data.datasets import describe_stats
+
+        Store(study_dir).set_info("data_stats", data["train"]["stats"])
+        print(describe_stats(data["train"]["stats"]), file=sys.stderr, flush=True)
     return data
 
 
@@ -133,7 +139,13 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
     trainable, total = count_parameters(model)
     if main:
         store.update_arm(arm.name, trainable_params=trainable, total_params=total)
-    steps, tokens_per_step = study.steps, study.tokens_per_step
+    from learnforget.data.datasets import trained_tokens
+
+    steps = study.steps
+
+    def tokens_at(step: int) -> int:  # real tokens: IFT padding is not counted
+        return trained_tokens(data["train"], step, study.batch_size, study.seq_len)
+
     optimizer, scheduler = make_optimizer(
         model, arm.learning_rate, arm.weight_decay, round(study.warmup_fraction * steps), steps, arm.optimizer
     )
@@ -148,7 +160,7 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
         accelerator = distributed.accelerator()
         trained, optimizer = accelerator.prepare(model, optimizer)
     base_weights = None
-    trained_steps, train_seconds = 0, 0.0
+    trained_tokens_count, train_seconds = 0, 0.0
     try:
         for milestone in study.milestone_steps():
             if milestone <= step:
@@ -161,18 +173,16 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
                 scaler=scaler,
             )  # fmt: skip
             train_seconds += time.perf_counter() - started
-            trained_steps += milestone - step
+            trained_tokens_count += tokens_at(milestone) - tokens_at(step)
             step = milestone
             if main:
                 metrics = evaluate_model(model, tokenizer, study, data)
                 if study.eval.spectra:
                     base_weights = base_weights or load_base_weights(base_path, study)
-                    metrics.update(
-                        record_spectra(store, arm.name, step * tokens_per_step, base_weights, model)
-                    )
-                store.add_metrics(arm.name, step, step * tokens_per_step, metrics)
+                    metrics.update(record_spectra(store, arm.name, tokens_at(step), base_weights, model))
+                store.add_metrics(arm.name, step, tokens_at(step), metrics)
                 atomic_save(checkpoint_state(model, optimizer, scheduler, step, scaler), checkpoint_path)
-                tell("milestone", arm.name, step * tokens_per_step, metrics)
+                tell("milestone", arm.name, tokens_at(step), metrics)
             distributed.wait_for_everyone()
     except FloatingPointError as e:
         if main:
@@ -183,7 +193,7 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
         return {"arm": arm.name}
     save_final(model, tokenizer, arm_dir(study_dir, arm.name), base_path)
     write_model_card(arm_dir(study_dir, arm.name), study, arm, base_path, store)
-    tokens_per_s = trained_steps * tokens_per_step / train_seconds if train_seconds else None
+    tokens_per_s = trained_tokens_count / train_seconds if train_seconds else None
     store.update_arm(
         arm.name,
         status="done",

@@ -1,30 +1,40 @@
-"""Load user training data: CPT text documents and IFT prompt/response pairs.
+"""Load user training data: CPT text documents and IFT conversations.
 
 A study can train on user data instead of the built-in corpora. A *source* is one of:
 
-- a ``.jsonl`` file: one JSON object per line (blank lines are skipped);
-- a ``.parquet`` file (read with pyarrow);
+- a record file: ``.jsonl``, ``.json`` (an array of objects, or JSON lines), ``.csv`` (a header row), or
+  ``.parquet``; ``.jsonl.gz`` / ``.json.gz`` / ``.csv.gz`` are read compressed;
+- a directory written by ``datasets``' ``save_to_disk`` (a ``DatasetDict`` gives its ``split``);
+- a directory of record shards (e.g. a hub snapshot: ``data/train-00000-of-00002.parquet``): every
+  record file below it, sorted by path; when some shards name the ``split`` (``train-*``, ``train/``)
+  only those are read;
 - a ``.txt`` / ``.py`` / ``.md`` file: the whole file is one document (CPT text only);
-- a directory: every ``.txt`` / ``.py`` / ``.md`` file below it, sorted by path, is one document
-  (CPT text only; empty files are skipped, e.g. ``__init__.py``);
+- a directory of text files: every ``.txt`` / ``.py`` / ``.md`` file below it, sorted by path, is one
+  document (CPT text only; empty files are skipped, e.g. ``__init__.py``);
 - anything that is not a local path: a Hugging Face dataset id, loaded with
   ``datasets.load_dataset(id, name, split=..., data_dir=...)`` (streamed when ``limit`` is set, so only
   the first ``limit`` records are downloaded).
 
-Field names are configurable. A malformed record raises ``UserError`` naming the file and line (or row),
-e.g. ``data.jsonl:3: invalid JSON: ...`` or ``data.jsonl:5: missing field 'response' (fields: a, b)``.
+Records become IFT conversations through ``formats.py``. A malformed record raises ``UserError`` naming
+the file and line (or row), e.g. ``data.jsonl:3: invalid JSON: ...`` or
+``data.jsonl:5: missing field 'response' (fields: a, b)``.
 """
 
+import csv
+import gzip
+import io
 import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from learnforget.data.formats import Conversation, string_field, to_conversation
 from learnforget.errors import UserError
 
 TEXT_SUFFIXES = (".txt", ".py", ".md")
-RECORD_SUFFIXES = (".jsonl", ".parquet")
+RECORD_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+COMPRESSED_SUFFIXES = (".jsonl.gz", ".json.gz", ".csv.gz")
 
 Record = tuple[str, dict[str, Any]]  # (location such as "data.jsonl:3", the record)
 
@@ -45,53 +55,46 @@ def load_text_records(
     """
     _check_limit(limit)
     path = _local_path(source)
-    if path is not None and (path.is_dir() or path.suffix in TEXT_SUFFIXES):
+    if path is not None and (path.suffix in TEXT_SUFFIXES or (path.is_dir() and not _is_record_dir(path))):
         return _read_text_files(path, limit)
     documents = []
     for location, record in _records(source, split, limit, name, data_dir):
-        documents.append(_string_field(record, text_field, location))
+        documents.append(string_field(record, text_field, location))
     return documents
 
 
-def load_pairs(
+def iter_conversations(
     source: str,
+    fmt: str = "auto",
     prompt_field: str = "prompt",
     response_field: str = "response",
+    messages_field: str | None = None,
     split: str = "train",
     limit: int | None = None,
-    messages_field: str | None = None,
     name: str | None = None,
     data_dir: str | None = None,
-) -> list[tuple[str, str]]:
-    """Return IFT ``(prompt, response)`` pairs from a ``.jsonl`` / ``.parquet`` file or a hub dataset.
+) -> Iterator[tuple[str, Conversation]]:
+    """Yield IFT ``(location, conversation)`` from a record file, a record directory or a hub dataset.
 
-    By default each record's ``prompt_field`` and ``response_field`` are read. With ``messages_field``
-    set (e.g. ``"messages"``), each record instead holds a chat as a list of
-    ``{"role": ..., "content": ...}`` turns, and the pair is the chat's *last* exchange: the last
-    assistant turn that directly follows a user turn, with that user turn as the prompt. Earlier turns
-    and system messages are dropped, so every record gives exactly one single-turn example, the same
-    shape as prompt/response data. ``split``, ``name`` and ``data_dir``
-    apply to hub datasets only; ``limit`` keeps the first ``limit`` pairs.
+    ``fmt`` is a record format of ``formats.py`` ('auto' picks it from each record's fields); a
+    conversation is a list of (role, text) turns with at least one assistant turn. ``split``, ``name``
+    and ``data_dir`` apply to hub datasets (``split`` also to ``save_to_disk`` and shard directories);
+    ``limit`` stops after ``limit`` records.
     """
     _check_limit(limit)
     path = _local_path(source)
-    if path is not None and (path.is_dir() or path.suffix in TEXT_SUFFIXES):
+    if path is not None and (path.suffix in TEXT_SUFFIXES or (path.is_dir() and not _is_record_dir(path))):
         raise UserError(
-            f"{source}: prompt/response pairs need a .jsonl or .parquet file or a dataset id, "
-            "not plain text files"
+            f"{source}: IFT conversations need a record file (.jsonl/.json/.csv/.parquet), a dataset "
+            "directory or a dataset id, not plain text files"
         )
-    pairs = []
     for location, record in _records(source, split, limit, name, data_dir):
-        if messages_field is not None:
-            pairs.append(_last_exchange(record, messages_field, location))
-        else:
-            pairs.append(
-                (
-                    _string_field(record, prompt_field, location),
-                    _string_field(record, response_field, location),
-                )
-            )
-    return pairs
+        yield location, to_conversation(record, fmt, prompt_field, response_field, messages_field, location)
+
+
+def load_conversations(source: str, **options: Any) -> list[Conversation]:
+    """Every conversation of ``source`` (see ``iter_conversations`` for the options)."""
+    return [conversation for _, conversation in iter_conversations(source, **options)]
 
 
 # ---------------------------------------------------------------- sources
@@ -108,7 +111,7 @@ def _local_path(source: str) -> Path | None:
     path = Path(source).expanduser()
     if path.exists():
         return path
-    looks_local = path.suffix in TEXT_SUFFIXES + RECORD_SUFFIXES + (".json", ".csv") or source.startswith(
+    looks_local = path.suffix in TEXT_SUFFIXES + RECORD_SUFFIXES + (".gz",) or source.startswith(
         ("/", ".", "~")
     )
     if looks_local:
@@ -123,12 +126,12 @@ def _records(
     path = _local_path(source)
     if path is None:
         records = _hub_records(source, split, limit, name, data_dir)
-    elif path.suffix == ".jsonl":
-        records = _jsonl_records(path)
-    elif path.suffix == ".parquet":
-        records = _parquet_records(path)
+    elif path.is_dir() and _is_saved_dataset(path):
+        records = _saved_dataset_records(path, split)
+    elif path.is_dir():
+        records = itertools.chain.from_iterable(map(_file_records, _record_shards(path, split)))
     else:
-        raise UserError(f"{source}: unsupported file type '{path.suffix}' (use .jsonl, .parquet or .txt)")
+        records = _file_records(path)
     empty = True
     for location, record in itertools.islice(records, limit):
         empty = False
@@ -137,9 +140,88 @@ def _records(
         raise UserError(f"{source}: no records (the file or split is empty)")
 
 
+def _record_kind(path: Path) -> str | None:
+    """'jsonl', 'json', 'csv' or 'parquet' for a record file (compressed or not), else None."""
+    name = path.name.lower()
+    for suffix in RECORD_SUFFIXES + COMPRESSED_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix.split(".")[1]
+    return None
+
+
+def _file_records(path: Path) -> Iterator[Record]:
+    """Records of one record file, by its suffix."""
+    kind = _record_kind(path)
+    if kind is None:
+        raise UserError(
+            f"{path}: unsupported file type '{path.suffix}' (use .jsonl, .json, .csv, .parquet "
+            "(optionally .gz), .txt, or a dataset directory)"
+        )
+    return {"jsonl": _jsonl_records, "json": _json_records, "csv": _csv_records}.get(kind, _parquet_records)(
+        path
+    )
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    """A text stream over a plain or gzip-compressed file (UTF-8 errors surface when read)."""
+    if path.name.lower().endswith(".gz"):
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    return path.open(encoding="utf-8", newline="")
+
+
+def _read_all(path: Path) -> str:
+    """The whole text of a plain or compressed file, with one-line errors for bad bytes."""
+    try:
+        with _open_text(path) as stream:
+            return stream.read()
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError
+        raise UserError(f"{path}: not a readable file ({error})") from None
+
+
+def _json_records(path: Path) -> Iterator[Record]:
+    """A ``.json`` file: an array of objects (located ``file[N]``, 1-based), or JSON lines."""
+    text = _read_all(path)
+    if not text.lstrip().startswith("["):
+        yield from _json_lines(path, text.splitlines())
+        return
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path}:{error.lineno}: invalid JSON: {error}") from None
+    for number, item in enumerate(items, start=1):
+        location = f"{path}[{number}]"
+        if not isinstance(item, dict):
+            raise UserError(f"{location}: expected a JSON object, got {type(item).__name__}")
+        yield location, item
+
+
+def _csv_records(path: Path) -> Iterator[Record]:
+    """CSV rows under their header row, located as ``file:line``; cells are strings."""
+    reader = csv.DictReader(io.StringIO(_read_all(path)))
+    if not reader.fieldnames:
+        return
+    for row in reader:
+        location = f"{path}:{reader.line_num}"
+        if None in row:  # more cells than header fields
+            raise UserError(
+                f"{location}: {len(row) - 1 + len(row[None])} cells, header has {len(reader.fieldnames)}"
+            )
+        yield location, row
+
+
 def _jsonl_records(path: Path) -> Iterator[Record]:
     """Yield one JSON object per non-blank line, located as ``file:line``."""
-    with path.open(encoding="utf-8") as lines:
+    if path.name.lower().endswith(".gz"):
+        yield from _json_lines(path, _read_all(path).splitlines())
+        return
+    yield from _json_lines(path, path.open(encoding="utf-8"))
+
+
+def _json_lines(path: Path, lines) -> Iterator[Record]:
+    """One JSON object per non-blank line of ``lines``, located as ``file:line``."""
+    try:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -151,6 +233,8 @@ def _jsonl_records(path: Path) -> Iterator[Record]:
             if not isinstance(record, dict):
                 raise UserError(f"{location}: expected a JSON object, got {type(record).__name__}")
             yield location, record
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
 
 
 def _parquet_records(path: Path) -> Iterator[Record]:
@@ -191,6 +275,49 @@ def _hub_records(
         yield f"{dataset_id}[{split}] row {number}", row
 
 
+def _is_saved_dataset(path: Path) -> bool:
+    """A directory written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+def _is_record_dir(path: Path) -> bool:
+    """A directory holding records (a saved dataset or record shards), not text documents."""
+    return _is_saved_dataset(path) or any(_record_kind(f) for f in path.rglob("*") if f.is_file())
+
+
+def _record_shards(path: Path, split: str) -> list[Path]:
+    """Record files below ``path``, sorted; only the ``split``'s shards when some are named after it."""
+    shards = sorted(f for f in path.rglob("*") if f.is_file() and _record_kind(f) and not _hidden(f, path))
+    parts = [f.relative_to(path).parts for f in shards]
+
+    def names_split(part: str) -> bool:
+        return part == split or part.startswith((f"{split}-", f"{split}_", f"{split}."))
+
+    mine = [f for f, p in zip(shards, parts, strict=True) if any(map(names_split, p))]
+    return mine or shards
+
+
+def _hidden(file: Path, root: Path) -> bool:
+    """Files under dot-directories (``.cache`` of a hub snapshot, ``.git``) are not data."""
+    return any(part.startswith(".") for part in file.relative_to(root).parts)
+
+
+def _saved_dataset_records(path: Path, split: str) -> Iterator[Record]:
+    """Rows of a ``save_to_disk`` directory (its ``split`` when it holds a DatasetDict)."""
+    import datasets  # lazy: slow import
+
+    try:
+        dataset = datasets.load_from_disk(str(path))
+    except Exception as error:  # damaged arrow files or metadata
+        raise UserError(f"{path}: not a readable saved dataset ({error})") from None
+    if isinstance(dataset, datasets.DatasetDict):
+        if split not in dataset:
+            raise UserError(f"{path}: no split '{split}' (splits: {', '.join(dataset)}); set data.split")
+        dataset = dataset[split]
+    for number, row in enumerate(dataset, start=1):
+        yield f"{path}[{split}] row {number}", row
+
+
 def _read_text_files(path: Path, limit: int | None) -> list[str]:
     """One document per text file: ``path`` itself, or every text file below a directory."""
     if path.is_file():
@@ -211,46 +338,3 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise UserError(f"{path}: not UTF-8 text ({error})") from None
-
-
-# ---------------------------------------------------------------- fields
-
-
-def _field(record: dict[str, Any], field: str, location: str) -> Any:
-    """The value of ``field``, or a UserError listing the fields the record does have."""
-    if field not in record:
-        fields = ", ".join(map(str, record)) or "none"
-        raise UserError(f"{location}: missing field '{field}' (fields: {fields})")
-    return record[field]
-
-
-def _string_field(record: dict[str, Any], field: str, location: str) -> str:
-    """The value of ``field``, which must be a string."""
-    value = _field(record, field, location)
-    if not isinstance(value, str):
-        raise UserError(f"{location}: field '{field}' must be a string, got {type(value).__name__}")
-    return value
-
-
-def _last_exchange(record: dict[str, Any], messages_field: str, location: str) -> tuple[str, str]:
-    """The chat's last (user turn, assistant turn) exchange, as (prompt, response)."""
-    messages = _field(record, messages_field, location)
-    if not isinstance(messages, list):
-        raise UserError(
-            f"{location}: field '{messages_field}' must be a list of messages, got {type(messages).__name__}"
-        )
-    turns = []
-    for index, message in enumerate(messages):
-        where = f"{location}: {messages_field}[{index}]"
-        if not isinstance(message, dict):
-            raise UserError(
-                f"{where} must be an object with 'role' and 'content', got {type(message).__name__}"
-            )
-        turns.append((_string_field(message, "role", where), _string_field(message, "content", where)))
-    for index in range(len(turns) - 1, 0, -1):
-        if turns[index][0] == "assistant" and turns[index - 1][0] == "user":
-            return turns[index - 1][1], turns[index][1]
-    roles = ", ".join(role for role, _ in turns) or "none"
-    raise UserError(
-        f"{location}: field '{messages_field}' has no user turn followed by an assistant turn (roles: {roles})"
-    )

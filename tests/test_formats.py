@@ -140,3 +140,28 @@ def test_presets_fill_fields_that_the_config_does_not_give():
     assert DataConfig(preset="openwebmath").train == "open-web-math/open-web-math"
     with pytest.raises(ValueError, match="no {prompt} placeholder"):
         DataConfig(prompt_template="Q: A:")
+
+
+def test_dry_run_data_plan_shows_source_budget_and_template():
+    from learnforget.config import load_studies
+    from learnforget.dryrun import data_plan
+
+    ((_, code_ift),) = load_studies("paper/code-ift", [])
+    plan = data_plan(code_ift)
+    assert (
+        "ise-uiuc/Magicoder-Evol-Instruct-110K (preset magicoder-evol-instruct), 'instruction' → 'response'"
+        in plan
+    )
+    assert "110,000 examples × 16 epochs = 9,168 steps" in plan and "truncated" in plan
+    assert r"'### Instruction:\n<prompt>\n\n### Response:\n<response><eos>'" in plan
+    ((_, custom),) = load_studies(
+        "paper/math-ift", ['data.prompt_template="Q: {prompt}\\nA:"', "data.overlong=drop"]
+    )
+    assert r"Template: 'Q: <prompt>\nA:<response><eos>'" in data_plan(custom) and "dropped" in data_plan(
+        custom
+    )
+    ((_, cpt),) = load_studies("paper/code-cpt", [])
+    assert (
+        "bigcode/starcoderdata (preset starcoder-python), data_dir python, text field 'content'"
+        in data_plan(cpt)
+    )

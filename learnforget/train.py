@@ -86,10 +86,11 @@ def train_steps(
     `micro_batch_size` splits each process's batch into forward/backward passes of that many rows.
     `precision` sets the forward pass's autocast (see precision.py); `scaler` scales fp16 losses.
     """
+    from learnforget.evaluate.device import model_device
     from learnforget.precision import autocast
 
     model.train()
-    device = next(model.parameters()).device
+    device = model_device(model)
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     trainable = [p for p in model.parameters() if p.requires_grad]
     loss_value = float("nan")

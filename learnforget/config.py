@@ -365,7 +365,8 @@ class StudyConfig(Strict):
 
     @property
     def tokens_per_step(self) -> int:
-        """Token budget of one step (IFT rows are padded to seq_len; padding counts, as it costs compute)."""
+        """Rows × seq_len of one step: the CPT token budget. IFT steps come from epochs (or budget_tokens in
+        rows × seq_len); the tokens recorded at IFT milestones count real tokens only, not padding."""
         return self.batch_size * self.seq_len
 
     def milestone_steps(self) -> list[int]:

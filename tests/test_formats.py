@@ -165,3 +165,16 @@ def test_dry_run_data_plan_shows_source_budget_and_template():
         "bigcode/starcoderdata (preset starcoder-python), data_dir python, text field 'content'"
         in data_plan(cpt)
     )
+
+
+def test_undecodable_and_pathological_json_give_one_line_errors(tmp_path):
+    with gzip.open(tmp_path / "a.jsonl.gz", "wb") as f:
+        f.write(jsonl(PAIRS).encode() + b'{"prompt": "\xff"}\n')
+    with pytest.raises(UserError, match=r"a\.jsonl\.gz:3: not UTF-8 text"):
+        load_conversations(str(tmp_path / "a.jsonl.gz"))
+    (tmp_path / "deep.json").write_text("[" + "[" * 100_000 + "]" * 100_000 + "]", encoding="utf-8")
+    with pytest.raises(UserError, match=r"deep\.json: JSON nested too deeply"):
+        load_conversations(str(tmp_path / "deep.json"))
+    (tmp_path / "broken.json").write_text('[\n{"prompt": "a",\n "response": }\n]', encoding="utf-8")
+    with pytest.raises(UserError, match=r"broken\.json:3: invalid JSON"):
+        load_conversations(str(tmp_path / "broken.json"))

@@ -184,17 +184,26 @@ def _json_records(path: Path) -> Iterator[Record]:
     """A ``.json`` file: an array of objects (located ``file[N]``, 1-based), or JSON lines."""
     text = _read_all(path)
     if not text.lstrip().startswith("["):
-        yield from _json_lines(path, text.splitlines())
+        yield from _json_lines(path, (line.encode("utf-8") for line in text.splitlines()))
         return
-    try:
-        items = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise UserError(f"{path}:{error.lineno}: invalid JSON: {error}") from None
-    for number, item in enumerate(items, start=1):
+    for number, item in enumerate(_parse_json(text, str(path)), start=1):
         location = f"{path}[{number}]"
         if not isinstance(item, dict):
             raise UserError(f"{location}: expected a JSON object, got {type(item).__name__}")
         yield location, item
+
+
+def _parse_json(text: str, location: str) -> Any:
+    """``json.loads`` with one-line errors: syntax (with its line), nesting too deep, numbers too long."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        where = f"{location}:{error.lineno}" if "\n" in text.strip() else location
+        raise UserError(f"{where}: invalid JSON: {error}") from None
+    except RecursionError:
+        raise UserError(f"{location}: JSON nested too deeply") from None
+    except ValueError as error:  # e.g. an integer with more digits than Python converts
+        raise UserError(f"{location}: invalid JSON: {error}") from None
 
 
 def _csv_records(path: Path) -> Iterator[Record]:
@@ -213,28 +222,28 @@ def _csv_records(path: Path) -> Iterator[Record]:
 
 def _jsonl_records(path: Path) -> Iterator[Record]:
     """Yield one JSON object per non-blank line, located as ``file:line``."""
-    if path.name.lower().endswith(".gz"):
-        yield from _json_lines(path, _read_all(path).splitlines())
-        return
-    yield from _json_lines(path, path.open(encoding="utf-8"))
-
-
-def _json_lines(path: Path, lines) -> Iterator[Record]:
-    """One JSON object per non-blank line of ``lines``, located as ``file:line``."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            location = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserError(f"{location}: invalid JSON: {error}") from None
-            if not isinstance(record, dict):
-                raise UserError(f"{location}: expected a JSON object, got {type(record).__name__}")
-            yield location, record
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+        with opener(path, "rb") as lines:
+            yield from _json_lines(path, lines)
+    except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError
+        raise UserError(f"{path}: not a readable file ({error})") from None
+
+
+def _json_lines(path: Path, lines: Iterator[bytes]) -> Iterator[Record]:
+    """One JSON object per non-blank line, decoded line by line so that errors name the line."""
+    for number, raw in enumerate(lines, start=1):
+        location = f"{path}:{number}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise UserError(f"{location}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+        if not line.strip():
+            continue
+        record = _parse_json(line, location)
+        if not isinstance(record, dict):
+            raise UserError(f"{location}: expected a JSON object, got {type(record).__name__}")
+        yield location, record
 
 
 def _parquet_records(path: Path) -> Iterator[Record]:

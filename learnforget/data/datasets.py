@@ -107,8 +107,11 @@ def training_examples(study: StudyConfig, tokenizer) -> tuple[list[Encoded], int
     and replaced by the next records, as ``data.overlong`` says)."""
     n, template = study.data.examples, study_template(study, tokenizer)
     encoded, overlong = [], 0
-    for _, conversation in training_conversations(study):
-        ids, labels, cut = encode_conversation(tokenizer, conversation, template, study.seq_len)
+    for location, conversation in training_conversations(study):
+        try:
+            ids, labels, cut = encode_conversation(tokenizer, conversation, template, study.seq_len)
+        except ValueError as error:
+            raise UserError(f"{location}: {error}") from None
         overlong += cut
         if cut and study.data.overlong == "drop":
             continue

@@ -86,7 +86,10 @@ def encode_conversation(
     ids = [i for part, _ in segments for i in part]
     labels = [i if learn else IGNORE_INDEX for part, learn in segments for i in part]
     # Nothing after the last assistant turn can be learned: it would only be padding with attention.
-    last = max(n for n, y in enumerate(labels) if y != IGNORE_INDEX) + 1
+    learned = [n for n, y in enumerate(labels) if y != IGNORE_INDEX]
+    if not learned:
+        raise ValueError("its assistant turns are empty: nothing to learn")
+    last = learned[-1] + 1
     ids, labels = ids[:last], labels[:last]
     if len(ids) <= seq_len:
         return ids, labels, False

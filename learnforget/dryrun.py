@@ -122,9 +122,12 @@ def data_plan(study: StudyConfig) -> str:
             f"{study.steps * study.tokens_per_step:,} tokens, loss on every token."
         )
     pairs = f"'{d.prompt_field}' → '{d.response_field}'"
-    fields = {"pairs": pairs, "auto": f"format auto (pairs: {pairs})"}.get(d.format, f"format {d.format}")
+    auto = f"format auto (by each record's fields: messages, ShareGPT, Alpaca, or pairs {pairs})"
+    fields = {"pairs": pairs, "auto": auto}.get(d.format, f"format {d.format}")
     budget = (
-        f"{study.epochs} epochs" if study.epochs else f"a budget of {study.budget_tokens:,} padded tokens"
+        f"{study.epochs} epoch{'s' * (study.epochs > 1)}"
+        if study.epochs
+        else f"a budget of {study.budget_tokens:,} padded tokens"
     )
     return (
         f"Data: {source}, {fields}; {d.examples:,} examples × {budget} = {study.steps:,} steps of "

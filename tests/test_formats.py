@@ -65,7 +65,9 @@ def test_compressed_json_csv_and_arrays(tmp_path):
         writer = csv.DictWriter(f, ["prompt", "response"])
         writer.writeheader()
         writer.writerows(PAIRS)
-    for name in ("a.jsonl.gz", "b.json.gz", "c.json", "d.csv"):
+    with gzip.open(tmp_path / "d.csv.gz", "wt", encoding="utf-8") as f:
+        f.write((tmp_path / "d.csv").read_text(encoding="utf-8"))
+    for name in ("a.jsonl.gz", "b.json.gz", "c.json", "d.csv", "d.csv.gz"):
         assert load_conversations(str(tmp_path / name)) == EXPECTED, name
     (tmp_path / "e.csv").write_text('prompt,response\nok,fine\n"multi\nline",x,extra\n', encoding="utf-8")
     with pytest.raises(UserError, match=r"e\.csv:4: 3 cells, header has 2"):  # the record ends on line 4

@@ -117,6 +117,10 @@ def test_default_template_separates_prompt_and_response_and_adds_bos_as_configur
         tokenizer, [("user", "hi"), ("assistant", "yo")], "{prompt}", 64
     )
     assert with_bos[0] == bos and with_bos_labels[0] == IGNORE_INDEX and with_bos.count(bos) == 2  # BOS, EOS
+    cut, cut_labels, was_cut = encode_conversation(
+        tokenizer, [("user", "Question: " * 40), ("assistant", " 5")], "{prompt}", 16
+    )
+    assert was_cut and len(cut) == 16 and cut[0] == bos and cut_labels[-1] == bos  # BOS kept, EOS learned
 
 
 def test_multi_turn_chat_has_loss_on_every_assistant_turn_and_keeps_the_system_prompt():

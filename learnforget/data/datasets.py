@@ -28,6 +28,7 @@ from learnforget.data.templates import (
     PLAIN,
     encode_conversation,
     resolve_template,
+    special_prefix,
 )
 from learnforget.data.tokens import pack_documents
 from learnforget.errors import UserError
@@ -105,11 +106,11 @@ Encoded = tuple[list[int], list[int]]  # (input ids, labels)
 def training_examples(study: StudyConfig, tokenizer) -> tuple[list[Encoded], int]:
     """``data.examples`` encoded conversations, and how many were longer than seq_len (cut, or dropped
     and replaced by the next records, as ``data.overlong`` says)."""
-    n, template = study.data.examples, study_template(study, tokenizer)
+    n, template, prefix = study.data.examples, study_template(study, tokenizer), special_prefix(tokenizer)
     encoded, overlong = [], 0
     for location, conversation in training_conversations(study):
         try:
-            ids, labels, cut = encode_conversation(tokenizer, conversation, template, study.seq_len)
+            ids, labels, cut = encode_conversation(tokenizer, conversation, template, study.seq_len, prefix)
         except ValueError as error:
             raise UserError(f"{location}: {error}") from None
         overlong += cut

@@ -70,19 +70,22 @@ def special_prefix(tokenizer) -> list[int]:
 
 
 def encode_conversation(
-    tokenizer, turns: Conversation, template: str, seq_len: int
+    tokenizer, turns: Conversation, template: str, seq_len: int, prefix: list[int] | None = None
 ) -> tuple[list[int], list[int], bool]:
     """(input ids, labels, was cut) of one conversation; labels are -100 except on assistant turns.
 
-    A conversation longer than ``seq_len`` is cut: a single exchange keeps its response (up to
-    ``seq_len - 1`` tokens) and cuts its prompt from the left; a longer conversation keeps its first
-    ``seq_len`` tokens (the first exchange that way if nothing learnable would remain).
+    ``prefix`` is ``special_prefix(tokenizer)`` (computed here when not given). A conversation longer than
+    ``seq_len`` is cut: a single exchange keeps its BOS and its response (up to ``seq_len - 1`` tokens)
+    and cuts its prompt from the left; a longer conversation keeps its first ``seq_len`` tokens (the
+    first exchange that way if nothing learnable would remain).
     """
     segments = _segments(tokenizer, turns, template)
-    prefix = special_prefix(tokenizer)
+    prefix = special_prefix(tokenizer) if prefix is None else prefix
     first = segments[0][0] if segments else []
+    kept = []  # the BOS, kept when the prompt is cut
     if prefix and first[: len(prefix)] != prefix:  # a chat template may already render the BOS
         segments.insert(0, (prefix, False))
+        kept = prefix
     ids = [i for part, _ in segments for i in part]
     labels = [i if learn else IGNORE_INDEX for part, learn in segments for i in part]
     # Nothing after the last assistant turn can be learned: it would only be padding with attention.
@@ -100,8 +103,8 @@ def encode_conversation(
     # One exchange: everything before the first response is the prompt.
     start = next(n for n, y in enumerate(labels) if y != IGNORE_INDEX)
     end = next((n for n in range(start, len(labels)) if labels[n] == IGNORE_INDEX), len(labels))
-    response = ids[start:end][: seq_len - 1]
-    prompt = ids[:start][-(seq_len - len(response)) :]
+    response = ids[start:end][: seq_len - 1 - len(kept)]
+    prompt = kept + ids[len(kept) : start][-(seq_len - len(response) - len(kept)) :]
     return prompt + response, [IGNORE_INDEX] * len(prompt) + response, True
 
 

@@ -55,12 +55,18 @@ def peak_memory_mb() -> float:
 
 
 def prepare_data(study: StudyConfig, study_dir: Path, base_path: str) -> dict:
-    """Training rows and evaluation sets, built once per study and saved in it (`data.pt`)."""
+    """Training rows and evaluation sets, built once per study and saved in it (`data.pt`; CPT rows stay
+    in a cached token file that it names, see data/shards.py)."""
     path = study_dir / DATA_FILE
-    if path.exists():
-        return torch.load(path, weights_only=False)
     from learnforget.data.datasets import evaluation_sets, training_rows
     from learnforget.model import load_tokenizer
+
+    if path.exists():
+        data = torch.load(path, weights_only=False)
+        rows = data["train"]["input_ids"]
+        if not isinstance(rows, torch.Tensor) and not Path(rows.path).exists():  # the token cache was cleared
+            data["train"] = training_rows(study, load_tokenizer(base_path))
+        return data
 
     tokenizer = load_tokenizer(base_path)
     data = {"train": training_rows(study, tokenizer), "eval": evaluation_sets(study, tokenizer)}

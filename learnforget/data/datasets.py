@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -217,11 +218,31 @@ def training_rows(study: StudyConfig, tokenizer) -> dict:
             **stats,
         }
         return rows
-    rows = pack_documents(tokenizer, finetune_documents(study), study.seq_len, n_rows, study.seed)
-    # Whole files are packed one after another; shuffling the rows makes every batch a mix of many files
-    # instead of a run of one file (which makes held-out loss jump with whatever file comes next).
-    order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(study.seed))
-    return {"input_ids": rows[order]}
+    return {"input_ids": cpt_token_rows(study, tokenizer, n_rows)}
+
+
+def cpt_token_rows(study: StudyConfig, tokenizer, n_rows: int):
+    """CPT rows in a cached token file (shards.py), packed on first use: the rows of ``pack_documents``
+    in a seeded shuffled order (a batch mixes many files instead of a run of one, which would make
+    held-out loss jump with whatever file comes next)."""
+    from learnforget.data.shards import TokenRows, shard_key, token_dtype, write_token_file
+    from learnforget.model import cache_dir
+
+    d = study.data
+    if d.train == "builtin":
+        source: dict = {"builtin": study.domain, "corpora": corpora.fingerprint()}
+    else:
+        source = d.model_dump(
+            include={"train", "data_dir", "dataset_name", "split", "text_field", "max_documents"}
+        )
+        local = Path(d.train).expanduser()
+        if local.is_file():  # an edited file is new data
+            source["file"] = [local.stat().st_size, local.stat().st_mtime_ns]
+    key = shard_key(source, tokenizer, study.seq_len, n_rows, study.seed)
+    path = cache_dir() / "tokens" / f"{key}.bin"
+    if not path.exists():
+        write_token_file(tokenizer, finetune_documents(study), study.seq_len, n_rows, study.seed, path)
+    return TokenRows(str(path), n_rows, study.seq_len, token_dtype(len(tokenizer)), study.seed)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ usual continued-pretraining layout; the loss is on every token.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -55,26 +55,36 @@ def pack_documents(
 ) -> torch.Tensor:
     """`n_rows` rows of `seq_len` tokens from documents in a seeded order (cycling with a new order if
     the documents run out). Only as many documents are tokenized as needed."""
+    stream: list[int] = []
+    for ids in packed_stream(tokenizer, docs, n_rows * seq_len, seed):
+        stream.extend(ids)
+    return torch.tensor(stream, dtype=torch.long).view(n_rows, seq_len)
+
+
+def packed_stream(
+    tokenizer: PreTrainedTokenizerFast, docs: Sequence[Document], need: int, seed: int
+) -> Iterator[list[int]]:
+    """The packed token stream in pieces (a document's ids, then EOS), exactly ``need`` tokens in all."""
     if not docs:
         raise ValueError("no documents to pack")
     rng = random.Random(seed)
-    need = n_rows * seq_len
-    stream: list[int] = []
-    while len(stream) < need:
+    done = 0
+    while done < need:
         order = list(range(len(docs)))
         rng.shuffle(order)
         position = 0
-        while position < len(order) and len(stream) < need:
+        while position < len(order) and done < need:
             # Tokenize just enough documents: a few bytes per missing token (whole plays are large).
             batch, size = [], 0
-            while position < len(order) and size < BYTES_PER_TOKEN_BOUND * (need - len(stream)):
+            while position < len(order) and size < BYTES_PER_TOKEN_BOUND * (need - done):
                 batch.append(docs[order[position]].text)
                 size += len(batch[-1])
                 position += 1
             for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
-                stream.extend(ids)
-                stream.append(tokenizer.eos_token_id)
-    return torch.tensor(stream[:need], dtype=torch.long).view(n_rows, seq_len)
+                piece = (ids + [tokenizer.eos_token_id])[: need - done]
+                done += len(piece)
+                if piece:
+                    yield piece
 
 
 def interleave(parts: Sequence[torch.Tensor], seed: int) -> torch.Tensor:

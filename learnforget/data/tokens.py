@@ -17,6 +17,7 @@ from learnforget.data.corpora import Document
 
 EOS = "<|endoftext|>"
 BYTES_PER_TOKEN_BOUND = 6  # BPE tokens average 3-4 bytes: 6 bytes per needed token over-covers it
+BATCH_BYTES = 4_000_000  # text tokenized per call when packing
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -76,7 +77,9 @@ def packed_stream(
         while position < len(order) and done < need:
             # Tokenize just enough documents: a few bytes per missing token (whole plays are large).
             batch, size = [], 0
-            while position < len(order) and size < BYTES_PER_TOKEN_BOUND * (need - done):
+            # At most BATCH_BYTES a call, so that memory stays flat however many tokens are packed (the
+            # stream is the same whatever the batches: documents in order, each followed by EOS).
+            while position < len(order) and size < min(BATCH_BYTES, BYTES_PER_TOKEN_BOUND * (need - done)):
                 batch.append(docs[order[position]].text)
                 size += len(batch[-1])
                 position += 1

@@ -7,7 +7,7 @@ import torch
 
 from learnforget.config import StudyConfig
 from learnforget.data import corpora
-from learnforget.data.datasets import finetune_documents, training_rows
+from learnforget.data.datasets import training_rows
 from learnforget.data.shards import TokenRows
 from learnforget.data.tokens import pack_documents, train_tokenizer
 
@@ -20,7 +20,7 @@ def test_token_file_rows_equal_packed_rows_and_are_cached(tmp_path, monkeypatch)
     rows = training_rows(study, tokenizer)["input_ids"]
     assert isinstance(rows, TokenRows) and len(rows) == 40 and rows.dtype == "uint16"
     # What training used to hold in data.pt: packed rows in a seeded permutation.
-    packed = pack_documents(tokenizer, finetune_documents(study), 64, 40, 3)
+    packed = pack_documents(tokenizer, docs, 64, 40, 3)
     expected = packed[torch.randperm(40, generator=torch.Generator().manual_seed(3))]
     assert torch.equal(rows[0:40], expected) and torch.equal(rows[8:12], expected[8:12])
     assert rows[8:12].dtype == torch.long and rows[8:12][1::2].shape == (2, 64)  # a process's share
@@ -36,3 +36,31 @@ def test_token_file_rows_equal_packed_rows_and_are_cached(tmp_path, monkeypatch)
     loaded = torch.load(tmp_path / "data.pt", weights_only=False)["rows"]
     assert torch.equal(loaded[0:40], expected) and os.path.getsize(tmp_path / "data.pt") < 10_000
     assert np.fromfile(rows.path, dtype=np.uint16).max() < len(tokenizer)
+
+
+def test_user_documents_are_streamed_in_a_seeded_buffered_order(tmp_path, monkeypatch):
+    import json
+
+    from learnforget.data import datasets
+    from learnforget.data.tokens import shuffled
+
+    monkeypatch.setenv("LEARNFORGET_CACHE", str(tmp_path / "cache"))
+    import random
+
+    assert sorted(shuffled(range(50), 8, random.Random(0))) == list(range(50))
+    assert list(shuffled(range(50), 8, random.Random(0))) != list(range(50))
+    source = tmp_path / "docs.jsonl"
+    source.write_text(
+        "".join(json.dumps({"text": f"doc {i} " * 5}) + "\n" for i in range(30)), encoding="utf-8"
+    )
+    tokenizer = train_tokenizer([f"doc {i} " * 5 for i in range(30)], 300)
+    monkeypatch.setattr(datasets, "STREAM_SHUFFLE_BUFFER", 4)
+    study = StudyConfig(seq_len=16, batch_size=2, budget_tokens=16 * 2 * 30, data={"train": str(source)})
+    rows = training_rows(study, tokenizer)["input_ids"]  # 960 tokens: more than one pass over 30 documents
+    stream = np.fromfile(rows.path, dtype=np.uint16).tolist()
+    eos = tokenizer.eos_token_id
+    texts = tokenizer.decode(stream).split(tokenizer.eos_token)
+    first_pass = [t for t in texts[:30]]
+    assert sorted(first_pass) == sorted(f"doc {i} " * 5 for i in range(30))  # each document once a pass
+    assert first_pass != [f"doc {i} " * 5 for i in range(30)] and stream.count(eos) >= 30
+    assert torch.equal(training_rows(study, tokenizer)["input_ids"][0:60], rows[0:60])  # seeded, cached

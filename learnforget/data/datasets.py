@@ -22,7 +22,6 @@ import torch
 
 from learnforget.config import StudyConfig
 from learnforget.data import corpora
-from learnforget.data.corpora import Document
 from learnforget.data.formats import Conversation, pair
 from learnforget.data.templates import (
     IGNORE_INDEX,
@@ -31,7 +30,7 @@ from learnforget.data.templates import (
     resolve_template,
     special_prefix,
 )
-from learnforget.data.tokens import pack_documents
+from learnforget.data.tokens import pack_documents, pack_texts, packed_stream, shuffled
 from learnforget.errors import UserError
 
 EVAL_SEED = 1234
@@ -44,24 +43,6 @@ MATH_STOP = ["\nQuestion:", "\n\n"]
 
 # ---------------------------------------------------------------------------------------------------
 # Training data
-
-
-def finetune_documents(study: StudyConfig) -> list[Document]:
-    """CPT documents of the target domain: built-in finetuning split, or the user's data."""
-    if study.data.train == "builtin":
-        return corpora.documents(study.domain, "finetune")
-    from learnforget.data.loaders import load_text_records
-
-    d = study.data
-    texts = load_text_records(
-        d.train,
-        text_field=d.text_field,
-        split=d.split,
-        limit=d.max_documents,
-        name=d.dataset_name,
-        data_dir=d.data_dir,
-    )
-    return [Document(f"{study.data.train}:{i}", t) for i, t in enumerate(texts)]
 
 
 def builtin_pairs(domain: str, split: str, n: int, seed: int) -> list[tuple[str, str]]:
@@ -240,9 +221,30 @@ def cpt_token_rows(study: StudyConfig, tokenizer, n_rows: int):
             source["file"] = [local.stat().st_size, local.stat().st_mtime_ns]
     key = shard_key(source, tokenizer, study.seq_len, n_rows, study.seed)
     path = cache_dir() / "tokens" / f"{key}.bin"
+    dtype, need = token_dtype(len(tokenizer)), n_rows * study.seq_len
     if not path.exists():
-        write_token_file(tokenizer, finetune_documents(study), study.seq_len, n_rows, study.seed, path)
-    return TokenRows(str(path), n_rows, study.seq_len, token_dtype(len(tokenizer)), study.seed)
+        if d.train == "builtin":
+            stream = packed_stream(tokenizer, corpora.documents(study.domain, "finetune"), need, study.seed)
+        else:
+            stream = pack_texts(tokenizer, user_text_pass(study), need)
+        write_token_file(stream, need, dtype, path)
+    return TokenRows(str(path), n_rows, study.seq_len, dtype, study.seed)
+
+
+STREAM_SHUFFLE_BUFFER = 10_000  # user CPT documents are streamed, shuffled within a buffer this large
+
+
+def user_text_pass(study: StudyConfig):
+    """A function giving one pass over the user's CPT documents, streamed in a seeded buffered order."""
+    from learnforget.data.loaders import iter_text_records
+
+    d, rng = study.data, random.Random(study.seed)
+
+    def one_pass():
+        texts = iter_text_records(d.train, d.text_field, d.split, d.max_documents, d.dataset_name, d.data_dir)
+        return shuffled(texts, STREAM_SHUFFLE_BUFFER, rng)
+
+    return one_pass
 
 
 # ---------------------------------------------------------------------------------------------------

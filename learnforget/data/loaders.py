@@ -53,14 +53,25 @@ def load_text_records(
     ``split``, ``name`` (dataset config) and ``data_dir`` apply to hub datasets only (e.g.
     ``bigcode/starcoderdata`` with ``data_dir="python"``). ``limit`` keeps the first ``limit`` documents.
     """
+    return list(iter_text_records(source, text_field, split, limit, name, data_dir))
+
+
+def iter_text_records(
+    source: str,
+    text_field: str = "text",
+    split: str = "train",
+    limit: int | None = None,
+    name: str | None = None,
+    data_dir: str | None = None,
+) -> Iterator[str]:
+    """``load_text_records`` one document at a time, hub datasets streamed: memory stays flat."""
     _check_limit(limit)
     path = _local_path(source)
     if path is not None and (path.suffix in TEXT_SUFFIXES or (path.is_dir() and not _is_record_dir(path))):
-        return _read_text_files(path, limit)
-    documents = []
-    for location, record in _records(source, split, limit, name, data_dir):
-        documents.append(string_field(record, text_field, location))
-    return documents
+        yield from _read_text_files(path, limit)
+        return
+    for location, record in _records(source, split, limit, name, data_dir, streaming=True):
+        yield string_field(record, text_field, location)
 
 
 def iter_conversations(
@@ -120,12 +131,17 @@ def _local_path(source: str) -> Path | None:
 
 
 def _records(
-    source: str, split: str, limit: int | None, name: str | None, data_dir: str | None
+    source: str,
+    split: str,
+    limit: int | None,
+    name: str | None,
+    data_dir: str | None,
+    streaming: bool = False,
 ) -> Iterator[Record]:
     """Yield (location, record) pairs from a record file or a hub dataset, at most ``limit`` of them."""
     path = _local_path(source)
     if path is None:
-        records = _hub_records(source, split, limit, name, data_dir)
+        records = _hub_records(source, split, limit, name, data_dir, streaming or limit is not None)
     elif path.is_dir() and _is_saved_dataset(path):
         records = _saved_dataset_records(path, split)
     elif path.is_dir():
@@ -262,17 +278,16 @@ def _parquet_records(path: Path) -> Iterator[Record]:
 
 
 def _hub_records(
-    dataset_id: str, split: str, limit: int | None, name: str | None, data_dir: str | None
+    dataset_id: str, split: str, limit: int | None, name: str | None, data_dir: str | None, streaming: bool
 ) -> Iterator[Record]:
     """Yield records of a Hugging Face dataset split, located as ``id[split] row N``."""
     import datasets  # lazy: slow import, only hub sources need it
 
     where = f"dataset '{dataset_id}'" + (f" (config '{name}')" if name else "")
     try:
-        # Stream when only the first records are wanted, so a 20B-token corpus is not downloaded.
-        dataset = datasets.load_dataset(
-            dataset_id, name, split=split, data_dir=data_dir, streaming=limit is not None
-        )
+        # Streamed when only the first records are wanted (a 20B-token corpus is not downloaded) or when
+        # they are read once in order (CPT packing).
+        dataset = datasets.load_dataset(dataset_id, name, split=split, data_dir=data_dir, streaming=streaming)
     except (ConnectionError, datasets.exceptions.DatasetNotFoundError, FileNotFoundError) as error:
         raise UserError(
             f"{where}: could not load it from the Hugging Face hub ({error}); check the id and your "
@@ -327,18 +342,22 @@ def _saved_dataset_records(path: Path, split: str) -> Iterator[Record]:
         yield f"{path}[{split}] row {number}", row
 
 
-def _read_text_files(path: Path, limit: int | None) -> list[str]:
-    """One document per text file: ``path`` itself, or every text file below a directory."""
+def _read_text_files(path: Path, limit: int | None) -> Iterator[str]:
+    """One document per text file: ``path`` itself, or every text file below a directory, read lazily."""
     if path.is_file():
         text = _read_text(path)
         if not text.strip():
             raise UserError(f"{path}: empty file")
-        return [text]
+        yield text
+        return
     files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix in TEXT_SUFFIXES)
-    documents = [text for text in map(_read_text, files) if text.strip()]
-    if not documents:
+    documents = (text for text in map(_read_text, files) if text.strip())
+    empty = True
+    for text in itertools.islice(documents, limit):
+        empty = False
+        yield text
+    if empty:
         raise UserError(f"{path}: no non-empty {'/'.join(TEXT_SUFFIXES)} files in this directory")
-    return documents[:limit]
 
 
 def _read_text(path: Path) -> str:

@@ -1,7 +1,8 @@
 """CPT training tokens on disk: packed once into a memory-mapped token file, read a step's rows at a time.
 
-The file holds the packed stream of ``tokens.pack_documents`` (the same tokens, so the same rows), as
-uint16 when the vocabulary fits, else uint32. It is cached under ``<cache>/tokens/<fingerprint>.bin``,
+The file holds the packed stream (built-in corpora: that of ``tokens.pack_documents``, so the same rows as
+before; user data: documents streamed one at a time, hub datasets in ``datasets``' streaming mode, in a
+seeded order shuffled within a buffer), as uint16 when the vocabulary fits, else uint32. It is cached under ``<cache>/tokens/<fingerprint>.bin``,
 keyed by the source, the tokenizer, seq_len, the number of rows and the seed, so every arm, process and
 later study with the same data shares it, and ``data.pt`` holds only a small descriptor. Training takes
 ``rows[a:b]`` from a ``TokenRows``: the rows of positions a..b of the seeded row order, as int64, read
@@ -13,14 +14,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+import sys
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from learnforget.data.corpora import Document
-from learnforget.data.tokens import packed_stream
+PROGRESS_TOKENS = 50_000_000  # a progress line at least every this many tokens (or every 10%)
 
 
 def token_dtype(vocab_size: int) -> str:
@@ -41,18 +43,20 @@ def shard_key(source: dict, tokenizer, seq_len: int, n_rows: int, seed: int) -> 
     return hashlib.sha256(spec.encode()).hexdigest()[:20]
 
 
-def write_token_file(
-    tokenizer, docs: Sequence[Document], seq_len: int, n_rows: int, seed: int, path: Path
-) -> Path:
-    """Pack documents into ``path`` (written to a temporary file, then renamed: never half a file)."""
+def write_token_file(pieces: Iterable[list[int]], n_tokens: int, dtype: str, path: Path) -> Path:
+    """Write a packed stream of ``n_tokens`` tokens to ``path`` (a temporary file, then renamed: never half
+    a file), reporting progress and tokens/s on stderr."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    need = n_rows * seq_len
-    out = np.memmap(tmp, dtype=token_dtype(len(tokenizer)), mode="w+", shape=(need,))
-    done = 0
-    for piece in packed_stream(tokenizer, docs, need, seed):
+    out = np.memmap(tmp, dtype=dtype, mode="w+", shape=(n_tokens,))
+    done, started, reported = 0, time.perf_counter(), 0
+    for piece in pieces:
         out[done : done + len(piece)] = piece
         done += len(piece)
+        if done - reported >= max(PROGRESS_TOKENS, n_tokens // 10) or done == n_tokens:
+            reported, seconds = done, time.perf_counter() - started
+            print(f"tokenizing: {done:,}/{n_tokens:,} tokens, {done / max(seconds, 1e-9):,.0f} tokens/s",
+                  file=sys.stderr, flush=True)  # fmt: skip
     out.flush()
     del out
     os.replace(tmp, path)

@@ -39,21 +39,9 @@ COMPRESSED_SUFFIXES = (".jsonl.gz", ".json.gz", ".csv.gz")
 Record = tuple[str, dict[str, Any]]  # (location such as "data.jsonl:3", the record)
 
 
-def load_text_records(
-    source: str,
-    text_field: str = "text",
-    split: str = "train",
-    limit: int | None = None,
-    name: str | None = None,
-    data_dir: str | None = None,
-) -> list[str]:
-    """Return CPT documents (one string each) from a file, a directory or a Hugging Face dataset.
-
-    ``text_field`` names the field holding the text in ``.jsonl`` / ``.parquet`` / hub records;
-    ``split``, ``name`` (dataset config) and ``data_dir`` apply to hub datasets only (e.g.
-    ``bigcode/starcoderdata`` with ``data_dir="python"``). ``limit`` keeps the first ``limit`` documents.
-    """
-    return list(iter_text_records(source, text_field, split, limit, name, data_dir))
+def load_text_records(source: str, **options: Any) -> list[str]:
+    """Every CPT document of ``source`` (see ``iter_text_records`` for the options)."""
+    return list(iter_text_records(source, **options))
 
 
 def iter_text_records(
@@ -64,7 +52,13 @@ def iter_text_records(
     name: str | None = None,
     data_dir: str | None = None,
 ) -> Iterator[str]:
-    """``load_text_records`` one document at a time, hub datasets streamed: memory stays flat."""
+    """CPT documents (one string each) from a file, a directory or a Hugging Face dataset, one at a time
+    (hub datasets streamed), so memory stays flat.
+
+    ``text_field`` names the field holding the text in records; ``split``, ``name`` (dataset config) and
+    ``data_dir`` apply to hub datasets (e.g. ``bigcode/starcoderdata`` with ``data_dir="python"``;
+    ``split`` also to saved datasets and shard folders). ``limit`` keeps the first ``limit`` documents.
+    """
     _check_limit(limit)
     path = _local_path(source)
     if path is not None and (path.suffix in TEXT_SUFFIXES or (path.is_dir() and not _is_record_dir(path))):

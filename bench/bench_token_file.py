@@ -1,10 +1,11 @@
-"""Peak memory of packing CPT tokens: into a memory-mapped token file (shards.py) vs in memory
-(`pack_documents`, what data.pt used to hold), on a synthetic corpus, one process per measurement.
+"""Peak memory of packing CPT tokens: streamed into a memory-mapped token file (shards.py, as user data
+is) vs in memory (`pack_documents` over a document list, what data.pt used to hold), on a synthetic
+corpus, one process per measurement.
 
-    python bench/bench_token_file.py 5000000 20000000     # token counts; each runs file, then memory
+    python bench/bench_token_file.py 5000000 20000000        # token counts; each runs file, then memory
+    python bench/bench_token_file.py file 200000000          # one measurement
 
-The synthetic documents themselves are held in memory (as the built-in corpora and loaded user text are),
-about 4 bytes per token; the bench reports their size next to the peak RSS.
+The streamed run generates its documents lazily; the in-memory run holds them (about 4 bytes per token).
 """
 
 from __future__ import annotations
@@ -20,38 +21,38 @@ from pathlib import Path
 WORDS = "def return self import class for in if else while yield lambda value index result data".split()
 
 
-def synthetic_documents(n_tokens: int):
-    from learnforget.data.corpora import Document
-
+def synthetic_texts(n_tokens: int):
+    """Documents of random code-like words, ~4 characters per token, a little more than n_tokens."""
     rng = random.Random(0)
-    docs, size = [], 0
-    while size < 4 * n_tokens:  # ~4 characters per token with this vocabulary
+    size = 0
+    while size < 4 * n_tokens:
         text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(100, 2000))) + "\n"
-        docs.append(Document(f"doc{len(docs)}", text))
         size += len(text)
-    return docs, size
+        yield text
 
 
 def measure(method: str, n_tokens: int) -> None:
+    from learnforget.data.corpora import Document
     from learnforget.data.shards import write_token_file
-    from learnforget.data.tokens import pack_documents, train_tokenizer
+    from learnforget.data.tokens import pack_documents, pack_texts, train_tokenizer
 
-    docs, size = synthetic_documents(n_tokens)
-    tokenizer = train_tokenizer([d.text for d in docs[:200]], 1000)
+    tokenizer = train_tokenizer([t for _, t in zip(range(200), synthetic_texts(10**6), strict=False)], 1000)
     seq_len = 1024
     n_rows = n_tokens // seq_len
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
     if method == "file":
         with tempfile.TemporaryDirectory() as tmp:
-            write_token_file(tokenizer, docs, seq_len, n_rows, 0, Path(tmp) / "tokens.bin")
+            stream = pack_texts(tokenizer, lambda: synthetic_texts(n_tokens), n_rows * seq_len)
+            write_token_file(stream, n_rows * seq_len, "uint16", Path(tmp) / "tokens.bin")
     else:
+        docs = [Document(str(i), t) for i, t in enumerate(synthetic_texts(n_tokens))]
         pack_documents(tokenizer, docs, seq_len, n_rows, 0)
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
-        f"{method:6s} {n_rows * seq_len:>12,} tokens: peak RSS {peak:,.0f} MB (before packing {baseline:,.0f} MB, "
-        f"documents {size / 2**20:,.0f} MB), {n_rows * seq_len / seconds:,.0f} tokens/s",
+        f"{method:6s} {n_rows * seq_len:>12,} tokens: peak RSS {peak:,.0f} MB (before packing {baseline:,.0f} MB), "
+        f"{n_rows * seq_len / seconds:,.0f} tokens/s",
         flush=True,
     )
 

@@ -25,6 +25,7 @@ import gzip
 import io
 import itertools
 import json
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,9 @@ def _local_path(source: str) -> Path | None:
     """The local path ``source`` names, or None when it reads as a hub dataset id."""
     path = Path(source).expanduser()
     if path.exists():
+        mode = path.stat().st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a FIFO or device would block or never end
+            raise UserError(f"{source}: not a regular file or directory")
         return path
     looks_local = path.suffix in TEXT_SUFFIXES + RECORD_SUFFIXES + (".gz",) or source.startswith(
         ("/", ".", "~")

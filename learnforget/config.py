@@ -96,21 +96,47 @@ class BaseRecipe(Strict):
 
 
 class DataConfig(Strict):
-    """Where the finetuning data comes from."""
+    """Where the finetuning data comes from, and how IFT examples become training rows.
 
+    Templates (IFT): with `prompt_template` unset, prompts go through the tokenizer's chat template
+    when it has one; otherwise the built-in tasks use none (their responses continue the prompt:
+    HumanEval-style code, "Question: …\\nAnswer:" math) and user data uses the default template
+    "### Instruction:\\n{prompt}\\n\\n### Response:\\n", the response followed by EOS. A BOS token is
+    added when the tokenizer's configuration adds one (Llama, Gemma). Evaluation prompts use the same
+    template. `--dry-run` shows it.
+    """
+
+    preset: Literal["magicoder-evol-instruct", "metamathqa", "starcoder-python", "openwebmath"] | None = None
+    """The paper's data by name: sets `train` and the fields (and `data_dir`) unless given
+    (Magicoder-Evol-Instruct and MetaMathQA for IFT, StarCoder-Python and OpenWebMath for CPT)."""
     train: str = "builtin"
-    """'builtin' (the domain's built-in corpus or tasks), a local .jsonl/.parquet/.txt file or folder,
-    or a Hugging Face dataset id."""
+    """'builtin' (the domain's built-in corpus or tasks), a local file (.jsonl, .json, .csv, .parquet,
+    .jsonl.gz / .json.gz / .csv.gz, .txt), a folder (text files, record shards, or a `save_to_disk`
+    dataset), or a Hugging Face dataset id."""
+    format: Literal["auto", "pairs", "alpaca", "sharegpt", "messages"] = "auto"
+    """IFT record format: 'pairs' (prompt_field / response_field), 'alpaca' (instruction, input, output),
+    'sharegpt' (conversations of from/value), 'messages' (OpenAI-style role/content: system prompt and
+    every turn kept, loss on every assistant turn); 'auto' picks it from each record's fields."""
     text_field: str = "text"
     """Field holding the document text (CPT) in user data."""
     prompt_field: str = "prompt"
-    """Field holding the prompt (IFT) in user data."""
+    """Field holding the prompt (IFT 'pairs') in user data."""
     response_field: str = "response"
-    """Field holding the response (IFT) in user data."""
+    """Field holding the response (IFT 'pairs') in user data."""
     messages_field: str | None = None
-    """Field holding chat messages (IFT) in user data; the last user/assistant exchange is the pair."""
+    """Field holding OpenAI-style chat messages (IFT); default: 'messages' when a record has it."""
+    prompt_template: str | None = None
+    """IFT template: unset (automatic, see above), 'chat' (the tokenizer's chat template), 'default'
+    (the default template), 'none' (the prompt as is), or a text with a `{prompt}` placeholder, e.g.
+    "Q: {prompt}\\nA: "; the response follows it directly."""
+    overlong: Literal["truncate", "drop"] = "truncate"
+    """IFT examples longer than seq_len: 'truncate' (cut the prompt from the left, keep the response) or
+    'drop' (skip them and read further records). The count is logged and written to summary.md."""
+    group_by_length: bool = True
+    """IFT: sort rows by length within groups of 50 batches (then shuffle the batches, seeded) so that
+    batches, which are trimmed to their longest row, carry little padding."""
     split: str = "train"
-    """Split of a Hugging Face dataset."""
+    """Split of a Hugging Face dataset (also of a `save_to_disk` DatasetDict or a folder of shards)."""
     dataset_name: str | None = None
     """Configuration name of a Hugging Face dataset (the `name` of `datasets.load_dataset`)."""
     data_dir: str | None = None
@@ -118,8 +144,28 @@ class DataConfig(Strict):
     max_documents: int | None = Field(None, ge=1, le=10**12)
     """CPT: read at most this many documents of user data (streamed from the hub when set)."""
     examples: int = Field(2000, ge=1, le=10**9)
-    """IFT: prompt/response pairs in the training pool (built-in tasks are generated; user data is cut
-    to this many). An epoch is one pass over them."""
+    """IFT: conversations in the training pool (built-in tasks are generated; user data is cut to this
+    many). An epoch is one pass over them."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, values: Any) -> Any:
+        if isinstance(values, dict) and values.get("preset"):
+            from learnforget.data.formats import PRESETS
+
+            preset = PRESETS.get(values["preset"], {})
+            values = {**preset, **values}  # fields given in the config win
+        return values
+
+    @model_validator(mode="after")
+    def _check_template(self) -> DataConfig:
+        named = (None, "chat", "default", "none")
+        if self.prompt_template not in named and "{prompt}" not in self.prompt_template:
+            raise ValueError(
+                f"data.prompt_template {self.prompt_template!r} has no {{prompt}} placeholder "
+                "(or use 'chat', 'default' or 'none')"
+            )
+        return self
 
 
 class EvalConfig(Strict):
@@ -392,7 +438,8 @@ class StudyConfig(Strict):
 
     @property
     def tokens_per_step(self) -> int:
-        """Token budget of one step (IFT rows are padded to seq_len; padding counts, as it costs compute)."""
+        """Rows × seq_len of one step: the CPT token budget. IFT steps come from epochs (or budget_tokens in
+        rows × seq_len); the tokens recorded at IFT milestones count real tokens only, not padding."""
         return self.batch_size * self.seq_len
 
     def milestone_steps(self) -> list[int]:

@@ -129,4 +129,41 @@ def print_dry_run(
             f"{gb['activations']:.2f}", f"{gb['total']:.2f}",
         )  # fmt: skip
     console.print(table)
+    console.print(data_plan(study), highlight=False, soft_wrap=True)
     return rows
+
+
+def data_plan(study: StudyConfig) -> str:
+    """What the arms train on, read from the config alone (no download, no tokenizer)."""
+    from learnforget.data.templates import describe_template
+
+    d = study.data
+    source = (
+        "built-in " + ("tasks" if study.regime == "ift" else "corpus") if d.train == "builtin" else d.train
+    )
+    source += f" (preset {d.preset})" if d.preset else ""
+    source += f", data_dir {d.data_dir}" if d.data_dir else ""
+    if study.regime == "cpt":
+        field = "" if d.train == "builtin" else f", text field '{d.text_field}'"
+        docs = f", at most {d.max_documents:,} documents" if d.max_documents else ""
+        return (
+            f"Data: {source}{field}{docs}; documents packed end to end (EOS between) into "
+            f"{study.steps:,} steps × {study.batch_size} rows × {study.seq_len} tokens = "
+            f"{study.steps * study.tokens_per_step:,} tokens, loss on every token."
+        )
+    pairs = f"'{d.prompt_field}' → '{d.response_field}'"
+    auto = f"format auto (by each record's fields: messages, ShareGPT, Alpaca, or pairs {pairs})"
+    fields = {"pairs": pairs, "auto": auto}.get(d.format, f"format {d.format}")
+    budget = (
+        f"{study.epochs} epoch{'s' * (study.epochs > 1)}"
+        if study.epochs
+        else f"a budget of {study.budget_tokens:,} padded tokens"
+    )
+    return (
+        f"Data: {source}, {fields}; {d.examples:,} examples × {budget} = {study.steps:,} steps of "
+        f"{study.batch_size} rows of at most {study.seq_len} tokens, each batch padded to its longest row"
+        f"{' (rows grouped by length)' if d.group_by_length else ''}; examples longer than seq_len are "
+        f"{'truncated' if d.overlong == 'truncate' else 'dropped'} and counted; loss on responses only.\n"
+        f"Template: {describe_template(d.prompt_template, d.train == 'builtin')}; BOS as the tokenizer "
+        "adds it. Evaluation prompts use the same template."
+    )

@@ -97,6 +97,16 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _data_line(store: Store) -> str:
+    """IFT: overlong examples and padding of the training rows (empty for CPT)."""
+    stats = store.info("data_stats")
+    if not stats:
+        return ""
+    from learnforget.data.datasets import describe_stats
+
+    return describe_stats(stats) + "; tokens in the tables count real tokens only."
+
+
 def write_summary(study_dir: Path, store: Store, study: StudyConfig) -> Path:
     """summary.md: settings, a table of arms, and one table of milestones per arm."""
     learn, _ = learning_metric(study)
@@ -109,6 +119,7 @@ def write_summary(study_dir: Path, store: Store, study: StudyConfig) -> Path:
         f"Base model: `{store.info('base_path', study.base_model)}`. Target domain: **{study.domain}** "
         f"({study.regime.upper()}), {study.budget_tokens:,} tokens per arm in {study.steps} steps of "
         f"{study.batch_size}×{study.seq_len}; milestones every {study.steps // study.milestones or 1} steps.",
+        _data_line(store),
         f"Learning = `{learn}` (target domain, held out); forgetting = `{forget}` (source domain, held out). "
         "Δ is the change from the base model (for losses: negative Δ on the target = learned; positive Δ "
         "on the source = forgot).",

@@ -98,20 +98,30 @@ def peak_memory_mb() -> float:
 
 
 def prepare_data(study: StudyConfig, study_dir: Path, base_path: str) -> dict:
-    """Training rows and evaluation sets, built once per study and saved in it (`data.pt`)."""
+    """Training rows and evaluation sets, built once per study and saved in it (`data.pt`; CPT rows stay
+    in a cached token file that it names, see data/shards.py)."""
     path = study_dir / DATA_FILE
+    from learnforget.data.datasets import evaluation_sets, training_rows
+    from learnforget.model import load_tokenizer
+
     store = Store(study_dir)
     if path.exists():
         data, problem = verified_load(store, study_dir, path)
         if problem is None:
+            rows = data["train"]["input_ids"]
+            if not isinstance(rows, torch.Tensor) and not Path(rows.path).exists():  # token cache cleared
+                data["train"] = training_rows(study, load_tokenizer(base_path))
             return data
         warn(f"{path}: {problem}; rebuilding it")
-    from learnforget.data.datasets import evaluation_sets, training_rows
-    from learnforget.model import load_tokenizer
 
     tokenizer = load_tokenizer(base_path)
     data = {"train": training_rows(study, tokenizer), "eval": evaluation_sets(study, tokenizer)}
     atomic_save(data, path, recorder(store, study_dir, path))
+    if "stats" in data["train"]:  # IFT: padding and overlong examples, for the log and summary.md
+        from learnforget.data.datasets import describe_stats
+
+        store.set_info("data_stats", data["train"]["stats"])
+        print(describe_stats(data["train"]["stats"]), file=sys.stderr, flush=True)
     return data
 
 
@@ -208,7 +218,13 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
     if sharded:
         distributed.accelerator()  # the process group (gloo on the CPU)
         sharding.shard_model(model, study.precision)
-    steps, tokens_per_step = study.steps, study.tokens_per_step
+    from learnforget.data.datasets import trained_tokens
+
+    steps = study.steps
+
+    def tokens_at(step: int) -> int:  # real tokens: IFT padding is not counted
+        return trained_tokens(data["train"], step, study.batch_size, study.seq_len)
+
     optimizer, scheduler = make_optimizer(
         model, arm.learning_rate, arm.weight_decay, round(study.warmup_fraction * steps), steps, arm.optimizer
     )
@@ -225,7 +241,7 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
         accelerator = distributed.accelerator()
         trained, optimizer = accelerator.prepare(model, optimizer)
     base_weights = None
-    trained_steps, train_seconds = 0, 0.0
+    trained_tokens_count, train_seconds = 0, 0.0
     try:
         for milestone in study.milestone_steps():
             if milestone <= step:
@@ -238,7 +254,7 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
                 scaler=scaler,
             )  # fmt: skip
             train_seconds += time.perf_counter() - started
-            trained_steps += milestone - step
+            trained_tokens_count += tokens_at(milestone) - tokens_at(step)
             step = milestone
             metrics = evaluate_model(model, tokenizer, study, data) if main or sharded else {}
             gathered = sharding.gather(model, optimizer) if sharded else None  # every process takes part
@@ -246,15 +262,13 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
                 if study.eval.spectra:
                     base_weights = base_weights or load_base_weights(base_path, study)
                     weights = merged_weights(model, gathered and gathered["model"])
-                    metrics.update(
-                        record_spectra(store, arm.name, step * tokens_per_step, base_weights, weights)
-                    )
-                store.add_metrics(arm.name, step, step * tokens_per_step, metrics)
+                    metrics.update(record_spectra(store, arm.name, tokens_at(step), base_weights, weights))
+                store.add_metrics(arm.name, step, tokens_at(step), metrics)
                 atomic_save(
                     checkpoint_state(model, optimizer, scheduler, step, scaler, gathered), checkpoint_path,
                     recorder(store, study_dir, checkpoint_path),
                 )  # fmt: skip
-                tell("milestone", arm.name, step * tokens_per_step, metrics)
+                tell("milestone", arm.name, tokens_at(step), metrics)
             distributed.wait_for_everyone()
     except FloatingPointError as e:
         if main:
@@ -266,7 +280,7 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
         return {"arm": arm.name}
     save_final(model, tokenizer, arm_dir(study_dir, arm.name), base_path, final_weights)
     write_model_card(arm_dir(study_dir, arm.name), study, arm, base_path, store)
-    tokens_per_s = trained_steps * tokens_per_step / train_seconds if train_seconds else None
+    tokens_per_s = trained_tokens_count / train_seconds if train_seconds else None
     store.update_arm(
         arm.name,
         status="done",

@@ -18,6 +18,7 @@ from learnforget.config import Arm
 from learnforget.targets import dropout_overrides, resolve_targets, uses_conv1d
 
 GRAD_CLIP = 1.0
+IGNORE_INDEX = -100  # label of tokens without loss (transformers' convention)
 BETAS = (0.9, 0.95)
 FINAL_LR_FRACTION = 0.1
 
@@ -78,7 +79,8 @@ def train_steps(
 ) -> float:
     """Run optimizer steps [start_step, end_step) on rows[step*bs:(step+1)*bs]; return the last loss.
 
-    `labels` defaults to the inputs (loss on every token); -100 marks tokens without loss. With an
+    `labels` defaults to the inputs (loss on every token); -100 marks tokens without loss, and columns
+    after the last one with a loss are not computed (`trim_padding`). With an
     Accelerate `accelerator` (several processes), each process takes rows rank::world of the batch and
     gradients are averaged across processes; the reported loss is the mean over processes.
     `micro_batch_size` splits each process's batch into forward/backward passes of that many rows.
@@ -99,11 +101,9 @@ def train_steps(
         chunks = range(0, len(batch), micro)
         loss = torch.zeros((), device=device)
         for start in chunks:  # gradient accumulation: the mean of the micro-batches' mean losses
+            ids, part_labels = trim_padding(batch[start : start + micro], target[start : start + micro])
             with autocast(precision, device):
-                part = model(
-                    input_ids=batch[start : start + micro].to(device),
-                    labels=target[start : start + micro].to(device),
-                )
+                part = model(input_ids=ids.to(device), labels=part_labels.to(device))
             scaled = part.loss.float() / len(chunks)
             backward = scaler.scale(scaled) if scaler is not None else scaled
             if accelerator is None:
@@ -130,6 +130,15 @@ def train_steps(
         if on_step is not None:
             on_step(step, loss_value)
     return loss_value
+
+
+def trim_padding(ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut the columns after the last token with a loss: right padding of IFT rows. Under causal attention
+    no earlier token sees them and they carry no loss, so the loss and gradients are those of the full
+    rows, at the cost of the batch's longest row instead of seq_len."""
+    has_loss = (labels != IGNORE_INDEX).any(dim=0).nonzero()
+    width = int(has_loss[-1]) + 1 if len(has_loss) else ids.shape[1]
+    return ids[:, :width], labels[:, :width]
 
 
 def load_arm_model(

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import pytest
 import yaml
 
-from learnforget.data.loaders import load_pairs, load_text_records
+from learnforget.data.loaders import load_conversations, load_text_records
 from learnforget.errors import UserError
 from tests.conftest import MICRO_STUDY, cli_exit_code
 
@@ -183,7 +183,7 @@ def test_generated_malformed_data_files_end_cleanly(tmp_path, loader):
         path.write_bytes(content)
         with time_limit(CASE_SECONDS):
             try:
-                load_text_records(str(path)) if loader == "text" else load_pairs(str(path))
+                load_text_records(str(path)) if loader == "text" else load_conversations(str(path))
                 refused = False
             except UserError as e:
                 assert "\n" not in str(e) and str(path) in str(e), f"{what}: {e}"

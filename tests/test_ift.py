@@ -1,13 +1,24 @@
-"""IFT: loss only on response tokens, chat templates, and a micro math IFT study through the CLI."""
+"""IFT: loss only on response tokens, templates, BOS, multi-turn, overlong rows, padding trimmed from batches,
+and a micro math IFT study through the CLI."""
 
 from __future__ import annotations
 
 import sqlite3
 
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from learnforget.data.datasets import IGNORE_INDEX, encode_pair, ift_rows, render_prompt
+from learnforget.data.datasets import encode_pair, ift_rows, padding_stats, row_order
+from learnforget.data.templates import (
+    CHAT,
+    DEFAULT_TEMPLATE,
+    IGNORE_INDEX,
+    encode_conversation,
+    render_prompt,
+    resolve_template,
+    special_prefix,
+)  # fmt: skip
 from learnforget.data.tokens import train_tokenizer
 from tests.test_study import run_cli
 
@@ -24,7 +35,9 @@ def test_prompt_tokens_carry_no_loss():
         ("Question: What is 2 plus 3?\nAnswer:", " 2+3 = 5\n#### 5"),
         ("def add(a, b):\n", "    return a + b\n"),
     ]
-    rows = ift_rows(tokenizer, pairs, seq_len=48, n_rows=4, seed=0)
+    rows = ift_rows(
+        tokenizer, [encode_pair(tokenizer, p, r, 48) for p, r in pairs], seq_len=48, n_rows=4, seed=0
+    )
     for ids, labels in zip(rows["input_ids"], rows["labels"], strict=True):
         prompt_len = next(i for i, y in enumerate(labels) if y != IGNORE_INDEX)
         prompt = tokenizer.decode(ids[:prompt_len])
@@ -48,7 +61,8 @@ def test_long_prompts_are_cut_from_the_left_and_chat_template_is_used():
     ids, labels = encode_pair(tokenizer, "Question: " * 40, " 5", seq_len=16)
     assert len(ids) == 16 and labels[-1] == tokenizer.eos_token_id
     tokenizer.chat_template = "{% for m in messages %}<user>{{ m['content'] }}</user>{% endfor %}<bot>"
-    assert render_prompt(tokenizer, "hi") == "<user>hi</user><bot>"
+    template = resolve_template(None, tokenizer, builtin_data=True)  # a chat template wins when there is one
+    assert template == CHAT and render_prompt(tokenizer, "hi", template) == "<user>hi</user><bot>"
 
 
 def test_micro_math_ift_study_has_a_milestone_per_epoch_and_strict_match(micro_config, tmp_path, capsys):
@@ -63,3 +77,148 @@ def test_micro_math_ift_study_has_a_milestone_per_epoch_and_strict_match(micro_c
         rows = dict(conn.execute("SELECT metric || '@' || step, value FROM metrics WHERE arm LIKE 'lora%'"))
     assert {"math/strict_match@4", "math/strict_match@8", "math/ref_nll@8", "math/loss@8"} <= set(rows)
     assert 0 <= rows["math/strict_match@8"] <= 1
+    # Token counts are real tokens: the rows' lengths, not rows x seq_len.
+    lengths = torch.load(out / "data.pt", weights_only=False)["train"]["lengths"]
+    with sqlite3.connect(out / "results.db") as conn:
+        tokens = conn.execute("SELECT MAX(tokens) FROM metrics WHERE arm LIKE 'lora%'").fetchone()[0]
+    assert tokens == int(lengths.sum()) and len(lengths) == 8 * 4
+    assert "IFT data: 16 examples, " in (out / "summary.md").read_text()
+
+
+def test_default_template_separates_prompt_and_response_and_adds_bos_as_configured():
+    tokenizer = tiny_tokenizer()
+    plain_has_chat = resolve_template(None, tokenizer, builtin_data=False)
+    assert (
+        plain_has_chat == DEFAULT_TEMPLATE
+        and resolve_template(None, tokenizer, builtin_data=True) == "{prompt}"
+    )
+    ids, labels, cut = encode_conversation(
+        tokenizer,
+        [("user", "Write a function that returns 4."), ("assistant", "def f():")],
+        DEFAULT_TEMPLATE,
+        64,
+    )
+    prompt_len = labels.count(IGNORE_INDEX)
+    assert (
+        tokenizer.decode(ids[:prompt_len])
+        == "### Instruction:\nWrite a function that returns 4.\n\n### Response:\n"
+    )
+    assert tokenizer.decode(ids[prompt_len:]) == "def f():" + tokenizer.eos_token and not cut
+    assert special_prefix(tokenizer) == []  # the built-in tokenizer adds no BOS: built-in rows are unchanged
+    bos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    from tokenizers.processors import TemplateProcessing
+
+    # A Llama-style tokenizer: its configuration puts BOS before every text.
+    tokenizer._tokenizer.post_processor = TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", bos)]
+    )
+    assert special_prefix(tokenizer) == [bos]
+    with_bos, with_bos_labels, _ = encode_conversation(
+        tokenizer, [("user", "hi"), ("assistant", "yo")], "{prompt}", 64
+    )
+    assert with_bos[0] == bos and with_bos_labels[0] == IGNORE_INDEX and with_bos.count(bos) == 2  # BOS, EOS
+    cut, cut_labels, was_cut = encode_conversation(
+        tokenizer, [("user", "Question: " * 40), ("assistant", " 5")], "{prompt}", 16
+    )
+    assert was_cut and len(cut) == 16 and cut[0] == bos and cut_labels[-1] == bos  # BOS kept, EOS learned
+
+
+def test_multi_turn_chat_has_loss_on_every_assistant_turn_and_keeps_the_system_prompt():
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    turns = [
+        ("system", "be brief"),
+        ("user", "1+1?"),
+        ("assistant", "2"),
+        ("user", "2+2?"),
+        ("assistant", "4"),
+    ]
+    ids, labels, _ = encode_conversation(tokenizer, turns, CHAT, 128)
+    text = tokenizer.decode(ids)
+    assert (
+        text
+        == "<system>be brief</system><user>1+1?</user><assistant>2</assistant><user>2+2?</user><assistant>4</assistant>"
+    )
+    learned = tokenizer.decode([i for i, y in zip(ids, labels, strict=True) if y != IGNORE_INDEX])
+    assert learned == "2</assistant>4</assistant>"
+    assert render_prompt(tokenizer, "hi", CHAT) == "<user>hi</user><assistant>"
+    # Without the chat template, the same conversation goes through a text template, turn by turn.
+    ids, labels, _ = encode_conversation(tokenizer, turns, "Q: {prompt}\nA: ", 128)
+    eos = tokenizer.eos_token
+    assert tokenizer.decode(ids) == f"be brief\n\nQ: 1+1?\nA: 2{eos}Q: 2+2?\nA: 4{eos}"
+    assert (
+        tokenizer.decode([i for i, y in zip(ids, labels, strict=True) if y != IGNORE_INDEX])
+        == f"2{eos}4{eos}"
+    )
+
+
+def test_length_grouping_keeps_epochs_exact_and_cuts_padding():
+    lengths = [5 + (i * 37) % 200 for i in range(96)]
+    plain = row_order(lengths, 2 * 96 + 8, batch_size=8, seed=3, group_by_length=False)
+    grouped = row_order(lengths, 2 * 96 + 8, batch_size=8, seed=3, group_by_length=True)
+    assert grouped == row_order(lengths, 2 * 96 + 8, batch_size=8, seed=3, group_by_length=True)  # seeded
+    for epoch in range(2):  # every epoch is one pass over every example, in either order
+        assert (
+            sorted(grouped[epoch * 96 : (epoch + 1) * 96])
+            == list(range(96))
+            == sorted(plain[epoch * 96 : (epoch + 1) * 96])
+        )
+    import torch
+
+    def computed(order):
+        return padding_stats(torch.tensor([lengths[i] for i in order]), 8, 256)["padded_to_batch_longest"]
+
+    assert computed(grouped) < 0.7 * computed(plain)
+
+
+def test_trimmed_batches_give_the_loss_and_gradients_of_full_padded_rows():
+    import torch
+
+    from learnforget.train import trim_padding
+
+    tokenizer = tiny_tokenizer()
+    pairs = [("Question: What is 2 plus 3?\nAnswer:", " 5"), ("def add(a, b):\n", "    return a + b\n")]
+    rows = ift_rows(
+        tokenizer, [encode_pair(tokenizer, p, r, 64) for p, r in pairs], seq_len=64, n_rows=2, seed=0
+    )
+    ids, labels = trim_padding(rows["input_ids"], rows["labels"])
+    assert ids.shape[1] == int(rows["lengths"].max()) < 64
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=64))  # fmt: skip
+    full = model(input_ids=rows["input_ids"], labels=rows["labels"]).loss
+    full.backward()
+    full_grad = model.model.embed_tokens.weight.grad.clone()
+    model.zero_grad()
+    trimmed = model(input_ids=ids, labels=labels).loss
+    trimmed.backward()
+    assert torch.allclose(full, trimmed, atol=1e-6)
+    assert torch.allclose(full_grad, model.model.embed_tokens.weight.grad, atol=1e-6)
+
+
+def test_overlong_user_examples_are_truncated_or_dropped_and_counted(tmp_path):
+    import json
+
+    from learnforget.config import StudyConfig
+    from learnforget.data.datasets import training_examples
+    from learnforget.errors import UserError
+
+    tokenizer = tiny_tokenizer()
+    records = [{"prompt": "Question: " * (60 if i % 3 == 0 else 1), "response": " 5"} for i in range(9)]
+    source = tmp_path / "data.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+    def study(**data):
+        return StudyConfig(regime="ift", domain="math", seq_len=64, data={"train": str(source), **data})
+
+    kept, overlong = training_examples(study(examples=4), tokenizer)
+    assert overlong == 2 and len(kept) == 4 and max(len(ids) for ids, _ in kept) == 64  # records 1 and 4
+    kept, overlong = training_examples(study(examples=4, overlong="drop"), tokenizer)
+    assert overlong == 2 and len(kept) == 4 and max(len(ids) for ids, _ in kept) < 64  # read on to record 6
+    with pytest.raises(
+        UserError, match=r"data\.jsonl: has 6 conversations after dropping 3 longer than seq_len=64"
+    ):
+        training_examples(study(examples=7, overlong="drop"), tokenizer)

@@ -1,4 +1,5 @@
-"""User data loaders: jsonl / parquet / text files / directories, field names, clear errors."""
+"""User data loaders: jsonl / parquet / text files / directories, field names, clear errors (more formats:
+test_formats.py)."""
 
 import json
 import os
@@ -9,7 +10,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 import pytest
 
-from learnforget.data.loaders import load_pairs, load_text_records
+from learnforget.data.loaders import load_conversations, load_text_records
 from learnforget.errors import UserError
 
 
@@ -23,6 +24,11 @@ def write_parquet(path, columns):
     pq = pytest.importorskip("pyarrow.parquet")
     pq.write_table(pa.table(columns), path)
     return str(path)
+
+
+def load_pairs(source, **options):
+    """(prompt, response) of single-turn conversations."""
+    return [(c[0][1], c[1][1]) for c in load_conversations(source, **options)]
 
 
 # ---------------------------------------------------------------- CPT text
@@ -77,7 +83,7 @@ def test_pairs_from_parquet(tmp_path):
     assert load_pairs(source) == [("p1", "r1"), ("p2", "r2")]
 
 
-def test_pairs_from_chat_messages_take_last_exchange(tmp_path):
+def test_chat_messages_keep_system_prompt_and_every_turn(tmp_path):
     chat = [
         {"role": "system", "content": "be brief"},
         {"role": "user", "content": "hi"},
@@ -86,13 +92,15 @@ def test_pairs_from_chat_messages_take_last_exchange(tmp_path):
         {"role": "assistant", "content": "9"},
     ]
     source = write_jsonl(tmp_path / "chat.jsonl", [{"messages": chat}, {"messages": chat[1:3]}])
-    assert load_pairs(source, messages_field="messages") == [("square of 3?", "9"), ("hi", "hello")]
+    expected = [[(m["role"], m["content"]) for m in chat], [("user", "hi"), ("assistant", "hello")]]
+    assert load_conversations(source) == expected  # 'messages' is found without naming it
+    assert load_conversations(source, messages_field="messages") == expected
 
 
-def test_chat_without_user_assistant_exchange_is_an_error(tmp_path):
+def test_chat_without_assistant_turn_is_an_error(tmp_path):
     source = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
-    with pytest.raises(UserError, match=r"chat\.jsonl:1: field 'messages' has no user turn followed"):
-        load_pairs(source, messages_field="messages")
+    with pytest.raises(UserError, match=r"chat\.jsonl:1: conversation has no assistant turn"):
+        load_conversations(source, messages_field="messages")
 
 
 def test_chat_message_missing_content_names_line_and_index(tmp_path):
@@ -103,7 +111,7 @@ def test_chat_message_missing_content_names_line_and_index(tmp_path):
 
 def test_pairs_from_text_files_is_an_error(tmp_path):
     (tmp_path / "a.txt").write_text("x", encoding="utf-8")
-    with pytest.raises(UserError, match="need a .jsonl or .parquet"):
+    with pytest.raises(UserError, match="IFT conversations need a record file"):
         load_pairs(str(tmp_path / "a.txt"))
 
 
@@ -172,11 +180,11 @@ def test_empty_sources_are_errors(tmp_path):
 def test_missing_file_and_unsupported_type_are_errors(tmp_path):
     with pytest.raises(UserError, match=r"missing\.jsonl: file not found"):
         load_pairs(str(tmp_path / "missing.jsonl"))
-    (tmp_path / "data.csv").write_text("a,b\n", encoding="utf-8")
-    with pytest.raises(UserError, match=r"unsupported file type '\.csv'"):
-        load_text_records(str(tmp_path / "data.csv"))
+    (tmp_path / "data.xlsx").write_text("a,b\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"unsupported file type '\.xlsx'"):
+        load_text_records(str(tmp_path / "data.xlsx"))
     with pytest.raises(UserError, match="limit must be a positive"):
-        load_text_records(str(tmp_path / "data.csv"), limit=0)
+        load_text_records(str(tmp_path / "data.xlsx"), limit=0)
 
 
 def test_unreachable_hub_dataset_is_a_user_error_naming_the_id(monkeypatch):

@@ -7,7 +7,7 @@ usual continued-pretraining layout; the loss is on every token.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -17,6 +17,7 @@ from learnforget.data.corpora import Document
 
 EOS = "<|endoftext|>"
 BYTES_PER_TOKEN_BOUND = 6  # BPE tokens average 3-4 bytes: 6 bytes per needed token over-covers it
+BATCH_BYTES = 4_000_000  # text tokenized per call when packing
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -55,26 +56,70 @@ def pack_documents(
 ) -> torch.Tensor:
     """`n_rows` rows of `seq_len` tokens from documents in a seeded order (cycling with a new order if
     the documents run out). Only as many documents are tokenized as needed."""
+    stream: list[int] = []
+    for ids in packed_stream(tokenizer, docs, n_rows * seq_len, seed):
+        stream.extend(ids)
+    return torch.tensor(stream, dtype=torch.long).view(n_rows, seq_len)
+
+
+def packed_stream(
+    tokenizer: PreTrainedTokenizerFast, docs: Sequence[Document], need: int, seed: int
+) -> Iterator[list[int]]:
+    """The packed token stream of documents in a seeded order, a new order each pass (see ``pack_texts``)."""
     if not docs:
         raise ValueError("no documents to pack")
     rng = random.Random(seed)
-    need = n_rows * seq_len
-    stream: list[int] = []
-    while len(stream) < need:
+
+    def one_pass() -> Iterator[str]:
         order = list(range(len(docs)))
         rng.shuffle(order)
-        position = 0
-        while position < len(order) and len(stream) < need:
-            # Tokenize just enough documents: a few bytes per missing token (whole plays are large).
+        return (docs[i].text for i in order)
+
+    return pack_texts(tokenizer, one_pass, need)
+
+
+def pack_texts(
+    tokenizer: PreTrainedTokenizerFast, one_pass: Callable[[], Iterable[str]], need: int
+) -> Iterator[list[int]]:
+    """The packed token stream in pieces (a text's ids, then EOS), exactly ``need`` tokens in all, over
+    as many passes (``one_pass()``) as needed. Only as many texts are tokenized as needed."""
+    done = 0
+    while done < need:
+        texts, before = iter(one_pass()), done
+        exhausted = False
+        while not exhausted and done < need:
+            # Tokenize just enough texts: a few bytes per missing token (whole plays are large), and at
+            # most BATCH_BYTES a call so that memory stays flat (the stream is the same whatever the
+            # batches: texts in order, each followed by EOS).
             batch, size = [], 0
-            while position < len(order) and size < BYTES_PER_TOKEN_BOUND * (need - len(stream)):
-                batch.append(docs[order[position]].text)
-                size += len(batch[-1])
-                position += 1
-            for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
-                stream.extend(ids)
-                stream.append(tokenizer.eos_token_id)
-    return torch.tensor(stream[:need], dtype=torch.long).view(n_rows, seq_len)
+            while size < min(BATCH_BYTES, BYTES_PER_TOKEN_BOUND * (need - done)):
+                text = next(texts, None)
+                if text is None:
+                    exhausted = True
+                    break
+                batch.append(text)
+                size += len(text)
+            for ids in tokenizer(batch, add_special_tokens=False)["input_ids"] if batch else []:
+                piece = (ids + [tokenizer.eos_token_id])[: need - done]
+                done += len(piece)
+                if piece:
+                    yield piece
+        if done == before:
+            raise ValueError("no documents to pack")
+
+
+def shuffled(items: Iterable, buffer_size: int, rng: random.Random) -> Iterator:
+    """``items`` in a seeded order, holding at most ``buffer_size`` of them (a stream cannot be shuffled
+    whole): each new item swaps with a random one of the buffer, which comes out."""
+    buffer: list = []
+    for item in items:
+        buffer.append(item)
+        if len(buffer) >= buffer_size:
+            i = rng.randrange(len(buffer))
+            buffer[i], buffer[-1] = buffer[-1], buffer[i]
+            yield buffer.pop()
+    rng.shuffle(buffer)
+    yield from buffer
 
 
 def interleave(parts: Sequence[torch.Tensor], seed: int) -> torch.Tensor:

@@ -79,9 +79,15 @@ def generate(
             f"generate: max_new_tokens={max_new_tokens} leaves no room for the prompt in the model's window"
         )
 
+    from learnforget.data.templates import special_prefix
+
+    # As in training: BOS when the tokenizer adds one, once (a rendered chat template may hold it), and
+    # never an EOS that a tokenizer's configuration would append.
+    bos = special_prefix(tokenizer)
     encoded = []
     for number, prompt in enumerate(prompts):
-        ids = tokenizer(prompt)["input_ids"][-max_prompt_tokens:]
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = (ids if not bos or ids[: len(bos)] == bos else bos + ids)[-max_prompt_tokens:]
         if not ids:
             raise UserError(f"generate: prompt {number} encodes to no tokens; give every prompt some text")
         encoded.append(ids)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from learnforget.data.templates import special_prefix
 from learnforget.evaluate.device import model_device
 
 
@@ -46,10 +47,12 @@ def completion_nll(
     limit = getattr(model.config, "max_position_embeddings", 2048)
     device = model_device(model)
     total, count = 0.0, 0
+    bos = special_prefix(tokenizer)  # as in training: BOS when the tokenizer adds one (Llama, Gemma)
     for start in range(0, len(pairs), batch_size):
         seqs, spans = [], []
         for prompt, completion in pairs[start : start + batch_size]:
             p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            p = p if not bos or p[: len(bos)] == bos else bos + p
             c = tokenizer(completion, add_special_tokens=False)["input_ids"][: limit - 1]
             p = p[-(limit - len(c)) :] if p else [tokenizer.eos_token_id]
             seqs.append(p + c)

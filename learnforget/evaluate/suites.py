@@ -17,7 +17,8 @@ Which metrics are the study's learning and forgetting axes is decided by `learni
 from __future__ import annotations
 
 from learnforget.config import StudyConfig
-from learnforget.data.datasets import CODE_STOP, MATH_STOP, SOURCE_DOMAIN, render_prompt
+from learnforget.data.datasets import CODE_STOP, MATH_STOP, SOURCE_DOMAIN
+from learnforget.data.templates import PLAIN, render_prompt, resolve_template
 from learnforget.evaluate.likelihood import completion_nll, mean_token_loss
 
 LOWER_IS_BETTER = ("loss", "nll", "rank")
@@ -26,6 +27,9 @@ LOWER_IS_BETTER = ("loss", "nll", "rank")
 def evaluate_suites(model, tokenizer, study: StudyConfig, eval_sets: dict) -> dict[str, float]:
     """Every metric of one model on the study's evaluation sets."""
     ev, domain = study.eval, study.domain
+    # Prompts go through the training template; a data.pt from before templates were saved gets the
+    # template of that time (chat template if any, else the prompt as is).
+    template = eval_sets.get("template") or resolve_template(None, tokenizer, builtin_data=True)
     metrics = {}
     for corpus, rows in eval_sets["loss"].items():
         metrics[f"{corpus}/loss"] = mean_token_loss(model, rows, ev.batch_size)
@@ -36,22 +40,26 @@ def evaluate_suites(model, tokenizer, study: StudyConfig, eval_sets: dict) -> di
         metrics[f"{SOURCE_DOMAIN}/mc_acc"] = scores["acc"]
         metrics[f"{SOURCE_DOMAIN}/mc_acc_norm"] = scores["acc_norm"]
     if eval_sets.get("reference"):
-        pairs = [(render_prompt(tokenizer, p["prompt"]), p["reference"]) for p in eval_sets["reference"]]
+        pairs = [
+            (render_prompt(tokenizer, p["prompt"], template), p["reference"]) for p in eval_sets["reference"]
+        ]
         metrics[f"{domain}/ref_nll"] = completion_nll(model, tokenizer, pairs, ev.batch_size)
     if eval_sets.get("generation"):
-        metrics.update(generation_metrics(model, tokenizer, study, eval_sets["generation"]))
+        metrics.update(generation_metrics(model, tokenizer, study, eval_sets["generation"], template))
     if eval_sets.get("diversity"):
-        metrics.update(diversity_metrics(model, tokenizer, study, eval_sets["diversity"]))
+        metrics.update(diversity_metrics(model, tokenizer, study, eval_sets["diversity"], template))
     if ev.harness_tasks:
         metrics.update(harness_metrics(model, tokenizer, study))
     return metrics
 
 
-def _completions(model, tokenizer, study: StudyConfig, problems: list[dict], **sampling) -> list[list[str]]:
+def _completions(
+    model, tokenizer, study: StudyConfig, problems: list[dict], template: str, **sampling
+) -> list[list[str]]:
     from learnforget.evaluate.generate import generate
 
     stop = CODE_STOP if study.domain == "code" else MATH_STOP
-    prompts = [render_prompt(tokenizer, p["prompt"]) for p in problems]
+    prompts = [render_prompt(tokenizer, p["prompt"], template) for p in problems]
     return generate(
         model,
         tokenizer,
@@ -74,9 +82,11 @@ def _score_code(problems: list[dict], completions: list[list[str]], ks: list[int
     return score_completions({p["task_id"]: p for p in problems}, samples, ks, workers=1)
 
 
-def generation_metrics(model, tokenizer, study: StudyConfig, problems: list[dict]) -> dict[str, float]:
+def generation_metrics(
+    model, tokenizer, study: StudyConfig, problems: list[dict], template: str = PLAIN
+) -> dict[str, float]:
     """Greedy generation: pass@1 in the sandbox (code) or GSM8K strict/flexible match (math)."""
-    completions = _completions(model, tokenizer, study, problems)
+    completions = _completions(model, tokenizer, study, problems, template)
     if study.domain == "code":
         return {"code/pass@1": _score_code(problems, completions, [1])["pass@1"]}
     from learnforget.evaluate.math_answers import score_generation
@@ -88,13 +98,15 @@ def generation_metrics(model, tokenizer, study: StudyConfig, problems: list[dict
     }
 
 
-def diversity_metrics(model, tokenizer, study: StudyConfig, problems: list[dict]) -> dict[str, float]:
+def diversity_metrics(
+    model, tokenizer, study: StudyConfig, problems: list[dict], template: str = PLAIN
+) -> dict[str, float]:
     """n samples per prompt at temperature T: distinct outputs (and pass@k from them, for code)."""
     from learnforget.analysis.diversity import diversity_report
 
     ev = study.eval
     completions = _completions(
-        model, tokenizer, study, problems, temperature=ev.diversity_temperature, num_samples=ev.diversity_samples,
+        model, tokenizer, study, problems, template, temperature=ev.diversity_temperature, num_samples=ev.diversity_samples,
         seed=study.seed,
     )  # fmt: skip
     metrics = {f"{study.domain}/distinct_fraction": diversity_report(completions)["distinct_fraction"]}

@@ -1,0 +1,85 @@
+"""CPT training tokens on disk: packed once into a memory-mapped token file, read a step's rows at a time.
+
+The file holds the packed stream (built-in corpora: that of ``tokens.pack_documents``, so the same rows as
+before; user data: documents streamed one at a time, hub datasets in ``datasets``' streaming mode, in a
+seeded order shuffled within a buffer), as uint16 when the vocabulary fits, else uint32. It is cached under ``<cache>/tokens/<fingerprint>.bin``,
+keyed by the source, the tokenizer, seq_len, the number of rows and the seed, so every arm, process and
+later study with the same data shares it, and ``data.pt`` holds only a small descriptor. Training takes
+``rows[a:b]`` from a ``TokenRows``: the rows of positions a..b of the seeded row order, as int64, read
+from the file on demand; the step stays the data position, so resuming is exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PROGRESS_TOKENS = 50_000_000  # a progress line at least every this many tokens (or every 10%)
+
+
+def token_dtype(vocab_size: int) -> str:
+    return "uint16" if vocab_size <= 2**16 else "uint32"
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """Hash of the tokenizer's full definition (vocabulary, merges, normalisation, special tokens)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return hashlib.sha256(f"{text}|eos={tokenizer.eos_token_id}".encode()).hexdigest()[:16]
+
+
+def shard_key(source: dict, tokenizer, seq_len: int, n_rows: int, seed: int) -> str:
+    """Fingerprint of a token file: what was read, how it was tokenized, and how it was packed."""
+    spec = json.dumps({"source": source, "tokenizer": tokenizer_digest(tokenizer), "seq_len": seq_len,
+                       "rows": n_rows, "seed": seed}, sort_keys=True)  # fmt: skip
+    return hashlib.sha256(spec.encode()).hexdigest()[:20]
+
+
+def write_token_file(pieces: Iterable[list[int]], n_tokens: int, dtype: str, path: Path) -> Path:
+    """Write a packed stream of ``n_tokens`` tokens to ``path`` (a temporary file, then renamed: never half
+    a file), reporting progress and tokens/s on stderr."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    out = np.memmap(tmp, dtype=dtype, mode="w+", shape=(n_tokens,))
+    done, started, reported = 0, time.perf_counter(), 0
+    for piece in pieces:
+        out[done : done + len(piece)] = piece
+        done += len(piece)
+        if done - reported >= max(PROGRESS_TOKENS, n_tokens // 10) or done == n_tokens:
+            reported, seconds = done, time.perf_counter() - started
+            print(f"tokenizing: {done:,}/{n_tokens:,} tokens, {done / max(seconds, 1e-9):,.0f} tokens/s",
+                  file=sys.stderr, flush=True)  # fmt: skip
+    out.flush()
+    del out
+    os.replace(tmp, path)
+    return path
+
+
+class TokenRows:
+    """``n_rows`` rows of ``seq_len`` tokens of a token file, in a seeded order; ``rows[a:b]`` reads those."""
+
+    def __init__(self, path: str, n_rows: int, seq_len: int, dtype: str, seed: int):
+        self.path, self.n_rows, self.seq_len, self.dtype, self.seed = path, n_rows, seq_len, dtype, seed
+        self._tokens = None
+        # Whole files are packed one after another; the shuffled order makes a batch a mix of many files.
+        self._order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed)).numpy()
+
+    def __getstate__(self) -> dict:  # pickled into data.pt without the open memory map
+        return {**self.__dict__, "_tokens": None}
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if self._tokens is None:
+            self._tokens = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.n_rows, self.seq_len))
+        picked = self._order[index]
+        return torch.from_numpy(self._tokens[np.atleast_1d(picked)].astype(np.int64))

@@ -1,0 +1,151 @@
+"""Prompt templates: a conversation as token ids, with loss on the assistant turns only.
+
+A template is either ``CHAT`` (the tokenizer's own chat template) or a text template with a
+``{prompt}`` placeholder, applied to each user turn. With a text template:
+
+- a system turn is its text and a blank line: ``"{system}\\n\\n"``;
+- a user turn is the template with ``{prompt}`` filled in;
+- an assistant turn is its text followed by the tokenizer's EOS token (so the model learns to stop).
+
+``DEFAULT_TEMPLATE`` separates prompt and response clearly for a base without a chat template (e.g.
+Llama-2-7B); ``PLAIN`` is the identity, for prompts that the response simply continues (the built-in
+tasks: HumanEval-style code, "Question: …\\nAnswer:" math). A chat template renders its own turn
+markers and end-of-turn tokens; the loss covers what it renders for each assistant turn.
+
+The BOS token is added when the tokenizer's configuration adds one to every encoding (Llama, Gemma);
+``special_prefix`` finds it by encoding a probe with and without special tokens.
+"""
+
+from __future__ import annotations
+
+from learnforget.data.formats import Conversation
+from learnforget.errors import UserError
+
+CHAT = "chat"
+DEFAULT_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
+PLAIN = "{prompt}"
+NAMED = {"default": DEFAULT_TEMPLATE, "none": PLAIN}
+IGNORE_INDEX = -100
+
+
+def resolve_template(setting: str | None, tokenizer, builtin_data: bool) -> str:
+    """The template of a study: ``data.prompt_template`` if set, else the tokenizer's chat template when
+    it has one, else the identity (built-in tasks) or ``DEFAULT_TEMPLATE`` (user data)."""
+    has_chat = bool(getattr(tokenizer, "chat_template", None))
+    if setting == CHAT and not has_chat:
+        raise UserError(
+            "data.prompt_template: 'chat' needs a tokenizer with a chat template; this one has none"
+        )
+    if setting is not None:
+        return NAMED.get(setting, setting)
+    if has_chat:
+        return CHAT
+    return PLAIN if builtin_data else DEFAULT_TEMPLATE
+
+
+def describe_template(setting: str | None, builtin_data: bool) -> str:
+    """A line for dry runs: what a single-turn example looks like, without loading a tokenizer."""
+    if setting == CHAT:
+        return "the tokenizer's chat template"
+    text = NAMED.get(setting, setting) if setting else (PLAIN if builtin_data else DEFAULT_TEMPLATE)
+    shown = repr(text.replace("{prompt}", "<prompt>") + "<response><eos>")
+    return shown if setting else f"the tokenizer's chat template if it has one, else {shown}"
+
+
+def render_prompt(tokenizer, prompt: str, template: str = PLAIN) -> str:
+    """A single prompt as the model sees it before its response (evaluation prompts)."""
+    if template == CHAT:
+        return _apply_chat(tokenizer, [("user", prompt)], generation_prompt=True)
+    return template.replace("{prompt}", prompt)
+
+
+def special_prefix(tokenizer) -> list[int]:
+    """The ids the tokenizer's configuration puts before every text (e.g. [BOS] for Llama), else []."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start]
+    return []
+
+
+def encode_conversation(
+    tokenizer, turns: Conversation, template: str, seq_len: int, prefix: list[int] | None = None
+) -> tuple[list[int], list[int], bool]:
+    """(input ids, labels, was cut) of one conversation; labels are -100 except on assistant turns.
+
+    ``prefix`` is ``special_prefix(tokenizer)`` (computed here when not given). A conversation longer than
+    ``seq_len`` is cut: a single exchange keeps its BOS and its response (up to ``seq_len - 1`` tokens)
+    and cuts its prompt from the left; a longer conversation keeps its first ``seq_len`` tokens (the
+    first exchange that way if nothing learnable would remain).
+    """
+    segments = _segments(tokenizer, turns, template)
+    prefix = special_prefix(tokenizer) if prefix is None else prefix
+    first = segments[0][0] if segments else []
+    kept = []  # the BOS, kept when the prompt is cut
+    if prefix and first[: len(prefix)] != prefix:  # a chat template may already render the BOS
+        segments.insert(0, (prefix, False))
+        kept = prefix
+    ids = [i for part, _ in segments for i in part]
+    labels = [i if learn else IGNORE_INDEX for part, learn in segments for i in part]
+    # Nothing after the last assistant turn can be learned: it would only be padding with attention.
+    learned = [n for n, y in enumerate(labels) if y != IGNORE_INDEX]
+    if not learned:
+        raise ValueError("its assistant turns are empty: nothing to learn")
+    last = learned[-1] + 1
+    ids, labels = ids[:last], labels[:last]
+    if len(ids) <= seq_len:
+        return ids, labels, False
+    if sum(learn for _, learn in segments) > 1:
+        cut_ids, cut_labels = ids[:seq_len], labels[:seq_len]
+        if any(y != IGNORE_INDEX for y in cut_labels):
+            return cut_ids, cut_labels, True
+    # One exchange: everything before the first response is the prompt.
+    start = next(n for n, y in enumerate(labels) if y != IGNORE_INDEX)
+    end = next((n for n in range(start, len(labels)) if labels[n] == IGNORE_INDEX), len(labels))
+    response = ids[start:end][: seq_len - 1 - len(kept)]
+    prompt = kept + ids[len(kept) : start][-(seq_len - len(response) - len(kept)) :]
+    return prompt + response, [IGNORE_INDEX] * len(prompt) + response, True
+
+
+def _segments(tokenizer, turns: Conversation, template: str) -> list[tuple[list[int], bool]]:
+    """(token ids, carries loss) pieces of a conversation, in order."""
+    texts: list[tuple[str, bool]] = []
+    if template == CHAT:
+        rendered = ""
+        for n, (role, _) in enumerate(turns):
+            if role != "assistant":
+                continue
+            before = _apply_chat(tokenizer, turns[:n], generation_prompt=True)
+            through = _apply_chat(tokenizer, turns[: n + 1], generation_prompt=False)
+            if not (before.startswith(rendered) and through.startswith(before)):
+                raise UserError(
+                    "the tokenizer's chat template does not render a conversation turn by turn (it rewrites "
+                    "earlier turns), so assistant turns cannot be located; set data.prompt_template"
+                )
+            texts += [(before[len(rendered) :], False), (through[len(before) :], True)]
+            rendered = through
+        return [(_ids(tokenizer, text), learn) for text, learn in texts if text]
+    segments = []
+    for role, text in turns:
+        if role == "system":
+            segments.append((_ids(tokenizer, f"{text}\n\n"), False))
+        elif role == "user":
+            segments.append((_ids(tokenizer, template.replace("{prompt}", text)), False))
+        else:
+            segments.append((_ids(tokenizer, text) + [tokenizer.eos_token_id], True))
+    return [(ids, learn) for ids, learn in segments if ids]
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _apply_chat(tokenizer, turns: Conversation, generation_prompt: bool) -> str:
+    messages = [{"role": role, "content": text} for role, text in turns]
+    try:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation_prompt
+        )
+    except Exception as error:  # jinja raises TemplateError for e.g. a system turn it does not allow
+        raise UserError(f"the tokenizer's chat template rejected a conversation: {error}") from None

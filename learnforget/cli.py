@@ -128,8 +128,12 @@ def run(
         from learnforget import distributed
 
         if distributed.is_main_process():
+            from learnforget.report_html import write_suite_html
+
             path = write_suite_summary(suite_dir, [k for k, _ in studies])
+            html = write_suite_html(suite_dir, [k for k, _ in studies])
             console.print(f"Suite done in {time.time() - started:.0f} s. Results: {path}")
+            console.print(f"Open the report: {html.resolve().as_uri()}", highlight=False, soft_wrap=True)
 
 
 def _run_study(study, study_dir: Path, shard: str | None) -> None:
@@ -146,6 +150,9 @@ def _run_study(study, study_dir: Path, shard: str | None) -> None:
     arms = expand_arms(study)
     check_base_model(study.base_model)
     check_targets(base_config(study), arms)  # LoRA targets and dropout keys exist in this architecture
+    from learnforget.tracking import check_trackers
+
+    check_trackers(study.log_with)
     main_process = distributed.is_main_process()
     with distributed.main_process_first():  # under accelerate launch: pretrain, prepare and check once
         store = Store(study_dir)
@@ -153,6 +160,10 @@ def _run_study(study, study_dir: Path, shard: str | None) -> None:
         base_path = _pretrain_with_progress(study)
         store.set_info("base_path", base_path)
         store.set_info("processes", int(os.environ.get("WORLD_SIZE", "1")))
+        if main_process:
+            from learnforget.report_html import environment
+
+            store.set_info("environment", environment())
         for arm in arms:
             store.register_arm(arm.name, arm.model_dump())
         study_mod.prepare_data(study, study_dir, base_path)
@@ -185,10 +196,9 @@ def _run_study(study, study_dir: Path, shard: str | None) -> None:
         study_mod.run_arms(study, study_dir, base_path, mine, on_message)
     if not main_process:
         return
-    write_report(study_dir, store, study, out_console)
-    console.print(
-        f"Done in {time.time() - started:.0f} s. Results: {study_dir}/summary.md, {study_dir}/learning_forgetting.png"
-    )
+    html = write_report(study_dir, store, study, out_console)
+    console.print(f"Done in {time.time() - started:.0f} s. Results: {study_dir}/summary.md")
+    console.print(f"Open the report: {html.resolve().as_uri()}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -216,10 +226,14 @@ def report(study_dir: Annotated[Path, typer.Argument(help="Study directory.")]) 
         for key in settings:
             store = open_store(study_dir / key)
             write_report(study_dir / key, store, StudyConfig.model_validate(store.info("config")))
+        from learnforget.report_html import write_suite_html
+
         out_console.print(f"wrote {write_suite_summary(study_dir, settings)}")
+        out_console.print(f"wrote {write_suite_html(study_dir, settings)}")
         return
     store = open_store(study_dir)
-    write_report(study_dir, store, StudyConfig.model_validate(store.info("config")), out_console)
+    html = write_report(study_dir, store, StudyConfig.model_validate(store.info("config")), out_console)
+    out_console.print(f"wrote {html}")
 
 
 @app.command("ls")

@@ -292,6 +292,10 @@ class StudyConfig(Strict):
     """Torch threads per worker (fixed so that numbers are reproducible)."""
     seed: int = 0
     """Seed of data sampling and order."""
+    log_with: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = []
+    """Experiment trackers (Accelerate's `log_with`) that receive every arm's per-step loss, learning rate
+    and gradient norm and its milestone metrics: one run per arm, the study's config as hyperparameters.
+    Local trackers write under `<study dir>/tracking`. Install with `pip install 'learnforget[trackers]'`."""
 
     @model_validator(mode="after")
     def _check(self) -> StudyConfig:

@@ -12,6 +12,8 @@ Schema (query it with any SQLite client, e.g. `sqlite3 runs/default/results.db`)
             PRIMARY KEY (arm, tokens, metric))
     matrices(arm, tokens, name, rank_delta, rank_base, rank_random, min_dim, delta_fro,
              relative_delta, intruders, PRIMARY KEY (arm, tokens, name))   -- ΔW spectra
+    steps(arm, step, loss, learning_rate, grad_norm,   -- one row per arm x optimizer step (training curves)
+          PRIMARY KEY (arm, step))
 
 Metric names are '<domain>/<measure>', e.g. 'code/loss', 'english/loss', 'english/mc_acc_norm'.
 Every write is one transaction (WAL journal, busy timeout), so two processes writing the same study
@@ -41,6 +43,8 @@ CREATE TABLE IF NOT EXISTS metrics (
 CREATE TABLE IF NOT EXISTS matrices (
     arm TEXT, tokens INTEGER, name TEXT, rank_delta INTEGER, rank_base INTEGER, rank_random INTEGER,
     min_dim INTEGER, delta_fro REAL, relative_delta REAL, intruders INTEGER, PRIMARY KEY (arm, tokens, name));
+CREATE TABLE IF NOT EXISTS steps (
+    arm TEXT, step INTEGER, loss REAL, learning_rate REAL, grad_norm REAL, PRIMARY KEY (arm, step));
 """
 
 ARM_COLUMNS = (
@@ -128,6 +132,17 @@ class Store:
 
     def matrices(self) -> list[dict]:
         return self._read("SELECT * FROM matrices ORDER BY arm, tokens, name")
+
+    def add_steps(self, arm: str, rows: list[dict]) -> None:
+        """Training-curve rows ({step, loss, learning_rate, grad_norm}) in one transaction: callers batch
+        them (a milestone's worth), so logging every step costs one write per milestone."""
+        values = [(arm, r["step"], r["loss"], r.get("learning_rate"), r.get("grad_norm")) for r in rows]
+        self._write("INSERT OR REPLACE INTO steps VALUES (?, ?, ?, ?, ?)", values)
+
+    def steps(self, arm: str | None = None) -> list[dict]:
+        if arm is None:
+            return self._read("SELECT * FROM steps ORDER BY arm, step")
+        return self._read("SELECT * FROM steps WHERE arm = ? ORDER BY step", (arm,))
 
     def metric_rows(self) -> list[dict]:
         """Every metric joined with its arm's settings (the base model appears as method 'base')."""

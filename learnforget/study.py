@@ -149,6 +149,12 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
         trained, optimizer = accelerator.prepare(model, optimizer)
     base_weights = None
     trained_steps, train_seconds = 0, 0.0
+    from learnforget.tracking import StepLog, hyperparameters
+
+    step_log = StepLog(
+        store, arm.name, study.log_with if main else [], study_dir,
+        hyperparameters(json.loads(study_json), json.loads(arm_json)), study.name,
+    )  # fmt: skip
     try:
         for milestone in study.milestone_steps():
             if milestone <= step:
@@ -158,7 +164,7 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
                 trained, optimizer, scheduler, data["train"]["input_ids"], study.batch_size, step, milestone,
                 labels=data["train"].get("labels"), on_step=lambda s, loss: tell("step", arm.name, s + 1, steps, loss),
                 accelerator=accelerator, micro_batch_size=study.micro_batch_size, precision=study.precision,
-                scaler=scaler,
+                scaler=scaler, on_record=step_log.record,
             )  # fmt: skip
             train_seconds += time.perf_counter() - started
             trained_steps += milestone - step
@@ -171,14 +177,18 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
                         record_spectra(store, arm.name, step * tokens_per_step, base_weights, model)
                     )
                 store.add_metrics(arm.name, step, step * tokens_per_step, metrics)
+                step_log.milestone(step, metrics)
                 atomic_save(checkpoint_state(model, optimizer, scheduler, step, scaler), checkpoint_path)
                 tell("milestone", arm.name, step * tokens_per_step, metrics)
             distributed.wait_for_everyone()
     except FloatingPointError as e:
         if main:
+            step_log.milestone(step, {})  # the steps up to the divergence show where it happened
             store.update_arm(arm.name, status="failed", error=str(e))
         tell("failed", arm.name, str(e))
         return {"arm": arm.name, "failed": str(e)}
+    finally:
+        step_log.close()
     if not main:
         return {"arm": arm.name}
     save_final(model, tokenizer, arm_dir(study_dir, arm.name), base_path)
@@ -331,7 +341,7 @@ def check_same_study(store: Store, study: StudyConfig) -> None:
         return
     # Workers change how fast, not what (threads do change reduction order: they must match). Arms may
     # be added to a study: an arm's name encodes its settings, so finished arms stay valid.
-    ignore = {"workers", "arms"}
+    ignore = {"workers", "arms", "log_with"}
     diff = sorted(k for k in set(saved) | set(current) if k not in ignore and saved.get(k) != current.get(k))
     if diff:
         raise UserError(

@@ -75,6 +75,7 @@ def train_steps(
     micro_batch_size: int | None = None,
     precision: str = "fp32",
     scaler: torch.amp.GradScaler | None = None,
+    on_record: Callable[[dict], None] | None = None,
 ) -> float:
     """Run optimizer steps [start_step, end_step) on rows[step*bs:(step+1)*bs]; return the last loss.
 
@@ -83,6 +84,7 @@ def train_steps(
     gradients are averaged across processes; the reported loss is the mean over processes.
     `micro_batch_size` splits each process's batch into forward/backward passes of that many rows.
     `precision` sets the forward pass's autocast (see precision.py); `scaler` scales fp16 losses.
+    `on_record` receives {step, loss, learning_rate, grad_norm} after each step (grad_norm before clipping).
     """
     from learnforget.precision import autocast
 
@@ -113,9 +115,10 @@ def train_steps(
         if scaler is not None:
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         if accelerator is None:
-            torch.nn.utils.clip_grad_norm_(trainable, GRAD_CLIP)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, GRAD_CLIP)
         else:
-            accelerator.clip_grad_norm_(trainable, GRAD_CLIP)
+            grad_norm = accelerator.clip_grad_norm_(trainable, GRAD_CLIP)
+        learning_rate = optimizer.param_groups[0]["lr"]  # the rate this step uses (before scheduler.step)
         if scaler is not None:
             scaler.step(optimizer)  # skips the step when fp16 gradients overflowed
             scaler.update()
@@ -128,6 +131,9 @@ def train_steps(
             raise FloatingPointError(f"loss became {loss_value} at step {step}")
         if on_step is not None:
             on_step(step, loss_value)
+        if on_record is not None:
+            norm = float(grad_norm) if grad_norm is not None else None
+            on_record({"step": step, "loss": loss_value, "learning_rate": learning_rate, "grad_norm": norm})
     return loss_value
 
 

@@ -68,15 +68,17 @@ def family(arm: dict) -> str:
     return name + (" + embeddings" if arm.get("train_embeddings") else "")
 
 
-def _shade_key(arm: dict) -> tuple[float, float]:
-    return (float(arm.get("rank") or 0), float(arm.get("learning_rate") or 0))
+def _shade_key(arm: dict) -> tuple[float, ...]:
+    """What varies within a family: rank first, then learning rate, then the regularizers and α."""
+    keys = ("rank", "learning_rate", "weight_decay", "dropout", "alpha")
+    return tuple(float(arm.get(k) or 0) for k in keys)
 
 
 def colors(arms: list[dict]) -> dict[str, str]:
     """configuration name (or arm name, whichever key `arms` carry as 'configuration'/'arm') -> hex colour.
 
     Families get their own colour map (full: cool maps, LoRA: warm); within a family, configurations are
-    shaded light to dark by (rank, learning rate).
+    shaded light to dark by (rank, learning rate, weight decay, dropout, α).
     """
     import matplotlib
     from matplotlib.colors import to_hex

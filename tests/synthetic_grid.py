@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sqlite3
 from pathlib import Path
 
 GRID_ARMS = [
@@ -24,7 +25,7 @@ def synthetic_study(study_dir: Path, arms=GRID_ARMS, unfinished: int = 0, seed: 
     """Write a store for a CPT code study with `arms`; the last `unfinished` arms are left running with
     no numbers. Returns (store, StudyConfig, arm names)."""
     from learnforget.config import StudyConfig, expand_arms
-    from learnforget.store import Store
+    from learnforget.store import ARM_COLUMNS, Store
 
     study = StudyConfig.model_validate(
         {"name": "grid", "budget_tokens": 40_960, "milestones": 3, "arms": arms}
@@ -38,39 +39,47 @@ def synthetic_study(study_dir: Path, arms=GRID_ARMS, unfinished: int = 0, seed: 
     base = {"code/loss": 4.14, "english/loss": 4.56, "spectrum/rank_random_fraction": 0.52}
     store.add_metrics("base", 0, 0, {k: v for k, v in base.items() if not k.startswith("spectrum")})
     expanded = expand_arms(study)
+    # Rows go in through one connection: the store's one-transaction-per-call writes take seconds at this size.
+    arms, steps, metrics = [], [], []
     for i, arm in enumerate(expanded):
+        done = i < len(expanded) - unfinished
+        cost = (1000 * (arm.rank or 1500), 9000.0, 4.5, 480.0) if done else (None,) * 4
         settings = arm.model_dump()
-        store.register_arm(arm.name, settings)
-        if i >= len(expanded) - unfinished:
-            store.update_arm(arm.name, status="running")
+        arms.append((arm.name, *[settings.get(c) for c in ARM_COLUMNS], "done" if done else "running", *cost))
+        if not done:
             continue
         strength = (
             math.log10(arm.learning_rate / 1e-5)
             / 3
             * (1 if arm.method == "full" else math.log2(2 * arm.rank) / 7)
         )
-        rows, loss = [], 4.1
+        loss = 4.1
         for step in range(1, study.steps + 1):
             loss -= 0.01 * strength * rng.uniform(0.5, 1.5)
-            rows.append(
-                {
-                    "step": step,
-                    "loss": loss,
-                    "learning_rate": arm.learning_rate,
-                    "grad_norm": rng.uniform(0.2, 2),
-                }
-            )
-        store.add_steps(arm.name, rows)
+            steps.append((arm.name, step, loss, arm.learning_rate, rng.uniform(0.2, 2)))
         for step in study.milestone_steps():
             progress = step / study.steps
-            metrics = {
+            values = {
                 "code/loss": base["code/loss"] - 0.4 * strength * progress + rng.gauss(0, 0.01),
                 "english/loss": base["english/loss"] + 0.3 * strength * progress + rng.gauss(0, 0.01),
                 "spectrum/rank_delta_fraction": (0.15 if arm.method == "full" else arm.rank / 128)
                 * (0.5 + progress),
                 "spectrum/rank_random_fraction": base["spectrum/rank_random_fraction"],
             }
-            store.add_metrics(arm.name, step, step * study.tokens_per_step, metrics)
-        store.update_arm(arm.name, status="done", trainable_params=1000 * (arm.rank or 1500), tokens_per_s=9000.0,
-                         train_seconds=4.5, peak_memory_mb=480.0)  # fmt: skip
+            metrics += [(arm.name, step, step * study.tokens_per_step, k, v) for k, v in values.items()]
+    columns = ", ".join(
+        (
+            "name",
+            *ARM_COLUMNS,
+            "status",
+            "trainable_params",
+            "tokens_per_s",
+            "train_seconds",
+            "peak_memory_mb",
+        )
+    )
+    with sqlite3.connect(store.path) as conn:
+        conn.executemany(f"INSERT INTO arms ({columns}) VALUES ({', '.join('?' * len(arms[0]))})", arms)
+        conn.executemany("INSERT INTO steps VALUES (?, ?, ?, ?, ?)", steps)
+        conn.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)", metrics)
     return store, study, [a.name for a in expanded]

@@ -44,6 +44,15 @@ SetOpt = Annotated[
 ]
 
 
+class _Remaining(TimeRemainingColumn):
+    """rich's estimate, except where a task carries its own (the study's ETA is in its info)."""
+
+    def render(self, task):
+        from rich.text import Text
+
+        return Text(task.fields["eta"]) if "eta" in task.fields else super().render(task)
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description}"),
@@ -51,7 +60,7 @@ def _progress() -> Progress:
         MofNCompleteColumn(),
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
-        TimeRemainingColumn(),
+        _Remaining(),
         console=console,
     )
 
@@ -173,25 +182,50 @@ def _run_study(study, study_dir: Path, shard: str | None) -> None:
             )
             study_mod.run_base(study, study_dir, base_path)
     mine = study_mod.shard_arms(arms, _parse_shard(shard))
+    from learnforget.progress import StudyClock
+
+    resumed = {
+        a.name: study.steps if (store.arm(a.name) or {}).get("status") == "done" else max(store.finished_steps(a.name), default=0)
+        for a in mine
+    }  # fmt: skip
+    clock = StudyClock(study.steps, study.milestone_steps(), study.workers, resumed)
     with _progress() as progress:
-        tasks = {a.name: progress.add_task(a.name, total=study.steps, info="") for a in mine}
+        overall = progress.add_task(
+            f"study ({len(mine)} arms × {study.milestones} milestones)", total=clock.total,
+            completed=clock.completed, info=clock.describe(), eta="",
+        )  # fmt: skip
+        tasks = {
+            a.name: progress.add_task(a.name, total=study.steps, completed=resumed[a.name], info="")
+            for a in mine
+        }
 
         def on_message(message) -> None:
             kind, name, *rest = message
             if kind == "step":
                 step, total, loss = rest
+                clock.on_step(name, step)
                 progress.update(tasks[name], completed=step, info=f"loss {loss:.3f}")
                 _log_tenth(name, step, total, loss)
             elif kind == "milestone":
                 tokens, metrics = rest
+                clock.on_milestone(name, tokens // study.tokens_per_step)
+                progress.update(overall, completed=clock.completed, info=clock.describe())
                 shown = "  ".join(
                     f"{k} {v:.3f}" for k, v in sorted(metrics.items()) if not k.startswith("spectrum/")
                 )
                 progress.console.print(f"[dim]{name} @ {tokens:,} tokens:[/] {shown}")
-            elif kind == "failed":
-                progress.console.print(f"[red]{name} failed:[/] {rest[0]}")
-            elif kind == "done":
+                if not console.is_terminal:
+                    console.print(f"study: {clock.completed}/{clock.total} milestones, {clock.describe()}")
+            elif kind in ("failed", "done"):
+                if kind == "failed":
+                    progress.console.print(f"[red]{name} failed:[/] {rest[0]}")
+                clock.on_done(name)
                 progress.update(tasks[name], completed=study.steps)
+                progress.update(overall, completed=clock.completed, info=clock.describe())
+                if main_process:  # the page shows what is finished so far
+                    from learnforget.report_html import write_study_html
+
+                    write_study_html(study_dir, store, study)
 
         study_mod.run_arms(study, study_dir, base_path, mine, on_message)
     if not main_process:
@@ -274,9 +308,35 @@ def compare(
 
 
 @app.command()
+def export(
+    study_dir: Annotated[Path, typer.Argument(help="Study or suite directory.")],
+    format_: Annotated[str, typer.Option("--format", help="csv | parquet | jsonl.")] = "csv",
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: DIR/export).")] = None,
+) -> None:
+    """Write the metric rows, the arms and the per-step training curves as tables in long format
+    (metrics, arms, steps), for pandas, polars, R or a spreadsheet; a suite's carry a `setting` column."""
+    from learnforget.export import export as export_tables
+    from learnforget.store import open_store
+
+    settings = _suite_settings(study_dir)
+    if not settings:
+        open_store(study_dir)  # a one-line error when DIR holds no study
+    for path in export_tables(study_dir, format_, out, settings):
+        out_console.print(f"wrote {path}")
+
+
+@app.command()
 def evaluate(
     model: Annotated[str, typer.Argument(help="HF model directory or hub id.")],
-    suite: Annotated[str, typer.Option(help="code | math | source | paper.")] = "source",
+    suite: Annotated[
+        str | None, typer.Option(help="code | math | source | paper (default: source, unless --tasks).")
+    ] = None,
+    tasks: Annotated[
+        str | None, typer.Option(help="lm-eval tasks by name, comma-separated: hellaswag,arc_easy,my_task.")
+    ] = None,
+    num_fewshot: Annotated[
+        int | None, typer.Option(help="Few-shot examples for --tasks (default: each task's).")
+    ] = None,
     adapter: Annotated[str | None, typer.Option(help="peft LoRA adapter directory applied to MODEL.")] = None,
     limit: Annotated[int, typer.Option(help="Problems / items per metric.")] = 64,
     problems: Annotated[
@@ -284,24 +344,39 @@ def evaluate(
     ] = "builtin",
     include_path: Annotated[str | None, typer.Option(help="Folder of extra lm-eval task YAMLs.")] = None,
     harness_limit: Annotated[
-        int | None, typer.Option(help="Examples per lm-eval task (paper suite).")
+        int | None, typer.Option(help="Examples per lm-eval task (--tasks and the paper suite).")
     ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the metrics here.")] = None,
     precision: Annotated[
         str, typer.Option(help="fp32 | bf16-mixed | bf16 | fp16-mixed (as a study's `precision`).")
     ] = "fp32",
 ) -> None:
-    """Evaluate one checkpoint on one suite, outside any study."""
+    """Evaluate one checkpoint on one suite and/or any lm-eval tasks (--tasks), outside any study."""
     from rich.table import Table
 
-    from learnforget.evaluate.standalone import evaluate_checkpoint
+    from learnforget.evaluate.standalone import evaluate_checkpoint, evaluate_tasks
 
     if precision not in ("fp32", "bf16-mixed", "bf16", "fp16-mixed"):
         raise UserError(f"--precision {precision!r}: choose fp32, bf16-mixed, bf16 or fp16-mixed")
-    metrics = evaluate_checkpoint(
-        model, suite, adapter, limit, problems, include_path, harness_limit, precision
-    )
-    table = Table(title=f"{model}{' + ' + adapter if adapter else ''}: {suite}")
+    task_names = [t.strip() for t in (tasks or "").split(",") if t.strip()]
+    if tasks is not None and not task_names:
+        raise UserError(
+            "--tasks is empty: name lm-eval tasks, comma-separated (e.g. --tasks hellaswag,arc_easy)"
+        )
+    metrics: dict[str, float] = {}
+    if suite is not None or not task_names:
+        suite = suite or "source"
+        metrics.update(
+            evaluate_checkpoint(
+                model, suite, adapter, limit, problems, include_path, harness_limit, precision
+            )
+        )
+    if task_names:
+        metrics.update(
+            evaluate_tasks(model, task_names, adapter, include_path, harness_limit, precision, num_fewshot)
+        )
+    what = ", ".join(([suite] if suite else []) + task_names)
+    table = Table(title=f"{model}{' + ' + adapter if adapter else ''}: {what}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in sorted(metrics.items()):

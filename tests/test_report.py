@@ -197,3 +197,58 @@ def test_150_arm_grid_report_writes_every_plot_and_page(tmp_path):
         assert (tmp_path / png).stat().st_size > 20_000
     assert all(name in page for name in names)
     assert f"{len(names) - 5} of {len(names)} arms finished (5 running)" in page
+
+
+def test_export_writes_metrics_arms_and_steps_in_long_format(tracked_run, tmp_path):
+    import csv
+    import json
+
+    store = Store(tracked_run)
+    run_cli(["export", str(tracked_run), "--format", "csv", "--out", str(tmp_path / "csv")])
+    run_cli(["export", str(tracked_run), "--format", "jsonl", "--out", str(tmp_path / "jsonl")])
+    metrics = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))  # noqa: SIM115
+    assert len(metrics) == len(store.metrics()) and {
+        "arm",
+        "method",
+        "learning_rate",
+        "metric",
+        "value",
+    } <= set(metrics[0])
+    full_final = next(
+        r for r in metrics if r["arm"] == ARMS[0] and r["milestone"] == "6144" and r["metric"] == "code/loss"
+    )
+    stored = next(r for r in store.metrics(ARMS[0]) if r["tokens"] == 6144 and r["metric"] == "code/loss")
+    assert float(full_final["value"]) == stored["value"]
+    steps = [json.loads(line) for line in open(tmp_path / "jsonl" / "steps.jsonl")]  # noqa: SIM115
+    assert len(steps) == 3 * len(store.steps())  # loss, learning_rate, grad_norm per step
+    assert {s["metric"] for s in steps} == {"loss", "learning_rate", "grad_norm"}
+    assert (
+        next(s for s in steps if s["arm"] == ARMS[0] and s["step"] == 12 and s["metric"] == "loss")["tokens"]
+        == 6144
+    )
+    arms = [json.loads(line) for line in open(tmp_path / "jsonl" / "arms.jsonl")]  # noqa: SIM115
+    assert {a["name"] for a in arms} == {"base", *ARMS}
+    if importlib.util.find_spec("pyarrow") is not None:
+        import pyarrow.parquet as pq
+
+        run_cli(["export", str(tracked_run), "--format", "parquet", "--out", str(tmp_path / "pq")])
+        assert pq.read_table(tmp_path / "pq" / "metrics.parquet").num_rows == len(metrics)
+
+
+def test_study_clock_counts_milestones_and_estimates_from_measured_times():
+    from learnforget.progress import StudyClock
+
+    # 2 arms × 2 milestones of 4 steps, 2 workers; arm b resumed from its first milestone.
+    clock = StudyClock(4, [2, 4], workers=2, resumed={"a": 0, "b": 2})
+    assert (clock.total, clock.completed) == (4, 1)
+    assert clock.eta_seconds() is None  # nothing measured yet
+    clock.on_step("a", 1, now=0.0)
+    clock.on_step("a", 2, now=1.0)  # a step takes 1 s
+    clock.on_milestone("a", 2, now=4.0)  # an evaluation takes 3 s
+    assert clock.completed == 2
+    # Left: a 2 steps + b 2 steps = 4 s of steps, 2 evaluations = 6 s; two workers share it.
+    assert clock.eta_seconds() == pytest.approx((4 * 1.0 + 2 * 3.0) / 2)
+    clock.on_step("a", 3, now=10.0)  # after a milestone (checkpoint saved): not a step time
+    assert clock.step_times == [1.0]
+    clock.on_done("b")
+    assert clock.completed == 3 and "ETA" in clock.describe()

@@ -239,15 +239,17 @@ def test_study_clock_counts_milestones_and_estimates_from_measured_times():
     from learnforget.progress import StudyClock
 
     # 2 arms × 2 milestones of 4 steps, 2 workers; arm b resumed from its first milestone.
-    clock = StudyClock(4, [2, 4], workers=2, resumed={"a": 0, "b": 2})
+    clock = StudyClock(4, [2, 4], workers=2, resumed={"a": 0, "b": 2}, now=0.0)
     assert (clock.total, clock.completed) == (4, 1)
     assert clock.eta_seconds() is None  # nothing measured yet
     clock.on_step("a", 1, now=0.0)
     clock.on_step("a", 2, now=1.0)  # a step takes 1 s
     clock.on_milestone("a", 2, now=4.0)  # an evaluation takes 3 s
     assert clock.completed == 2
-    # Left: a 2 steps + b 2 steps = 4 s of steps, 2 evaluations = 6 s; two workers share it.
-    assert clock.eta_seconds() == pytest.approx((4 * 1.0 + 2 * 3.0) / 2)
+    # Left: a 2 steps + b 2 steps = 4 s of steps, 2 evaluations = 6 s; two workers share it. The work
+    # seen (2 steps, 1 evaluation: 5 s over 2 workers) accounts for 2.5 s elapsed, and for half of 5 s.
+    assert clock.eta_seconds(now=2.5) == pytest.approx((4 * 1.0 + 2 * 3.0) / 2)
+    assert clock.eta_seconds(now=5.0) == pytest.approx((4 * 1.0 + 2 * 3.0) / 2 * 2)  # loading etc.: ×2
     clock.on_step("a", 3, now=10.0)  # after a milestone (checkpoint saved): not a step time
     assert clock.step_times == [1.0]
     clock.on_done("b")

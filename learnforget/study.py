@@ -70,11 +70,12 @@ def prepare_data(study: StudyConfig, study_dir: Path, base_path: str) -> dict:
 def evaluate_model(model, tokenizer, study: StudyConfig, data: dict) -> dict[str, float]:
     """Every milestone metric of one model (deterministic; does not touch the training RNG), under the
     study's precision, so a milestone measures the model as it trains."""
+    from learnforget.evaluate.device import forked_rng, model_device
     from learnforget.evaluate.suites import evaluate_suites
     from learnforget.precision import autocast
 
-    device = next(model.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    device = model_device(model)
+    with forked_rng(device):
         with autocast(study.precision, device):
             return evaluate_suites(model, tokenizer, study, data["eval"])
 

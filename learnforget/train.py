@@ -86,10 +86,11 @@ def train_steps(
     `precision` sets the forward pass's autocast (see precision.py); `scaler` scales fp16 losses.
     `on_record` receives {step, loss, learning_rate, grad_norm} after each step (grad_norm before clipping).
     """
+    from learnforget.evaluate.device import model_device
     from learnforget.precision import autocast
 
     model.train()
-    device = next(model.parameters()).device
+    device = model_device(model)
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     trainable = [p for p in model.parameters() if p.requires_grad]
     loss_value = float("nan")

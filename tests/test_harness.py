@@ -1,5 +1,7 @@
 """lm-eval integration: a local multiple-choice task on a tiny Llama, checked against our own log-likelihoods."""
 
+import contextlib
+import copy
 import json
 import os
 import random
@@ -154,6 +156,49 @@ def test_local_task_matches_our_own_loglikelihoods(tiny_model_and_tokenizer, tas
         device="cpu",
     )
     assert limited["tiny_mc/acc"] == pytest.approx(our_accuracies(model, tokenizer, DOCS[:3])[0])
+
+
+def test_runs_on_the_models_device(tiny_model_and_tokenizer, task_dir, monkeypatch):
+    from tests.device_guard import MetaDeviceGuard
+
+    model, tokenizer = tiny_model_and_tokenizer
+    # lm-eval wraps each forward in torch.autocast(device_type=<model's device>, enabled=False), which
+    # meta does not support even when disabled; a GPU does.
+    autocast = torch.autocast
+    monkeypatch.setattr(
+        torch,
+        "autocast",
+        lambda device_type, **kw: (
+            contextlib.nullcontext() if device_type == "meta" else autocast(device_type, **kw)
+        ),
+    )
+    meta_model = copy.deepcopy(model).to("meta")
+    with MetaDeviceGuard() as guard:  # fails on any op mixing meta with CPU tensors
+        metrics = run_harness(
+            meta_model, tokenizer, ["tiny_mc"], batch_size=4, include_path=str(task_dir),
+            include_builtin_tasks=False,
+        )  # fmt: skip
+    assert set(metrics) == {"tiny_mc/acc", "tiny_mc/acc_norm"}
+    assert guard.meta_ops["embedding"] >= 1
+
+
+def test_bfloat16_model_is_scored_in_float32(tiny_model_and_tokenizer, task_dir, monkeypatch):
+    model, tokenizer = tiny_model_and_tokenizer
+    bf16 = copy.deepcopy(model).to(torch.bfloat16).eval()
+    log_softmax, seen = torch.nn.functional.log_softmax, []
+
+    def spy(logits, *args, **kwargs):
+        out = log_softmax(logits, *args, **kwargs)
+        seen.append((logits.dtype, out.dtype))
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "log_softmax", spy)
+    metrics = run_harness(
+        bf16, tokenizer, ["tiny_mc"], batch_size=4, include_path=str(task_dir), include_builtin_tasks=False
+    )
+    assert seen and all(pair == (torch.bfloat16, torch.float32) for pair in seen)
+    acc, acc_norm = our_accuracies(bf16, tokenizer, DOCS)
+    assert metrics == pytest.approx({"tiny_mc/acc": acc, "tiny_mc/acc_norm": acc_norm})
 
 
 def test_unknown_task_is_a_user_error(tiny_model_and_tokenizer, task_dir):

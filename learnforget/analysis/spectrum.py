@@ -121,6 +121,14 @@ def _device(device: str | torch.device | None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
+def _accelerator_of(state_dict: Mapping[str, torch.Tensor]) -> torch.device | None:
+    """The device of the first tensor when it is not the CPU (compute where the model is), else None."""
+    tensor = next(iter(state_dict.values()), None)
+    if tensor is None or tensor.device.type == "cpu":
+        return None
+    return tensor.device
+
+
 def _cumulative_curve(singular_values: np.ndarray, size: int) -> tuple[list[int], list[float]]:
     """Explained-variance fraction after k components, at up to CURVE_POINTS values of k in [0, size]."""
     s = np.zeros(size)
@@ -341,7 +349,7 @@ def spectrum_of_state_dicts(
     epsilon: float = 0.5,
     include_embeddings: bool = False,
     adapter_config: Mapping | None = None,
-    device: str | None = None,
+    device: str | torch.device | None = None,
     progress: bool = False,
     random_cache_dir: str | Path | None = None,
 ) -> dict:
@@ -349,9 +357,12 @@ def spectrum_of_state_dicts(
 
     `tuned_sd` is a full state dict with base_sd's names, or, when `adapter_config` (a LoraConfig or its
     dict) is given, a PEFT adapter state dict as `peft.get_peft_model_state_dict` returns it.
+    Base and tuned matrices may lie on different devices (base weights kept on the CPU, the model on a
+    GPU): each pair is moved to `device`, by default the tuned weights' accelerator, else `_device(None)`.
     Returns the same dict as `compare_checkpoints`.
     """
     _check_settings(variance, top_k, epsilon)
+    device = device or _accelerator_of(tuned_sd)
     settings = dict(
         variance=variance, top_k=top_k, epsilon=epsilon, device=device, random_cache_dir=random_cache_dir
     )

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from learnforget.errors import UserError
+from learnforget.evaluate.device import model_device
 
 TARGET_DELIMITER = " "  # lm-eval's default target_delimiter between context and choice
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when neither model config nor tokenizer gives a window
@@ -256,7 +257,7 @@ def choice_loglikelihoods(model, tokenizer, items: list[dict], batch_size: int =
             requests.append((number, choice_number, tokens, len(continuation_ids)))
     requests.sort(key=lambda request: -len(request[2]))
 
-    device = next(model.parameters()).device
+    device = model_device(model)
     was_training = model.training
     model.eval()
     loglikelihoods = [[0.0] * len(item["choices"]) for item in items]

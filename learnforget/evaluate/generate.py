@@ -15,6 +15,7 @@ import torch
 
 from learnforget.errors import UserError
 from learnforget.evaluate.choice import model_max_length
+from learnforget.evaluate.device import forked_rng, model_device
 
 
 def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,14 +99,14 @@ def generate(
 
     jobs = [number for number in range(len(prompts)) for _ in range(num_samples if sampling else 1)]
     completions: list[list[str]] = [[] for _ in prompts]
-    device = next(model.parameters()).device
+    device = model_device(model)
     was_training = model.training
     model.eval()
     try:
         for batch_number, first in enumerate(range(0, len(jobs), batch_size)):
             rows = jobs[first : first + batch_size]
             input_ids, attention_mask = _left_pad([encoded[number] for number in rows], pad_id)
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            with forked_rng(device):  # sampling draws from the model's device's generator
                 torch.manual_seed(seed + batch_number)
                 output = model.generate(
                     input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **options

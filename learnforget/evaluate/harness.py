@@ -80,11 +80,24 @@ def run_harness(
             "list built-in tasks with `lm-eval ls tasks`, or add a task YAML under include_path)"
         )
 
+    import torch
+
+    from learnforget.evaluate.device import model_device
+
     if device is not None:
         model.to(device)
     with _caller_state_kept(model):
         try:
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+            # HFLM builds its input tensors on lm.device, which for an in-memory model is `model.device`
+            # (its `device` argument only places models HFLM loads itself); we pass ours so both agree.
+            # Log-softmax in float32: a bfloat16 model's log-likelihoods must not be rounded to bfloat16.
+            lm = HFLM(
+                pretrained=model,
+                tokenizer=tokenizer,
+                batch_size=batch_size,
+                device=str(model_device(model)),
+                softmax_dtype=torch.float32,
+            )
             results = lm_eval.simple_evaluate(
                 model=lm,
                 tasks=list(tasks),

@@ -1,8 +1,14 @@
-"""Likelihood metrics: mean per-token loss (NLL) of packed held-out text, and of reference completions."""
+"""Likelihood metrics: mean per-token loss (NLL) of packed held-out text, and of reference completions.
+
+Inputs are built on the CPU and moved to the model's device; log-probabilities are computed in float32
+whatever the logits' dtype, so a bfloat16 model's loss is not rounded to bfloat16.
+"""
 
 from __future__ import annotations
 
 import torch
+
+from learnforget.evaluate.device import model_device
 
 
 @torch.no_grad()
@@ -10,9 +16,10 @@ def mean_token_loss(model: torch.nn.Module, rows: torch.Tensor, batch_size: int 
     """Mean next-token cross-entropy (nats) over every predicted token of `rows` [n, seq_len]."""
     was_training = model.training
     model.eval()
+    device = model_device(model)
     total, count = 0.0, 0
     for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
+        batch = rows[start : start + batch_size].to(device)
         logits = model(input_ids=batch).logits[:, :-1].float()
         targets = batch[:, 1:]
         loss = torch.nn.functional.cross_entropy(
@@ -37,6 +44,7 @@ def completion_nll(
     was_training = model.training
     model.eval()
     limit = getattr(model.config, "max_position_embeddings", 2048)
+    device = model_device(model)
     total, count = 0.0, 0
     for start in range(0, len(pairs), batch_size):
         seqs, spans = [], []
@@ -52,6 +60,7 @@ def completion_nll(
         for i, s in enumerate(seqs):
             ids[i, : len(s)] = torch.tensor(s)
             mask[i, : len(s)] = 1
+        ids, mask = ids.to(device), mask.to(device)
         logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
         for i, (lo, hi) in enumerate(spans):
             if hi <= lo:

@@ -85,6 +85,7 @@ def evaluate_checkpoint(
 ) -> dict[str, float]:
     """Every metric of the suite for one checkpoint (under autocast for the mixed precisions)."""
     from learnforget.data.datasets import evaluation_sets
+    from learnforget.evaluate.device import model_device
     from learnforget.evaluate.suites import evaluate_suites
     from learnforget.precision import autocast
 
@@ -98,7 +99,7 @@ def evaluate_checkpoint(
     else:
         sets["loss"] = {study.domain: sets["loss"][study.domain]}
     torch.manual_seed(0)
-    with autocast(precision, next(model.parameters()).device):
+    with autocast(precision, model_device(model)):
         return evaluate_suites(model, tokenizer, study, sets)
 
 

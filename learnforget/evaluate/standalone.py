@@ -122,6 +122,7 @@ def evaluate_tasks(
 ) -> dict[str, float]:
     """lm-eval tasks by name ({"task/metric": value}) for one checkpoint. lm-eval's ~15k built-in tasks are
     indexed only when some task is not defined under `include_path` (indexing takes ~10 s)."""
+    from learnforget.evaluate.device import model_device
     from learnforget.evaluate.harness import run_harness
     from learnforget.precision import autocast
 
@@ -129,7 +130,7 @@ def evaluate_tasks(
         raise UserError(f"--include-path {include_path}: not a directory of lm-eval task YAMLs")
     builtin = include_path is None or not set(tasks) <= local_task_names(include_path)
     model, tokenizer = load_checkpoint(model_path, adapter, precision)
-    with autocast(precision, next(model.parameters()).device):
+    with autocast(precision, model_device(model)):
         return run_harness(
             model, tokenizer, tasks, num_fewshot=num_fewshot, limit=limit, include_path=include_path,
             include_builtin_tasks=builtin,

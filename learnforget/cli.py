@@ -32,6 +32,7 @@ app = typer.Typer(
     help="How much does a causal LM learn, and forget, when finetuned with LoRA versus full finetuning?",
 )
 console = Console(stderr=True)
+HTML_REFRESH_SECONDS = 30
 # Tables are wide; when output goes to a file or pipe, don't squeeze them into 80 columns.
 out_console = Console() if sys.stdout.isatty() else Console(width=200)
 
@@ -189,6 +190,7 @@ def _run_study(study, study_dir: Path, shard: str | None) -> None:
         for a in mine
     }  # fmt: skip
     clock = StudyClock(study.steps, study.milestone_steps(), study.workers, resumed)
+    refreshed = [float("-inf")]  # when report.html was last rewritten
     with _progress() as progress:
         overall = progress.add_task(
             f"study ({len(mine)} arms × {study.milestones} milestones)", total=clock.total,
@@ -222,10 +224,12 @@ def _run_study(study, study_dir: Path, shard: str | None) -> None:
                 clock.on_done(name)
                 progress.update(tasks[name], completed=study.steps)
                 progress.update(overall, completed=clock.completed, info=clock.describe())
-                if main_process:  # the page shows what is finished so far
+                # The page shows what is finished so far; at most every 30 s, as it takes about a second.
+                if main_process and time.monotonic() - refreshed[0] > HTML_REFRESH_SECONDS:
                     from learnforget.report_html import write_study_html
 
                     write_study_html(study_dir, store, study)
+                    refreshed[0] = time.monotonic()
 
         study_mod.run_arms(study, study_dir, base_path, mine, on_message)
     if not main_process:

@@ -294,6 +294,51 @@ def spectrum_figure(rows: list[dict], arms: list[dict]):
     return fig
 
 
+def matrices_figure(matrices: list[dict]):
+    """Per-matrix ΔW rank (90% of variance, / min(m, n)) at each arm's last milestone: a layer × module
+    heatmap, one arm at a time (pick it from the menu)."""
+    import re
+
+    import plotly.graph_objects as go
+
+    final: dict[str, int] = {}
+    for m in matrices:
+        final[m["arm"]] = max(final.get(m["arm"], 0), m["tokens"])
+    cells: dict[str, dict[tuple[int, str], float]] = defaultdict(dict)
+    for m in matrices:
+        found = re.search(r"layers?\.(\d+)\.(.+?)(?:\.weight)?$", m["name"])
+        if m["tokens"] == final[m["arm"]] and found and m["min_dim"]:
+            cells[m["arm"]][(int(found[1]), found[2])] = m["rank_delta"] / m["min_dim"]
+    if not cells:
+        return None
+    layers = sorted({layer for c in cells.values() for layer, _ in c})
+    modules = list(dict.fromkeys(module for c in cells.values() for _, module in c))
+    arms = sorted(cells)
+    fig = go.Figure()
+    for i, arm in enumerate(arms):
+        z = [[cells[arm].get((layer, module)) for module in modules] for layer in layers]
+        fig.add_trace(
+            go.Heatmap(
+                z=z, x=modules, y=[f"layer {layer}" for layer in layers], visible=i == 0, zmin=0, zmax=1,
+                colorscale="Viridis", name=arm, colorbar={"title": "rank / min(m, n)"},
+                hovertemplate=f"<b>{_esc(arm)}</b><br>%{{y}} %{{x}}<br>rank fraction %{{z:.3f}}<extra></extra>",
+            )
+        )  # fmt: skip
+    buttons = [
+        {
+            "label": arm,
+            "method": "update",
+            "args": [{"visible": [j == i for j in range(len(arms))]}, {"title": arm}],
+        }
+        for i, arm in enumerate(arms)
+    ]
+    fig.update_layout(
+        title=arms[0], template="plotly_white", height=max(320, 26 * len(layers) + 160),
+        updatemenus=[{"buttons": buttons, "x": 1.0, "xanchor": "right", "y": 1.18, "yanchor": "top"}],
+    )  # fmt: skip
+    return fig
+
+
 # ---------------------------------------------------------------------------------------------------
 # Sections
 
@@ -435,6 +480,14 @@ def study_sections(study_dir: Path, store, study, prefix: str = "", curves: bool
     if spectrum is not None:
         parts += [f"<h2 id='{prefix}spectrum'>ΔW spectrum along training</h2>",
                   _figure_html(spectrum, f"{prefix}spectrum-fig")]  # fmt: skip
+    heatmap = matrices_figure(store.matrices())
+    if heatmap is not None:
+        parts += [
+            "<h3>ΔW rank per matrix at the last milestone</h3><p>Rank explaining 90% of each matrix's ΔW "
+            "variance, as a fraction of min(m, n) (a Gaussian random matrix needs about 0.5); pick an arm "
+            "from the menu.</p>",
+            _figure_html(heatmap, f"{prefix}matrices-fig"),
+        ]
     return parts
 
 

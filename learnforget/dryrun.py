@@ -65,10 +65,12 @@ def estimate_memory_gb(config, study: StudyConfig, trainable: int, total: int) -
 
 def print_dry_run(study: StudyConfig, arms: list[Arm], console: Console) -> list[dict]:
     """Print (and return) one row per arm: name, settings, trainable parameters, estimated memory."""
+    from learnforget.study import check_arms_fit
     from learnforget.targets import check_targets
 
     config = base_config(study)
     check_targets(config, arms)  # every arm's targets and dropout, before the table
+    check_arms_fit(arms, config.to_dict())
     table = Table(
         title=f"{study.name}: {len(arms)} arms × {study.budget_tokens:,} tokens, {study.milestones} milestones"
     )

@@ -43,6 +43,10 @@ def builtin_base_path(recipe: BaseRecipe) -> Path:
     return cache_dir() / f"base-{recipe.digest()}-{corpora.fingerprint()}"
 
 
+# Files transformers loads weights from (sharded checkpoints have an index next to the shards).
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.msgpack", "*.h5")
+
+
 def check_base_model(base_model: str) -> None:
     """Fail early, before any work, on a base_model that cannot be a model."""
     if base_model == "builtin":
@@ -51,6 +55,11 @@ def check_base_model(base_model: str) -> None:
     if path.is_dir():
         if not (path / "config.json").exists():
             raise UserError(f"base_model {base_model!r}: not a Hugging Face model directory (no config.json)")
+        if not any(any(path.glob(pattern)) for pattern in WEIGHT_FILES):
+            raise UserError(
+                f"base_model {base_model!r}: config.json but no weights ({', '.join(WEIGHT_FILES)}); "
+                "save the model with save_pretrained"
+            )
     elif path.exists() or base_model.count("/") > 1 or base_model.startswith((".", "/", "~")):
         raise UserError(f"base_model {base_model!r}: no such model directory")
 

@@ -1,35 +1,56 @@
-"""The results store: one SQLite database per study directory (`results.db`), safe under concurrent writers.
+"""The results store of a study directory: one SQLite file per writing process, merged on read.
 
-Schema (query it with any SQLite client, e.g. `sqlite3 runs/default/results.db`):
+Why per-process files: SQLite's WAL needs shared memory, and its file locks are unreliable on network
+filesystems (NFS, Lustre), so several nodes writing one database can corrupt it. Here each process
+writes only its own part, `results/<host>-<pid>.db`, in rollback-journal mode: no two processes ever
+write the same file, so no cross-process lock is needed for writing. Every read merges all parts (in
+memory, cached until a part changes). After writes (at most once a second, and at the end of every arm
+and study) the process also refreshes `results.db`, a merged snapshot written to a temporary file and renamed into place (atomic on POSIX and NFS), so any
+SQLite client can read the study at any time; it is derived data, never a source (delete it and it
+comes back). A `results.db` written by an older version (a single WAL database) is copied into
+`results/legacy.db` once and read as a part.
 
-    study(key TEXT PRIMARY KEY, value TEXT)            -- 'config' (JSON), 'base_path', 'created'
+Schema of every part and of the snapshot (query it with any SQLite client, e.g. `sqlite3 runs/default/results.db`):
+
+    study(key TEXT PRIMARY KEY, value TEXT)            -- 'config' (JSON), 'base_path', ...
     arms(name TEXT PRIMARY KEY, method, rank, alpha, target_modules, learning_rate, weight_decay,
          dropout, train_embeddings, optimizer, seed,   -- the arm's settings ('base' has method 'base')
          trainable_params, total_params,               -- counted once per tied weight
          status,                                       -- 'pending' | 'running' | 'done' | 'failed'
-         tokens_per_s, peak_memory_mb, train_seconds, error)
+         tokens_per_s, peak_memory_mb, train_seconds, error,
+         arm_id,                                       -- hash of all the arm's settings (`Arm.id`)
+         registered, updated)                          -- times; the merge keeps the latest update
     metrics(arm, step, tokens, metric, value,          -- one row per arm x milestone x metric
             PRIMARY KEY (arm, tokens, metric))
     matrices(arm, tokens, name, rank_delta, rank_base, rank_random, min_dim, delta_fro,
              relative_delta, intruders, PRIMARY KEY (arm, tokens, name))   -- ΔW spectra
+    files(path, sha256, size, written)                 -- checksums of checkpoints and artifacts
+    starts(arm, arm_id, host, pid, started)            -- one row each time a process starts training an arm
     steps(arm, step, loss, learning_rate, grad_norm,   -- one row per arm x optimizer step (training curves)
           PRIMARY KEY (arm, step))
 
 Metric names are '<domain>/<measure>', e.g. 'code/loss', 'english/loss', 'english/mc_acc_norm'.
-Every write is one transaction (WAL journal, busy timeout), so two processes writing the same study
-lose no rows, and a killed process never leaves half a milestone.
+Every write is one transaction, so a killed process never leaves half a milestone. Clocks of
+different hosts should agree to within seconds (the merge keeps an arm's most recent update).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
+import sys
 import time
 from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
 
+from learnforget.errors import UserError
+
 DB_NAME = "results.db"
+PARTS_DIR = "results"
+LEGACY_PART = "legacy.db"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS study (key TEXT PRIMARY KEY, value TEXT);
@@ -37,12 +58,17 @@ CREATE TABLE IF NOT EXISTS arms (
     name TEXT PRIMARY KEY, method TEXT, rank INTEGER, alpha REAL, target_modules TEXT,
     learning_rate REAL, weight_decay REAL, dropout REAL, train_embeddings INTEGER, optimizer TEXT,
     seed INTEGER, trainable_params INTEGER, total_params INTEGER, status TEXT DEFAULT 'pending',
-    tokens_per_s REAL, peak_memory_mb REAL, train_seconds REAL, error TEXT);
+    tokens_per_s REAL, peak_memory_mb REAL, train_seconds REAL, error TEXT,
+    arm_id TEXT, registered REAL, updated REAL);
 CREATE TABLE IF NOT EXISTS metrics (
     arm TEXT, step INTEGER, tokens INTEGER, metric TEXT, value REAL, PRIMARY KEY (arm, tokens, metric));
 CREATE TABLE IF NOT EXISTS matrices (
     arm TEXT, tokens INTEGER, name TEXT, rank_delta INTEGER, rank_base INTEGER, rank_random INTEGER,
     min_dim INTEGER, delta_fro REAL, relative_delta REAL, intruders INTEGER, PRIMARY KEY (arm, tokens, name));
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT, sha256 TEXT, size INTEGER, written REAL, PRIMARY KEY (path, sha256));
+CREATE TABLE IF NOT EXISTS starts (
+    arm TEXT, arm_id TEXT, host TEXT, pid INTEGER, started REAL, PRIMARY KEY (arm, host, pid, started));
 CREATE TABLE IF NOT EXISTS steps (
     arm TEXT, step INTEGER, loss REAL, learning_rate REAL, grad_norm REAL, PRIMARY KEY (arm, step));
 """
@@ -51,35 +77,141 @@ ARM_COLUMNS = (
     "method", "rank", "alpha", "target_modules", "learning_rate", "weight_decay", "dropout",
     "train_embeddings", "optimizer", "seed",
 )  # fmt: skip
+ALL_ARM_COLUMNS = ("name", *ARM_COLUMNS) + (
+    "trainable_params", "total_params", "status", "tokens_per_s", "peak_memory_mb", "train_seconds",
+    "error", "arm_id", "registered", "updated",
+)  # fmt: skip
+# Columns added since the first schema: older stores get them on migration.
+ADDED_ARM_COLUMNS = {"arm_id": "TEXT", "registered": "REAL", "updated": "REAL"}
+# The snapshot is refreshed at most this often by one process (and whenever `refresh_snapshot` is called).
+SNAPSHOT_SECONDS = 1.0
+_last_snapshot: dict[str, float] = {}
+ROW_TABLES = ("study", "metrics", "matrices", "files", "starts", "steps")
+
+
+def store_error(path: Path, error: Exception) -> UserError:
+    return UserError(
+        f"{path}: not a readable results store ({error}); move it away and rerun to recompute the study, "
+        "or restore it from a backup"
+    )
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    conn.executescript(SCHEMA)
+    have = {r[1] for r in conn.execute("PRAGMA table_info(arms)")}
+    for column, kind in ADDED_ARM_COLUMNS.items():
+        if column not in have:
+            conn.execute(f"ALTER TABLE arms ADD COLUMN {column} {kind}")
 
 
 class Store:
-    """Results of one study directory."""
+    """Results of one study directory (see the module docstring for the layout)."""
 
     def __init__(self, study_dir: str | Path):
-        self.path = Path(study_dir) / DB_NAME
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as conn, conn:
-            conn.executescript(SCHEMA)
+        self.study_dir = Path(study_dir)
+        self.path = self.study_dir / DB_NAME  # the merged snapshot
+        self.parts_dir = self.study_dir / PARTS_DIR
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        self._adopt_legacy()
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=60)
+    # --- files -------------------------------------------------------------------------------------
+    @property
+    def part_path(self) -> Path:
+        """This process's own part (computed per call: a forked child writes its own)."""
+        return self.parts_dir / f"{socket.gethostname()}-{os.getpid()}.db"
+
+    def parts(self) -> list[Path]:
+        """Every part, oldest change first (later parts win where rows collide)."""
+        paths = [p for p in self.parts_dir.glob("*.db") if p.is_file()]
+        return sorted(paths, key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+    def _adopt_legacy(self) -> None:
+        """A results.db that is not a snapshot comes from an older version: copy it in as a part, once."""
+        legacy = self.parts_dir / LEGACY_PART
+        if not self.path.exists() or legacy.exists():
+            return
+        try:
+            with closing(sqlite3.connect(self.path, timeout=60)) as src:
+                tables = {r[0] for r in src.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if "study" in tables and src.execute("SELECT 1 FROM study WHERE key = 'snapshot'").fetchone():
+                    return
+                if not tables:
+                    return
+                tmp = legacy.with_name(f".{legacy.name}.{os.getpid()}.tmp")
+                with closing(sqlite3.connect(tmp)) as dst:
+                    src.backup(dst)  # includes what is still in the WAL
+                    _migrate(dst)
+                    dst.commit()
+        except sqlite3.DatabaseError as e:
+            if any(p.name != LEGACY_PART for p in self.parts()):  # only the derived snapshot is damaged
+                print(
+                    f"warning: {self.path}: damaged ({e}); rewriting it from {self.parts_dir}",
+                    file=sys.stderr,
+                )
+                self.path.unlink(missing_ok=True)
+                self.refresh_snapshot()
+                return
+            raise store_error(self.path, e) from None
+        os.replace(tmp, legacy)
+
+    def _connect_part(self) -> sqlite3.Connection:
+        path = self.part_path
+        try:
+            conn = sqlite3.connect(path, timeout=60)
+            conn.execute("PRAGMA journal_mode=DELETE")
+            _migrate(conn)
+            conn.commit()
+        except sqlite3.DatabaseError as e:
+            raise store_error(path, e) from None
         conn.row_factory = sqlite3.Row
-        for attempt in range(20):  # switching to WAL needs a moment without other writers
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                break
-            except sqlite3.OperationalError:
-                time.sleep(0.05 * (attempt + 1))
         return conn
 
     def _write(self, sql: str, rows: Iterable[tuple]) -> None:
-        with closing(self._connect()) as conn, conn:
-            conn.executemany(sql, list(rows))
+        rows = list(rows)
+        with closing(self._connect_part()) as conn, conn:
+            conn.executemany(sql, rows)
+        if time.monotonic() - _last_snapshot.get(str(self.study_dir), -1e9) > SNAPSHOT_SECONDS:
+            self.refresh_snapshot()
+        else:
+            _flush_at_exit(self.study_dir)
+
+    # --- merged reading ----------------------------------------------------------------------------
+    def _merged(self) -> sqlite3.Connection:
+        """An in-memory database holding the merge of every part (kept per process and study, and
+        brought up to date by copying only the parts that changed since)."""
+        where = str(self.parts_dir.resolve())
+        for attempt in range(5):  # a part being written on another node can read torn for a moment
+            merged = _MERGES.get(where) or _Merged()
+            try:
+                merged.update(self.parts())
+                _MERGES[where] = merged
+                return merged.conn
+            except FileNotFoundError:
+                _MERGES.pop(where, None)
+                time.sleep(0.05)
+            except sqlite3.DatabaseError as e:
+                _MERGES.pop(where, None)  # a part copied halfway: start again from nothing
+                if attempt == 4:
+                    raise store_error(getattr(e, "part", self.parts_dir), e) from None
+                time.sleep(0.2 * (attempt + 1))
+        raise store_error(self.parts_dir, OSError("parts kept disappearing while being read"))
 
     def _read(self, sql: str, args: tuple = ()) -> list[dict]:
-        with closing(self._connect()) as conn:
-            return [dict(r) for r in conn.execute(sql, args)]
+        return [dict(r) for r in self._merged().execute(sql, args)]
+
+    def refresh_snapshot(self) -> None:
+        """Write the merge of all parts to results.db atomically (for outside SQLite clients)."""
+        tmp = self.study_dir / f".{DB_NAME}.{socket.gethostname()}-{os.getpid()}.tmp"
+        tmp.unlink(missing_ok=True)
+        with closing(sqlite3.connect(tmp)) as dst:
+            self._merged().backup(dst)
+            dst.execute("INSERT OR REPLACE INTO study VALUES ('snapshot', 'true')")
+            dst.commit()
+        os.replace(tmp, self.path)
+        _last_snapshot[str(self.study_dir)] = time.monotonic()
+        _dirty.discard(str(self.study_dir))
+        for stale in (f"{DB_NAME}-wal", f"{DB_NAME}-shm", f"{DB_NAME}-journal"):
+            (self.study_dir / stale).unlink(missing_ok=True)
 
     # --- study -------------------------------------------------------------------------------------
     def set_info(self, key: str, value) -> None:
@@ -90,16 +222,37 @@ class Store:
         return json.loads(rows[0]["value"]) if rows else default
 
     # --- arms --------------------------------------------------------------------------------------
-    def register_arm(self, name: str, settings: dict) -> None:
-        """Add an arm if new (settings never change for a name: the name encodes them)."""
-        values = [settings.get(c) for c in ARM_COLUMNS]
-        cols = ", ".join(("name",) + ARM_COLUMNS)
-        marks = ", ".join("?" * (len(ARM_COLUMNS) + 1))
-        self._write(f"INSERT OR IGNORE INTO arms ({cols}) VALUES ({marks})", [(name, *values)])
+    def register_arms(self, arms: Iterable[tuple[str, dict, str | None]]) -> None:
+        """Add arms (name, settings, arm id) if new, in one transaction; the order is kept for display."""
+        known = {a["name"] for a in self.arms()}
+        now = time.time()
+        rows = [
+            (name, *(settings.get(c) for c in ARM_COLUMNS), arm_id, now + i * 1e-6)
+            for i, (name, settings, arm_id) in enumerate(arms)
+            if name not in known
+        ]
+        if not rows:
+            return
+        cols = ", ".join(("name", *ARM_COLUMNS, "arm_id", "registered"))
+        marks = ", ".join("?" * (len(ARM_COLUMNS) + 3))
+        self._write(f"INSERT OR IGNORE INTO arms ({cols}) VALUES ({marks})", rows)
+
+    def register_arm(self, name: str, settings: dict, arm_id: str | None = None) -> None:
+        self.register_arms([(name, settings, arm_id)])
 
     def update_arm(self, name: str, **fields) -> None:
-        sets = ", ".join(f"{k} = ?" for k in fields)
-        self._write(f"UPDATE arms SET {sets} WHERE name = ?", [(*fields.values(), name)])
+        """Set fields of an arm: its merged row, updated, goes into this process's part."""
+        with closing(self._connect_part()) as conn:  # this process's row is the latest of an arm it holds
+            own = conn.execute("SELECT * FROM arms WHERE name = ?", (name,)).fetchone()
+        row = (
+            dict(own)
+            if own
+            else self.arm(name) or {"name": name, "status": "pending", "registered": time.time()}
+        )
+        row.update(fields, updated=time.time())
+        values = [row.get(c) for c in ALL_ARM_COLUMNS]
+        marks = ", ".join("?" * len(ALL_ARM_COLUMNS))
+        self._write(f"INSERT OR REPLACE INTO arms ({', '.join(ALL_ARM_COLUMNS)}) VALUES ({marks})", [values])
 
     def arms(self) -> list[dict]:
         return self._read("SELECT * FROM arms ORDER BY rowid")
@@ -152,12 +305,142 @@ class Store:
             " FROM metrics m JOIN arms a ON a.name = m.arm ORDER BY a.rowid, m.tokens, m.metric"
         )
 
+    # --- checksums and training starts -------------------------------------------------------------
+    def record_file(self, path: str, sha256: str, size: int) -> None:
+        """The checksum of a file just written (path relative to the study directory)."""
+        self._write("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", [(path, sha256, size, time.time())])
+
+    def files(self) -> list[dict]:
+        return self._read("SELECT * FROM files ORDER BY path")
+
+    def checksums(self, path: str) -> set[str]:
+        """Every checksum recorded for a path (a kill between writing and recording leaves two)."""
+        return {r["sha256"] for r in self._read("SELECT sha256 FROM files WHERE path = ?", (path,))}
+
+    def record_start(self, arm: str, arm_id: str | None) -> None:
+        row = (arm, arm_id, socket.gethostname(), os.getpid(), time.time())
+        self._write("INSERT INTO starts VALUES (?, ?, ?, ?, ?)", [row])
+
+    def starts(self, arm: str | None = None) -> list[dict]:
+        if arm is None:
+            return self._read("SELECT * FROM starts ORDER BY started")
+        return self._read("SELECT * FROM starts WHERE arm = ? ORDER BY started", (arm,))
+
+
+_dirty: set[str] = set()
+_flush_registered = False
+
+
+def _flush_at_exit(study_dir: Path) -> None:
+    """A write left out of the snapshot (throttled) reaches it when this process exits normally."""
+    global _flush_registered
+    if not _flush_registered:
+        import atexit
+        from multiprocessing import util
+
+        atexit.register(_flush_dirty)
+        util.Finalize(None, _flush_dirty, exitpriority=10)  # worker processes skip atexit
+        _flush_registered = True
+    _dirty.add(str(study_dir))
+
+
+def _flush_dirty() -> None:
+    for study_dir in list(_dirty):
+        try:
+            Store(study_dir).refresh_snapshot()
+        except Exception:  # noqa: BLE001 (exiting: the next write of any process refreshes it)
+            pass
+    _dirty.clear()
+
+
+def _change_counter(path: Path) -> bytes:
+    """SQLite's file change counter (header bytes 24-27): it moves on every commit, even when neither
+    the size nor a coarse mtime does."""
+    with path.open("rb") as f:
+        return f.read(28)[24:]
+
+
+class _Merged:
+    """The merge of a study's parts, brought up to date by copying only the rows parts gained: rows of
+    later-changed parts replace equal keys; an arm keeps its most recently updated row and its first
+    registration (for the display order)."""
+
+    def __init__(self):
+        self.conn = sqlite3.connect(":memory:", check_same_thread=False)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.executescript(SCHEMA)
+        self.conn.execute("CREATE TEMP TABLE all_arms AS SELECT *, 0 AS part FROM arms WHERE 0")
+        self.keys: dict[str, tuple] = {}
+        self.ids: dict[str, int] = {}
+        self.marks: dict[str, dict[str, int]] = {}  # part -> table -> highest rowid copied
+
+    def update(self, parts: list[Path]) -> None:
+        keys = {p.name: (p.stat().st_mtime_ns, p.stat().st_size, _change_counter(p)) for p in parts}
+        if set(self.keys) - set(keys):
+            raise FileNotFoundError("a part was removed: merge again from nothing")
+        changed = [p for p in parts if self.keys.get(p.name) != keys[p.name]]
+        if not changed:
+            return
+        conn = self.conn
+        for part in changed:
+            index = self.ids.setdefault(part.name, len(self.ids))
+            try:
+                conn.execute("ATTACH DATABASE ? AS p", (str(part),))
+                try:
+                    _copy_part(conn, index, self.marks.setdefault(part.name, {}))
+                finally:
+                    conn.commit()
+                    conn.execute("DETACH DATABASE p")
+            except sqlite3.DatabaseError as e:
+                e.part = part
+                raise
+        cols = ", ".join(ALL_ARM_COLUMNS)
+        conn.execute("DELETE FROM arms")
+        conn.execute(
+            f"INSERT INTO arms ({cols}) SELECT {cols} FROM ("
+            " SELECT *, ROW_NUMBER() OVER (PARTITION BY name ORDER BY COALESCE(updated, 0) DESC, part DESC)"
+            " AS pick, MIN(COALESCE(registered, 0) + part * 1e-9) OVER (PARTITION BY name) AS first_seen"
+            " FROM all_arms) WHERE pick = 1 ORDER BY first_seen, name"
+        )
+        conn.commit()
+        self.keys.update(keys)
+
+
+_MERGES: dict[str, _Merged] = {}
+
+
+def _copy_part(conn: sqlite3.Connection, index: int, marks: dict[str, int]) -> None:
+    """Copy the rows a part gained since the last copy. A part's rows are only ever inserted or
+    replaced, and SQLite gives a replacing row a rowid above every existing one, so the rows with a
+    rowid above the last copy's highest are exactly the new ones."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM p.sqlite_master WHERE type = 'table'")}
+    for table in (*ROW_TABLES, "arms"):
+        if table not in tables:
+            continue
+        top = conn.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM p.{table}").fetchone()[0]
+        window = (marks.get(table, 0), top)
+        theirs = {r[1] for r in conn.execute(f"PRAGMA p.table_info({table})")}
+        if table == "arms":
+            select = ", ".join(c if c in theirs else "NULL" for c in ALL_ARM_COLUMNS)
+            conn.execute(
+                f"INSERT INTO all_arms ({', '.join(ALL_ARM_COLUMNS)}, part) SELECT {select}, ? FROM p.arms"
+                " WHERE rowid > ? AND rowid <= ?",
+                (index, *window),
+            )
+        else:
+            mine = [r[1] for r in conn.execute(f"PRAGMA main.table_info({table})")]
+            select = ", ".join(c if c in theirs else "NULL" for c in mine)
+            conn.execute(
+                f"INSERT OR REPLACE INTO main.{table} SELECT {select} FROM p.{table} WHERE rowid > ? AND rowid <= ?",
+                window,
+            )
+        marks[table] = top
+
 
 def open_store(study_dir: str | Path) -> Store:
     """An existing study's store (error if the directory holds no study)."""
-    from learnforget.errors import UserError
-
-    if not (Path(study_dir) / DB_NAME).exists():
+    study_dir = Path(study_dir)
+    if not (study_dir / DB_NAME).exists() and not any((study_dir / PARTS_DIR).glob("*.db")):
         raise UserError(
             f"{study_dir}: not a study directory (no {DB_NAME}); run `learnforget run --out {study_dir}`"
         )

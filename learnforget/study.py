@@ -5,13 +5,19 @@ better as separate single-threaded processes than as one process with two thread
 its metrics to the store at each milestone and then an atomic checkpoint (trainable weights,
 optimizer, scheduler, RNG, step); a rerun skips finished arms and continues unfinished ones from
 their last checkpoint, with numbers identical to an uninterrupted run.
+
+`run_arm_safely` wraps it: the arm is claimed with a lease (several processes on one directory split
+the arms), its checkpoint is checked against the sha256 and the milestones in the store before it is
+trusted, and any exception marks the arm failed with its reason while the study goes on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import resource
+import sys
 import threading
 import time
 import warnings
@@ -34,12 +40,50 @@ def arm_dir(study_dir: Path, arm: str) -> Path:
     return study_dir / "arms" / arm
 
 
-def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temp file, then rename: a kill leaves the old file or the new, never half."""
+def atomic_save(obj, path: Path, record=None) -> str:
+    """torch.save to a temp file, then rename: a kill leaves the old file or the new, never half.
+
+    Returns the file's sha256; `record(sha256, size)` is called before the rename, so a checksum is
+    on record for every file that can appear under `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(obj, tmp)
+    digest = file_sha256(tmp)
+    if record is not None:
+        record(digest, tmp.stat().st_size)
     os.replace(tmp, path)
+    return digest
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def recorder(store: Store, study_dir: Path, path: Path):
+    """A `record` callback for atomic_save that puts the checksum in the store."""
+    return lambda digest, size: store.record_file(str(path.relative_to(study_dir)), digest, size)
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (also from worker processes)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def verified_load(store: Store, study_dir: Path, path: Path):
+    """torch.load a file whose checksum is on record; (object, None) or (None, what is wrong)."""
+    if path.stat().st_size == 0:
+        return None, "empty file"
+    recorded = store.checksums(str(path.relative_to(study_dir)))
+    if recorded and file_sha256(path) not in recorded:
+        return None, "checksum mismatch (the file changed after it was written)"
+    try:
+        return torch.load(path, weights_only=False, map_location="cpu"), None
+    except Exception as e:  # a damaged zip or pickle raises any of several types
+        return None, f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
 
 
 def peak_memory_mb() -> float:
@@ -56,14 +100,18 @@ def peak_memory_mb() -> float:
 def prepare_data(study: StudyConfig, study_dir: Path, base_path: str) -> dict:
     """Training rows and evaluation sets, built once per study and saved in it (`data.pt`)."""
     path = study_dir / DATA_FILE
+    store = Store(study_dir)
     if path.exists():
-        return torch.load(path, weights_only=False)
+        data, problem = verified_load(store, study_dir, path)
+        if problem is None:
+            return data
+        warn(f"{path}: {problem}; rebuilding it")
     from learnforget.data.datasets import evaluation_sets, training_rows
     from learnforget.model import load_tokenizer
 
     tokenizer = load_tokenizer(base_path)
     data = {"train": training_rows(study, tokenizer), "eval": evaluation_sets(study, tokenizer)}
-    atomic_save(data, path)
+    atomic_save(data, path, recorder(store, study_dir, path))
     return data
 
 
@@ -85,7 +133,20 @@ def evaluate_model(model, tokenizer, study: StudyConfig, data: dict) -> dict[str
 
 
 def run_base(study: StudyConfig, study_dir: Path, base_path: str) -> dict[str, float]:
-    """Evaluate the untouched base model (arm 'base', 0 tokens) unless already done."""
+    """Evaluate the untouched base model (arm 'base', 0 tokens) unless already done (under its lease:
+    a second process on the directory waits for the first's numbers instead of computing them again)."""
+    from learnforget.lease import Lease
+
+    lease = Lease(study_dir, "base")
+    while not lease.acquire():
+        time.sleep(POLL_SECONDS)
+    try:
+        return _evaluate_base(study, study_dir, base_path)
+    finally:
+        lease.release()
+
+
+def _evaluate_base(study: StudyConfig, study_dir: Path, base_path: str) -> dict[str, float]:
     from learnforget.model import load_causal_lm, load_tokenizer
 
     store = Store(study_dir)
@@ -100,6 +161,7 @@ def run_base(study: StudyConfig, study_dir: Path, base_path: str) -> dict[str, f
     metrics = evaluate_model(model, load_tokenizer(base_path), study, data)
     store.add_metrics("base", 0, 0, metrics)
     store.update_arm("base", trainable_params=trainable, total_params=total, status="done")
+    store.refresh_snapshot()
     return metrics
 
 
@@ -179,7 +241,10 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
                     )
                 store.add_metrics(arm.name, step, step * tokens_per_step, metrics)
                 step_log.milestone(step, metrics)
-                atomic_save(checkpoint_state(model, optimizer, scheduler, step, scaler), checkpoint_path)
+                atomic_save(
+                    checkpoint_state(model, optimizer, scheduler, step, scaler), checkpoint_path,
+                    recorder(store, study_dir, checkpoint_path),
+                )  # fmt: skip
                 tell("milestone", arm.name, step * tokens_per_step, metrics)
             distributed.wait_for_everyone()
     except FloatingPointError as e:
@@ -205,6 +270,96 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
     checkpoint_path.unlink(missing_ok=True)  # the final weights are saved; optimizer state is not needed
     tell("done", arm.name)
     return {"arm": arm.name}
+
+
+def run_arm_safely(study_json: str, arm_json: str, study_dir: str, base_path: str, queue=None) -> dict:
+    """`run_arm` under the arm's lease, after checking its checkpoint and final files against the store.
+
+    Returns {"arm", ...} with "claimed" (another live process holds the arm), "skipped" (done and
+    intact) or "failed" (any exception: recorded as the arm's error, the study goes on)."""
+    from learnforget import distributed
+    from learnforget.lease import Lease
+
+    study = StudyConfig.model_validate_json(study_json)
+    arm = Arm.model_validate_json(arm_json)
+    directory = Path(study_dir)
+    store = Store(directory)
+    lease = None
+    if not distributed.is_distributed():  # launched processes train every arm together
+        lease = Lease(directory, arm.id)
+        if not lease.acquire():
+            return {"arm": arm.name, "claimed": lease.holder()}
+    try:
+        if (store.arm(arm.name) or {}).get("status") == "done":
+            problem = check_final_files(store, directory, arm)
+            if problem is None:
+                return {"arm": arm.name, "skipped": True}
+            warn(f"{arm.name}: {problem}; retraining the arm")
+            store.update_arm(arm.name, status="pending")
+        if distributed.is_main_process():  # one process decides, so every process resumes alike
+            check_checkpoint(store, study, directory, arm)
+            store.record_start(arm.name, arm.id)
+        distributed.wait_for_everyone()
+        result = run_arm(study_json, arm_json, study_dir, base_path, queue)
+        if "failed" not in result and distributed.is_main_process():
+            record_final_files(store, directory, arm)
+        return result
+    except Exception as e:  # OOM, a bug, a bad file: the arm failed, the study goes on
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+        if distributed.is_main_process():
+            store.update_arm(arm.name, status="failed", error=reason)
+            if queue is not None:
+                queue.put(("failed", arm.name, reason))
+        return {"arm": arm.name, "failed": reason}
+    finally:
+        if lease is not None:
+            lease.release()
+        store.refresh_snapshot()
+
+
+def check_checkpoint(store: Store, study: StudyConfig, study_dir: Path, arm: Arm) -> None:
+    """Delete (with a warning) a checkpoint that cannot be trusted: damaged, or ahead of the store's
+    milestones (results lost with a deleted store part), so the arm recomputes them from scratch."""
+    path = arm_dir(study_dir, arm.name) / "checkpoint.pt"
+    if not path.exists():
+        return
+    state, problem = verified_load(store, study_dir, path)
+    if problem is None:
+        step = int(state.get("step", 0)) if isinstance(state, dict) else 0
+        finished = store.finished_steps(arm.name)
+        missing = [m for m in study.milestone_steps() if m <= step and m not in finished]
+        if missing:
+            problem = f"at step {step}, but the store lacks milestones at steps {missing}"
+    if problem is not None:
+        warn(f"{arm.name}: checkpoint {path}: {problem}; retraining the arm from the start")
+        path.unlink(missing_ok=True)
+
+
+def final_files(study_dir: Path, arm: Arm) -> list[Path]:
+    """The arm's saved artifacts (everything in its directory but the checkpoint)."""
+    directory = arm_dir(study_dir, arm.name)
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p.name != "checkpoint.pt"
+                  and not p.name.startswith("."))  # fmt: skip
+
+
+def record_final_files(store: Store, study_dir: Path, arm: Arm) -> None:
+    for path in final_files(study_dir, arm):
+        store.record_file(str(path.relative_to(study_dir)), file_sha256(path), path.stat().st_size)
+
+
+def check_final_files(store: Store, study_dir: Path, arm: Arm) -> str | None:
+    """What is wrong with a finished arm's saved files, or None."""
+    prefix = f"{arm_dir(study_dir, arm.name).relative_to(study_dir)}/"
+    recorded = [
+        r for r in store.files() if r["path"].startswith(prefix) and not r["path"].endswith("checkpoint.pt")
+    ]
+    for row in recorded:
+        path = study_dir / row["path"]
+        if not path.exists():
+            return f"{path} is missing"
+        if file_sha256(path) not in store.checksums(row["path"]):
+            return f"{path}: checksum mismatch"
+    return None
 
 
 def checkpoint_state(model, optimizer, scheduler, step: int, scaler=None) -> dict:
@@ -333,22 +488,88 @@ def record_spectra(store: Store, arm: str, tokens: int, base_weights: dict, mode
 # The whole study
 
 
-def check_same_study(store: Store, study: StudyConfig) -> None:
-    """Refuse to mix two different studies in one directory (resuming needs the same config)."""
+def check_same_study(store: Store, study: StudyConfig, arms: list[Arm] | None = None) -> None:
+    """Refuse to mix two different studies in one directory: resuming needs the same config, and results
+    belong to the arm (settings) that produced them. Adding arms is allowed: finished ones stay valid."""
+    from learnforget.config import ARM_SETTINGS, expand_arms
+
     saved = store.info("config")
     current = json.loads(study.model_dump_json())
-    if saved is None:
-        store.set_info("config", current)
-        return
-    # Workers change how fast, not what (threads do change reduction order: they must match). Arms may
-    # be added to a study: an arm's name encodes its settings, so finished arms stay valid.
-    ignore = {"workers", "arms", "log_with"}
-    diff = sorted(k for k in set(saved) | set(current) if k not in ignore and saved.get(k) != current.get(k))
-    if diff:
-        raise UserError(
-            f"{store.path.parent}: holds a different study (differs in {', '.join(diff)}); use another --out"
+    arms = expand_arms(study) if arms is None else arms
+    if saved is not None:
+        try:  # fill fields added since the study was stored with their defaults
+            saved_study = StudyConfig.model_validate(saved)
+            saved = json.loads(saved_study.model_dump_json())
+            saved_ids = {a.id for a in expand_arms(saved_study)}
+        except Exception:  # noqa: BLE001 (a stored config that no longer validates differs anyway)
+            saved_study, saved_ids = None, None
+        # Workers change how fast, not what (threads do change reduction order: they must match);
+        # trackers change who watches.
+        ignore = {"workers", "log_with"} | (
+            {"arms"} if saved_ids is not None and saved_ids <= {a.id for a in arms} else set()
         )
+        old = {k: v for k, v in _flatten(saved).items() if k.split(".")[0] not in ignore}
+        new = {k: v for k, v in _flatten(current).items() if k.split(".")[0] not in ignore}
+        diff = [f"{k}: {_show(old.get(k))} → {_show(new.get(k))}" for k in sorted(set(old) | set(new), key=_key_order)
+                if old.get(k, _ABSENT) != new.get(k, _ABSENT)]  # fmt: skip
+        if diff:
+            shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+            raise UserError(
+                f"{store.study_dir}: holds a study with a different config ({shown}); rerun with its config, "
+                "or use another --out"
+            )
+    for arm in arms:  # names of older versions could stand for other settings: the arm's results must match
+        stored = store.arm(arm.name)
+        if stored is None or stored.get("method") == "base":
+            continue
+        if stored.get("arm_id") not in (None, arm.id) or any(
+            stored.get(k) is not None and stored.get(k) != v
+            for k, v in arm.model_dump(include=set(ARM_SETTINGS)).items()
+        ):
+            raise UserError(
+                f"{store.study_dir}: arm {arm.name} is stored with other settings than this config gives it; "
+                "use another --out"
+            )
     store.set_info("config", current)  # the grid as last run
+
+
+_ABSENT = object()
+
+
+def _flatten(value, prefix: str = "") -> dict:
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out or {prefix.rstrip("."): {}}
+    if isinstance(value, list) and any(isinstance(v, dict) for v in value):
+        out = {}
+        for i, v in enumerate(value):
+            out.update(_flatten(v, f"{prefix}{i}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def _show(value) -> str:
+    return "(absent)" if value is None else json.dumps(value)
+
+
+def _key_order(key: str):
+    return [int(p) if p.isdigit() else p for p in key.split(".")]
+
+
+def check_arms_fit(arms: list[Arm], model_config: dict | None) -> None:
+    """A LoRA rank above the width of the matrices it adapts is an error, named by the arm."""
+    widths = [(model_config or {}).get(k) for k in ("hidden_size", "intermediate_size")]
+    widths = [w for w in widths if isinstance(w, int) and w > 0]
+    if not widths:
+        return
+    for arm in arms:
+        if arm.method == "lora" and arm.rank > min(widths):
+            raise UserError(
+                f"arm {arm.name}: LoRA rank {arm.rank} exceeds the width {min(widths)} of the base model's "
+                "matrices; lower the rank"
+            )
 
 
 def shard_arms(arms: list[Arm], shard: tuple[int, int] | None) -> list[Arm]:
@@ -359,22 +580,56 @@ def shard_arms(arms: list[Arm], shard: tuple[int, int] | None) -> list[Arm]:
     return [a for i, a in enumerate(arms) if i % count == index]
 
 
-def run_arms(study: StudyConfig, study_dir: Path, base_path: str, arms: list[Arm], on_message) -> None:
-    """Train arms, in this process (workers = 1) or a pool of worker processes, relaying progress."""
+def run_arms(study: StudyConfig, study_dir: Path, base_path: str, arms: list[Arm], on_message) -> list[dict]:
+    """Train arms, in this process (workers = 1) or a pool of worker processes, relaying progress.
+
+    Arms that another live process holds (its lease) are waited for, and taken over if their lease goes
+    stale. Returns one result per arm (see `run_arm_safely`)."""
+    store = Store(study_dir)
+    results = dict(
+        zip([a.name for a in arms], _run_pass(study, study_dir, base_path, arms, on_message), strict=True)
+    )
+    waiting = [a for a in arms if results[a.name].get("claimed")]
+    from learnforget.lease import Lease
+
+    while waiting:
+        time.sleep(POLL_SECONDS)
+        free = [a for a in waiting if Lease(study_dir, a.id).holder() is None]
+        for arm in free:
+            status = (store.arm(arm.name) or {}).get("status")
+            if status in ("done", "failed"):  # the other process finished it
+                results[arm.name] = {"arm": arm.name, "by_other": status}
+        retry = [a for a in free if "by_other" not in results[a.name]]
+        for arm, result in zip(retry, _run_pass(study, study_dir, base_path, retry, on_message), strict=True):
+            results[arm.name] = result
+        waiting = [a for a in waiting if results[a.name].get("claimed")]
+    return [results[a.name] for a in arms]
+
+
+POLL_SECONDS = 2.0
+
+
+def _run_pass(study: StudyConfig, study_dir: Path, base_path: str, arms: list[Arm], on_message) -> list[dict]:
     from learnforget.distributed import is_distributed
 
+    if not arms:
+        return []
     study_json = study.model_dump_json()
     if study.workers == 1 or len(arms) == 1 or is_distributed():  # launched processes each run every arm
         threads = torch.get_num_threads()
         try:
-            for arm in arms:
-                run_arm(study_json, arm.model_dump_json(), str(study_dir), base_path, _Relay(on_message))
+            return [
+                run_arm_safely(
+                    study_json, arm.model_dump_json(), str(study_dir), base_path, _Relay(on_message)
+                )
+                for arm in arms
+            ]
         finally:
             torch.set_num_threads(threads)
-        return
     ctx = get_context("spawn")
     manager = SyncManager(ctx=ctx)
     manager.start(exit_with_parent, (os.getpid(),))
+    results = []
     with manager:
         queue = manager.Queue()
         with ProcessPoolExecutor(
@@ -382,14 +637,21 @@ def run_arms(study: StudyConfig, study_dir: Path, base_path: str, arms: list[Arm
             initializer=exit_with_parent, initargs=(os.getpid(),),
         ) as pool:  # fmt: skip
             futures = [
-                pool.submit(run_arm, study_json, a.model_dump_json(), str(study_dir), base_path, queue)
+                pool.submit(run_arm_safely, study_json, a.model_dump_json(), str(study_dir), base_path, queue)
                 for a in arms
             ]
             while not all(f.done() for f in futures):
                 _drain(queue, on_message, timeout=0.2)
             _drain(queue, on_message, timeout=0)
-            for f in futures:
-                f.result()  # re-raise a worker's crash
+            for arm, future in zip(arms, futures, strict=True):
+                try:
+                    results.append(future.result())
+                except Exception as e:  # the worker died (killed for memory, a crash in native code)
+                    reason = f"worker process died ({type(e).__name__})"
+                    Store(study_dir).update_arm(arm.name, status="failed", error=reason)
+                    on_message(("failed", arm.name, reason))
+                    results.append({"arm": arm.name, "failed": reason})
+    return results
 
 
 def exit_with_parent(parent_pid: int) -> None:

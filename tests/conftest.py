@@ -42,3 +42,20 @@ def micro_config(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("configs") / "micro.yaml"
     path.write_text(yaml.safe_dump(MICRO_STUDY))
     return path
+
+
+def cli_exit_code(args: list[str]) -> int:
+    """Run `learnforget ARGS` in this process (torch and transformers are imported once) and return its exit code."""
+    import sys
+
+    from learnforget.cli import main
+
+    argv = sys.argv
+    sys.argv = ["learnforget", *args]
+    try:
+        main()
+        return 0
+    except SystemExit as e:
+        return e.code or 0
+    finally:
+        sys.argv = argv

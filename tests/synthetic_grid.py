@@ -7,6 +7,8 @@ import json
 import math
 import random
 import sqlite3
+import time
+from contextlib import closing
 from pathlib import Path
 
 GRID_ARMS = [
@@ -39,13 +41,15 @@ def synthetic_study(study_dir: Path, arms=GRID_ARMS, unfinished: int = 0, seed: 
     base = {"code/loss": 4.14, "english/loss": 4.56, "spectrum/rank_random_fraction": 0.52}
     store.add_metrics("base", 0, 0, {k: v for k, v in base.items() if not k.startswith("spectrum")})
     expanded = expand_arms(study)
-    # Rows go in through one connection: the store's one-transaction-per-call writes take seconds at this size.
+    # Rows go into this process's part of the store through one connection: the store's
+    # one-transaction-per-call writes take seconds at this size.
     arms, steps, metrics = [], [], []
     for i, arm in enumerate(expanded):
         done = i < len(expanded) - unfinished
         cost = (1000 * (arm.rank or 1500), 9000.0, 4.5, 480.0) if done else (None,) * 4
         settings = arm.model_dump()
-        arms.append((arm.name, *[settings.get(c) for c in ARM_COLUMNS], "done" if done else "running", *cost))
+        row = (arm.name, *[settings.get(c) for c in ARM_COLUMNS], "done" if done else "running", *cost)
+        arms.append((*row, time.time() + i * 1e-3))  # registration time: the display order
         if not done:
             continue
         strength = (
@@ -67,18 +71,9 @@ def synthetic_study(study_dir: Path, arms=GRID_ARMS, unfinished: int = 0, seed: 
                 "spectrum/rank_random_fraction": base["spectrum/rank_random_fraction"],
             }
             metrics += [(arm.name, step, step * study.tokens_per_step, k, v) for k, v in values.items()]
-    columns = ", ".join(
-        (
-            "name",
-            *ARM_COLUMNS,
-            "status",
-            "trainable_params",
-            "tokens_per_s",
-            "train_seconds",
-            "peak_memory_mb",
-        )
-    )
-    with sqlite3.connect(store.path) as conn:
+    extra = ("status", "trainable_params", "tokens_per_s", "train_seconds", "peak_memory_mb", "registered")
+    columns = ", ".join(("name", *ARM_COLUMNS, *extra))
+    with closing(sqlite3.connect(store.part_path)) as conn, conn:  # this process's part of the store
         conn.executemany(f"INSERT INTO arms ({columns}) VALUES ({', '.join('?' * len(arms[0]))})", arms)
         conn.executemany("INSERT INTO steps VALUES (?, ?, ?, ?, ?)", steps)
         conn.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)", metrics)

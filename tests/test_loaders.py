@@ -188,3 +188,31 @@ def test_unreachable_hub_dataset_is_a_user_error_naming_the_id(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(UserError, match="dataset 'no-such-org/no-such-data'.*could not load"):
         load_pairs("no-such-org/no-such-data", limit=3)
+
+
+def test_a_fifo_or_device_is_refused_instead_of_hanging(tmp_path):
+    fifo = tmp_path / "data.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match="data.jsonl: not a regular file or directory"):
+        load_text_records(str(fifo))
+    with pytest.raises(UserError, match="not a regular file"):
+        load_pairs("/dev/null" if os.path.exists("/dev/null") else str(fifo))
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (
+            b'{"text": "a"}\n{"text": "\xff\xfe bad"}\n',
+            "data.jsonl:2: not UTF-8 text (invalid start byte at byte 10)",
+        ),
+        (b'{"text": "a"}\n' + b"[" * 100_000 + b"\n", "data.jsonl:2: JSON nested too deeply"),
+        (b'{"text": ' + b"9" * 5000 + b"}\n", "data.jsonl:1: invalid JSON: Exceeds the limit"),
+    ],
+)
+def test_undecodable_deep_or_huge_json_is_one_line_naming_file_and_line(tmp_path, content, expected):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(UserError) as err:
+        load_text_records(str(path))
+    assert expected in str(err.value) and "\n" not in str(err.value)

@@ -42,22 +42,27 @@ def write_forever(study_dir: str) -> None:
         milestone += 1
 
 
-def test_two_processes_writing_one_store_lose_no_rows(tmp_path):
+def run_together(target, args: list[tuple]) -> None:
+    """One spawned process per argument tuple, started at a barrier (passed last); all must exit 0."""
     ctx = multiprocessing.get_context("spawn")
-    start = ctx.Barrier(2)
-    writers = [ctx.Process(target=write_study, args=(str(tmp_path), w, start)) for w in (0, 1)]
-    for p in writers:
+    start = ctx.Barrier(len(args))
+    processes = [ctx.Process(target=target, args=(*a, start)) for a in args]
+    for p in processes:
         p.start()
-    for p in writers:
+    for p in processes:
         p.join(timeout=120)
         assert p.exitcode == 0
+
+
+def test_two_processes_writing_one_store_lose_no_rows(tmp_path):
+    run_together(write_study, [(str(tmp_path), 0), (str(tmp_path), 1)])
 
     store = Store(tmp_path)
     rows = store.metrics()
     assert len(rows) == 2 * MILESTONES * METRICS
-    with sqlite3.connect(store.path) as conn:
-        order = [arm for (arm,) in conn.execute("SELECT arm FROM metrics ORDER BY rowid")]
-    assert sum(a != b for a, b in zip(order, order[1:], strict=False)) > 2, "the writers never overlapped"
+    assert len(store.parts()) == 2, "each process writes its own part"
+    with sqlite3.connect(store.path) as conn:  # the merged snapshot, as any SQLite client reads it
+        assert conn.execute("SELECT COUNT(*) FROM metrics").fetchone()[0] == 2 * MILESTONES * METRICS
     for writer in (0, 1):
         written = {(r["step"], r["metric"]): r["value"] for r in rows if r["arm"] == f"arm{writer}"}
         expected = {(m, k): v for m in range(MILESTONES) for k, v in metric_values(writer, m).items()}
@@ -71,7 +76,7 @@ def test_add_metrics_is_all_or_nothing(tmp_path):
     store = Store(tmp_path)
     store.add_metrics("arm", 1, 100, {"a": 1.0, "b": 2.0})
     # A row that the database refuses halfway through the batch: every row of the batch is rolled back.
-    with sqlite3.connect(store.path) as conn:
+    with sqlite3.connect(store.part_path) as conn:
         conn.execute(
             "CREATE TRIGGER refuse BEFORE INSERT ON metrics WHEN NEW.metric = 'bad'"
             " BEGIN SELECT RAISE(ABORT, 'refused'); END"
@@ -100,3 +105,116 @@ def test_killed_writer_never_leaves_half_a_milestone(tmp_path):
         counts[row["step"]] = counts.get(row["step"], 0) + 1
     assert len(counts) >= 5
     assert set(counts.values()) == {300}
+
+
+def test_a_store_of_an_older_version_is_adopted_and_gains_the_arm_id_column(tmp_path):
+    with sqlite3.connect(tmp_path / "results.db") as conn:  # the single-file WAL schema of before
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(
+            "CREATE TABLE study (key TEXT PRIMARY KEY, value TEXT);"
+            "CREATE TABLE arms (name TEXT PRIMARY KEY, method TEXT, rank INTEGER, alpha REAL, target_modules TEXT,"
+            " learning_rate REAL, weight_decay REAL, dropout REAL, train_embeddings INTEGER, optimizer TEXT,"
+            " seed INTEGER, trainable_params INTEGER, total_params INTEGER, status TEXT DEFAULT 'pending',"
+            " tokens_per_s REAL, peak_memory_mb REAL, train_seconds REAL, error TEXT);"
+            "CREATE TABLE metrics (arm TEXT, step INTEGER, tokens INTEGER, metric TEXT, value REAL,"
+            " PRIMARY KEY (arm, tokens, metric));"
+            "INSERT INTO arms (name, method, status) VALUES ('full-lr1e-3-s0', 'full', 'done');"
+            "INSERT INTO metrics VALUES ('full-lr1e-3-s0', 4, 400, 'code/loss', 3.5);"
+        )
+    store = Store(tmp_path)
+    assert store.arm("full-lr1e-3-s0")["status"] == "done" and store.arm("full-lr1e-3-s0")["arm_id"] is None
+    assert store.metrics()[0]["value"] == 3.5
+    store.update_arm("full-lr1e-3-s0", arm_id="abc")
+    store.register_arm("full-lr2e-3-s0", {"method": "full"}, "def")
+    assert [(a["name"], a["arm_id"]) for a in Store(tmp_path).arms()] == [
+        ("full-lr1e-3-s0", "abc"),
+        ("full-lr2e-3-s0", "def"),
+    ]
+    with sqlite3.connect(tmp_path / "results.db") as conn:  # now the merged snapshot
+        assert conn.execute("SELECT value FROM metrics").fetchall() == [(3.5,)]
+
+
+def test_the_snapshot_is_derived_and_a_damaged_store_is_one_line(tmp_path):
+    from learnforget.errors import UserError
+
+    store = Store(tmp_path)
+    store.add_metrics("arm", 1, 10, {"a": 1.0})
+    (tmp_path / "results.db").unlink()
+    assert Store(tmp_path).metrics()[0]["value"] == 1.0  # nothing lost: the parts are the truth
+    (tmp_path / "results.db").write_bytes(b"garbage" * 100)
+    Store(tmp_path)  # a damaged snapshot is rewritten from the parts at once
+    with sqlite3.connect(tmp_path / "results.db") as conn:
+        assert conn.execute("SELECT value FROM metrics").fetchall() == [(1.0,)]
+    store.part_path.write_bytes(b"\0garbage" * 200)
+    with pytest.raises(UserError, match=r"\.db: not a readable results store .*move it away"):
+        Store(tmp_path).metrics()
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "results.db").write_bytes(b"not sqlite at all" * 100)
+    with pytest.raises(UserError, match="results.db: not a readable results store"):
+        Store(fresh)
+
+
+ARMS = [f"arm{i}" for i in range(9)]
+
+
+def claim_and_train(study_dir: str, start) -> None:
+    """One `run` process: claim each arm's lease, record a training start, 'train' it, release."""
+    from learnforget.lease import Lease
+
+    store = Store(study_dir)
+    store.register_arms([(a, {"method": "full"}, a) for a in ARMS])
+    start.wait()
+    for arm in ARMS:
+        lease = Lease(study_dir, arm)
+        if not lease.acquire():
+            continue
+        try:
+            if store.arm(arm)["status"] == "done":
+                continue
+            store.record_start(arm, arm)
+            for milestone in range(3):
+                store.add_metrics(arm, milestone, milestone, {f"m{i}": float(i) for i in range(20)})
+                time.sleep(0.02)
+            store.update_arm(arm, status="done")
+        finally:
+            lease.release()
+
+
+def test_three_processes_on_one_directory_split_the_arms_and_lose_nothing(tmp_path):
+    run_together(claim_and_train, [(str(tmp_path),)] * 3)
+    store = Store(tmp_path)
+    starts = store.starts()
+    assert sorted(s["arm"] for s in starts) == ARMS, "every arm trained exactly once"
+    assert len({s["pid"] for s in starts}) >= 2, "the processes shared the work"
+    assert len(store.metrics()) == len(ARMS) * 3 * 20
+    assert all(a["status"] == "done" for a in store.arms())
+    assert not list((tmp_path / "leases").glob("*.json")), "every lease released"
+
+
+def test_a_stale_lease_is_taken_over_and_a_live_one_is_not(tmp_path, monkeypatch):
+    import json
+
+    from learnforget.lease import Lease
+
+    mine = Lease(tmp_path, "x")
+    assert mine.acquire() and not Lease(tmp_path, "x").acquire()  # same process, but held: refused
+    mine.release()
+    # A lease of a process of this host that is gone is stale at once.
+    dead = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(0,))
+    dead.start()
+    dead.join()
+    (tmp_path / "leases" / "y.json").write_text(json.dumps({"host": mine.owner["host"], "pid": dead.pid}))
+    assert Lease(tmp_path, "y").holder() is None
+    # Another host's lease is stale once its heartbeat is older than LEARNFORGET_LEASE_SECONDS.
+    other = tmp_path / "leases" / "z.json"
+    other.write_text(json.dumps({"host": "elsewhere", "pid": 1}))
+    assert not Lease(tmp_path, "z").acquire()
+    monkeypatch.setenv("LEARNFORGET_LEASE_SECONDS", "0.5")
+    os.utime(other, (time.time() - 5, time.time() - 5))
+    taker = Lease(tmp_path, "z")
+    assert taker.acquire() and taker.mine()
+    time.sleep(0.3)  # the heartbeat keeps the new lease fresh
+    assert Lease(tmp_path, "z").holder() == taker.owner
+    taker.release()
+    assert not other.exists()

@@ -157,7 +157,12 @@ def test_a_study_directory_refuses_another_study_but_accepts_new_arms(
     code, _, err = run_cli(
         ["run", str(micro_config), "--out", str(micro_run), "--set", "budget_tokens=4096"], capsys
     )
-    assert code == 2 and "holds a different study (differs in budget_tokens)" in err
+    assert code == 2 and "holds a study with a different config (budget_tokens: 6144 → 4096)" in err
+    # Changing an arm's settings makes it another arm: its old results must not pass for the new one's.
+    code, _, err = run_cli(
+        ["run", str(micro_config), "--out", str(micro_run), "--set", "arms.0.learning_rate=1.2e-3"], capsys
+    )
+    assert code == 2 and "(arms.0.learning_rate: 0.001 → 0.0012)" in err and len(err.splitlines()) == 1
     grown = tmp_path / "grown"
     shutil.copytree(micro_run, grown)
     before = metric_table(grown)

@@ -17,6 +17,7 @@ e.g. ``data.jsonl:3: invalid JSON: ...`` or ``data.jsonl:5: missing field 'respo
 
 import itertools
 import json
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,9 @@ def _local_path(source: str) -> Path | None:
     """The local path ``source`` names, or None when it reads as a hub dataset id."""
     path = Path(source).expanduser()
     if path.exists():
+        mode = path.stat().st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a FIFO or device would block or never end
+            raise UserError(f"{source}: not a regular file or directory")
         return path
     looks_local = path.suffix in TEXT_SUFFIXES + RECORD_SUFFIXES + (".json", ".csv") or source.startswith(
         ("/", ".", "~")
@@ -139,14 +143,24 @@ def _records(
 
 def _jsonl_records(path: Path) -> Iterator[Record]:
     """Yield one JSON object per non-blank line, located as ``file:line``."""
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            location = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise UserError(
+                    f"{location}: not UTF-8 text ({error.reason} at byte {error.start})"
+                ) from None
             if not line.strip():
                 continue
-            location = f"{path}:{number}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
+                raise UserError(f"{location}: invalid JSON: {error}") from None
+            except RecursionError:
+                raise UserError(f"{location}: JSON nested too deeply") from None
+            except ValueError as error:  # e.g. an integer with more digits than Python converts
                 raise UserError(f"{location}: invalid JSON: {error}") from None
             if not isinstance(record, dict):
                 raise UserError(f"{location}: expected a JSON object, got {type(record).__name__}")

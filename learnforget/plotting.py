@@ -12,7 +12,7 @@ from pathlib import Path
 
 # Enough maps for the families a grid like paper-mini has; more families reuse them in order.
 FULL_MAPS = ("Blues", "Purples", "PuBuGn", "BuGn")
-LORA_MAPS = ("Oranges", "Reds", "RdPu", "Greys", "YlOrBr")
+LORA_MAPS = ("Oranges", "Reds", "RdPu", "YlOrBr", "Greys")
 BASE_COLOR = "#000000"
 
 

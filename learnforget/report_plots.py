@@ -88,7 +88,8 @@ def plot_learning_forgetting(study_dir: Path, store, study) -> Path:
     fig, axes = _grid(len(panels))
     for ax, (title, members) in zip(axes, panels, strict=True):
         if len(panels) > 1:  # the other families, for reference
-            for configuration, pts in lines.items():
+            for configuration, line in lines.items():
+                pts = ([base] if base else []) + line
                 if configuration not in members:
                     ax.plot(
                         [p["forgetting"] for p in pts],

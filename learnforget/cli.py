@@ -110,6 +110,14 @@ def run(
         bool, typer.Option(help="Print the expanded arms and their sizes; train nothing.")
     ] = False,
     shard: Annotated[str | None, typer.Option(help="Run only arms I, I+N, ... of the grid: I/N.")] = None,
+    world_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="With --dry-run: processes per arm for the memory estimate (default: the "
+            "launcher's WORLD_SIZE, else 1).",
+        ),
+    ] = None,
 ) -> None:
     """Run a study: pretrain (or load) the base, train every arm, evaluate at milestones, write the report.
 
@@ -125,7 +133,7 @@ def run(
 
         for _, study in studies:
             check_base_model(study.base_model)
-            print_dry_run(study, expand_arms(study), out_console)
+            print_dry_run(study, expand_arms(study), out_console, world_size)
         return
     started = time.time()
     failures: list[tuple[str, str]] = []

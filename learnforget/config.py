@@ -357,6 +357,9 @@ class StudyConfig(Strict):
             raise ValueError("a study needs at least one arm")
         if self.epochs is not None and self.regime != "ift":
             raise ValueError("epochs is for regime 'ift'; CPT budgets are in budget_tokens")
+        if self.sharding == "fsdp" and self.precision == "fp16-mixed":
+            # fp16's gradient scaler would decide on overflow from each process's own shards.
+            raise ValueError("sharding 'fsdp' does not support precision 'fp16-mixed'; use 'bf16-mixed'")
         if self.base_model == "builtin" and self.seq_len > self.base.seq_len:
             raise ValueError(
                 f"seq_len {self.seq_len} exceeds the built-in base's seq_len {self.base.seq_len}"

@@ -1,9 +1,10 @@
-"""Scale-out on Accelerate: one arm trained by several processes (`accelerate launch`, DDP).
+"""Scale-out: one arm trained by several launched processes (torchrun or `accelerate launch`).
 
 Without a launcher (WORLD_SIZE unset or 1) nothing here is used and training is the plain loop on one
-device. Under `accelerate launch`, every process runs the same command: the main process does the
-study's bookkeeping (base pretraining, store, checkpoints, report), each process takes its slice of
-every batch, and Accelerate all-reduces gradients.
+device. Under a launcher, every process runs the same command: the main process does the study's
+bookkeeping (base pretraining, store, checkpoints, report), each process takes its slice of every batch.
+With `sharding: none` Accelerate runs DDP (all-reduced gradients); with `sharding: fsdp` the arm is
+sharded by `sharding.py`. The Accelerator also sets up the process group (gloo on the CPU, NCCL on GPUs).
 """
 
 from __future__ import annotations

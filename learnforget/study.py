@@ -117,13 +117,15 @@ def prepare_data(study: StudyConfig, study_dir: Path, base_path: str) -> dict:
 
 def evaluate_model(model, tokenizer, study: StudyConfig, data: dict) -> dict[str, float]:
     """Every milestone metric of one model (deterministic; does not touch the training RNG), under the
-    study's precision, so a milestone measures the model as it trains."""
+    study's precision, so a milestone measures the model as it trains. A sharded model is evaluated by
+    every process together, in lockstep on identical inputs."""
     from learnforget.evaluate.device import forked_rng, model_device
     from learnforget.evaluate.suites import evaluate_suites
     from learnforget.precision import autocast
+    from learnforget.sharding import evaluating
 
     device = model_device(model)
-    with forked_rng(device):
+    with forked_rng(device), evaluating(model):
         with autocast(study.precision, device):
             return evaluate_suites(model, tokenizer, study, data["eval"])
 
@@ -167,9 +169,15 @@ def _evaluate_base(study: StudyConfig, study_dir: Path, base_path: str) -> dict[
 
 def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queue=None) -> dict:
     """Train one arm through its milestones (resuming from its checkpoint) and record everything."""
-    from learnforget import distributed
+    from learnforget import distributed, sharding
     from learnforget.model import load_tokenizer
-    from learnforget.train import count_parameters, load_arm_model, make_optimizer, train_steps
+    from learnforget.train import (
+        count_parameters,
+        load_arm_model,
+        make_optimizer,
+        merged_weights,
+        train_steps,
+    )
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # spawned workers start with default filters
     study = StudyConfig.model_validate_json(study_json)
@@ -180,6 +188,7 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
     if (store.arm(arm.name) or {}).get("status") == "done":
         return {"arm": arm.name, "skipped": True}
     main = distributed.is_main_process()  # only the main process writes (store, checkpoints, files)
+    sharded = distributed.is_distributed() and study.sharding == "fsdp"
     if main:
         store.update_arm(arm.name, status="running")
 
@@ -196,6 +205,9 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
     trainable, total = count_parameters(model)
     if main:
         store.update_arm(arm.name, trainable_params=trainable, total_params=total)
+    if sharded:
+        distributed.accelerator()  # the process group (gloo on the CPU)
+        sharding.shard_model(model, study.precision)
     steps, tokens_per_step = study.steps, study.tokens_per_step
     optimizer, scheduler = make_optimizer(
         model, arm.learning_rate, arm.weight_decay, round(study.warmup_fraction * steps), steps, arm.optimizer
@@ -206,7 +218,9 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
     if checkpoint_path.exists():
         step = restore_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler)
     accelerator, trained = None, model
-    if distributed.is_distributed():
+    if sharded:
+        accelerator = sharding.Collective()
+    elif distributed.is_distributed():
         # The scheduler stays unprepared: a prepared one would step once per process.
         accelerator = distributed.accelerator()
         trained, optimizer = accelerator.prepare(model, optimizer)
@@ -232,17 +246,19 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
             train_seconds += time.perf_counter() - started
             trained_steps += milestone - step
             step = milestone
+            metrics = evaluate_model(model, tokenizer, study, data) if main or sharded else {}
+            gathered = sharding.gather(model, optimizer) if sharded else None  # every process takes part
             if main:
-                metrics = evaluate_model(model, tokenizer, study, data)
                 if study.eval.spectra:
                     base_weights = base_weights or load_base_weights(base_path, study)
+                    weights = merged_weights(model, gathered and gathered["model"])
                     metrics.update(
-                        record_spectra(store, arm.name, step * tokens_per_step, base_weights, model)
+                        record_spectra(store, arm.name, step * tokens_per_step, base_weights, weights)
                     )
                 store.add_metrics(arm.name, step, step * tokens_per_step, metrics)
                 step_log.milestone(step, metrics)
                 atomic_save(
-                    checkpoint_state(model, optimizer, scheduler, step, scaler), checkpoint_path,
+                    checkpoint_state(model, optimizer, scheduler, step, scaler, gathered), checkpoint_path,
                     recorder(store, study_dir, checkpoint_path),
                 )  # fmt: skip
                 tell("milestone", arm.name, step * tokens_per_step, metrics)
@@ -255,9 +271,10 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
         return {"arm": arm.name, "failed": str(e)}
     finally:
         step_log.close()
+    final_weights = sharding.full_state_dict(model) if sharded else None
     if not main:
         return {"arm": arm.name}
-    save_final(model, tokenizer, arm_dir(study_dir, arm.name), base_path)
+    save_final(model, tokenizer, arm_dir(study_dir, arm.name), base_path, final_weights)
     write_model_card(arm_dir(study_dir, arm.name), study, arm, base_path, store)
     tokens_per_s = trained_steps * tokens_per_step / train_seconds if train_seconds else None
     store.update_arm(
@@ -362,13 +379,23 @@ def check_final_files(store: Store, study_dir: Path, arm: Arm) -> str | None:
     return None
 
 
-def checkpoint_state(model, optimizer, scheduler, step: int, scaler=None) -> dict:
+def checkpoint_state(
+    model, optimizer, scheduler, step: int, scaler=None, gathered: dict | None = None
+) -> dict:
+    """What resuming needs; `gathered`: a sharded arm's full weights and optimizer state (`sharding.gather`)."""
+    from learnforget.sharding import trainable_names
     from learnforget.train import trainable_state
 
+    if gathered is None:
+        trainable, optimizer_state = trainable_state(model), optimizer.state_dict()
+    else:
+        trainable = {name: gathered["model"][name] for name in trainable_names(model)}
+        optimizer_state = gathered["optimizer"]
     return {
         "step": step,
-        "trainable": trainable_state(model),
-        "optimizer": optimizer.state_dict(),
+        "sharded": gathered is not None,
+        "trainable": trainable,
+        "optimizer": optimizer_state,
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": torch.get_rng_state(),
@@ -377,13 +404,20 @@ def checkpoint_state(model, optimizer, scheduler, step: int, scaler=None) -> dic
 
 
 def restore_checkpoint(path: Path, model, optimizer, scheduler, scaler=None) -> int:
-    """Load a checkpoint into a freshly built arm; returns the step it was taken at."""
-    state = torch.load(path, weights_only=False)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, tensor in state["trainable"].items():
-            params[name].copy_(tensor)
-    optimizer.load_state_dict(state["optimizer"])
+    """Load a checkpoint into a freshly built arm (sharded arms: already sharded, every process loads the
+    full state and keeps its shard); returns the step it was taken at."""
+    from learnforget.sharding import is_sharded, load_full_state
+
+    # Memory-mapped for sharded arms: every process reads only the pages of its own shards.
+    state = torch.load(path, weights_only=False, mmap=is_sharded(model))
+    if state.get("sharded"):
+        load_full_state(model, optimizer, state["trainable"], state["optimizer"])
+    else:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in state["trainable"].items():
+                params[name].copy_(tensor)
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler") is not None:
         scaler.load_state_dict(state["scaler"])
@@ -393,26 +427,32 @@ def restore_checkpoint(path: Path, model, optimizer, scheduler, scaler=None) -> 
     return state["step"]
 
 
-def save_final(model, tokenizer, directory: Path, base_path: str) -> None:
+def save_final(model, tokenizer, directory: Path, base_path: str, state_dict: dict | None = None) -> None:
     """The trained arm as users load it: a peft adapter directory or a full model directory.
 
     A full model is saved in the base's own dtype. An adapter names its base by absolute path or hub id,
     and carries the embeddings / LM head when the arm trained them (peft's `save_embedding_layers`), so
-    the saved arm is the model that was measured.
+    the saved arm is the model that was measured. `state_dict`: a sharded arm's full weights, gathered
+    (`sharding.full_state_dict`).
     """
     from learnforget.precision import base_dtype
+    from learnforget.sharding import saved_as_unsharded
 
     if hasattr(model, "get_base_model"):
         target = directory / "adapter"
         inner = model.get_base_model()
         trained_embeddings = inner.get_input_embeddings().weight.requires_grad
-        model.save_pretrained(target, save_embedding_layers=trained_embeddings)
+        with saved_as_unsharded(model):
+            model.save_pretrained(target, save_embedding_layers=trained_embeddings, state_dict=state_dict)
     else:
         target = directory / "model"
         dtype = base_dtype(base_path)
-        if any(p.is_floating_point() and p.dtype != dtype for p in model.parameters()):
+        if state_dict is not None:
+            state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+        elif any(p.is_floating_point() and p.dtype != dtype for p in model.parameters()):
             model.to(dtype)  # the arm's last use: nothing is measured after saving
-        model.save_pretrained(target)
+        with saved_as_unsharded(model):
+            model.save_pretrained(target, state_dict=state_dict)
     tokenizer.save_pretrained(target)
 
 
@@ -463,12 +503,14 @@ def load_base_weights(base_path: str, study: StudyConfig) -> dict[str, torch.Ten
     return load_causal_lm(base_path, study.precision, study.attn_implementation).state_dict()
 
 
-def record_spectra(store: Store, arm: str, tokens: int, base_weights: dict, model) -> dict[str, float]:
-    """ΔW spectra of every linear layer at this milestone; returns summary metrics for the metrics table."""
+def record_spectra(
+    store: Store, arm: str, tokens: int, base_weights: dict, weights: dict
+) -> dict[str, float]:
+    """ΔW spectra of every linear layer at this milestone (`weights`: the arm's `train.merged_weights`);
+    returns summary metrics for the metrics table."""
     from learnforget.analysis.spectrum import spectrum_of_state_dicts
-    from learnforget.train import merged_weights
 
-    result = spectrum_of_state_dicts(base_weights, merged_weights(model), progress=False)
+    result = spectrum_of_state_dicts(base_weights, weights, progress=False)
     store.add_matrices(arm, tokens, result["matrices"])
     # Matrices an arm does not train (LoRA on attention only leaves the MLP's ΔW = 0) are left out of the
     # median: it describes the updates the arm makes.

@@ -133,6 +133,8 @@ def train_steps(
         if on_step is not None:
             on_step(step, loss_value)
         if on_record is not None:
+            if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor; its full value is the global norm
+                grad_norm = grad_norm.full_tensor()
             norm = float(grad_norm) if grad_norm is not None else None
             on_record({"step": step, "loss": loss_value, "learning_rate": learning_rate, "grad_norm": norm})
     return loss_value
@@ -199,20 +201,30 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def merged_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Effective weights under base-model names (LoRA updates folded in): W_base + ΔW for spectra."""
-    if not hasattr(model, "get_base_model"):
-        return {n: p.detach() for n, p in model.state_dict().items()}
-    from peft.tuners.lora import LoraLayer
+def merged_weights(
+    model: torch.nn.Module, state: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """Effective weights under base-model names (LoRA updates folded in): W_base + ΔW for spectra.
 
-    inner = model.get_base_model()
+    `state`: the model's full state dict when its own parameters are sharded (`sharding.full_state_dict`).
+    """
+    state = model.state_dict() if state is None else state
+    if not hasattr(model, "get_base_model"):
+        return {n: t.detach() for n, t in state.items()}
+    from peft.tuners.lora import LoraLayer
+    from peft.utils import transpose
+
+    prefix = "base_model.model."  # peft's names for the wrapped model's tensors
+    inner = {n.removeprefix(prefix): t.detach() for n, t in state.items()}
     merged = {}
-    for name, module in inner.named_modules():
+    for name, module in model.get_base_model().named_modules():
         if isinstance(module, LoraLayer):
-            weight = module.get_base_layer().weight.detach()
-            merged[f"{name}.weight"] = weight + module.get_delta_weight("default").detach()
-    for name, tensor in inner.state_dict().items():
+            # As peft's LoRA Linear.get_delta_weight, from tensors rather than the module's own parameters.
+            a, b = inner[f"{name}.lora_A.default.weight"], inner[f"{name}.lora_B.default.weight"]
+            delta = transpose(b @ a, module.fan_in_fan_out) * module.scaling["default"]
+            merged[f"{name}.weight"] = inner[f"{name}.base_layer.weight"] + delta
+    for name, tensor in inner.items():
         clean = name.replace(".base_layer", "")
         if "lora_" not in name and clean not in merged:
-            merged[clean] = tensor.detach()
+            merged[clean] = tensor
     return merged

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,19 @@ def cli_exit_code(args: list[str]) -> int:
         return e.code or 0
     finally:
         sys.argv = argv
+
+
+def launch_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for `learnforget run` subprocesses: offline, one thread, a cache all runs share."""
+    return dict(
+        os.environ, LEARNFORGET_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"
+    )
+
+
+def loss_metrics(study_dir: Path) -> dict[tuple[str, int, str], float]:
+    """(arm, tokens, metric) -> value of every loss metric (`*/loss`, `*/ref_nll`) in a study's store."""
+    with sqlite3.connect(study_dir / "results.db") as conn:
+        rows = conn.execute(
+            "SELECT arm, tokens, metric, value FROM metrics WHERE metric LIKE '%loss' OR metric LIKE '%nll'"
+        )
+        return {(a, t, m): v for a, t, m, v in rows}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys
@@ -10,13 +9,7 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import MICRO_STUDY
-
-
-def metrics(study_dir) -> dict[tuple[str, int, str], float]:
-    with sqlite3.connect(study_dir / "results.db") as conn:
-        rows = conn.execute("SELECT arm, tokens, metric, value FROM metrics WHERE metric LIKE '%loss'")
-        return {(a, t, m): v for a, t, m, v in rows}
+from tests.conftest import MICRO_STUDY, launch_env, loss_metrics
 
 
 def test_two_process_ddp_matches_single_process(tmp_path):
@@ -25,7 +18,7 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     config["arms"] = [{"method": "lora", "rank": 2, "learning_rate": 1e-2}]
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = dict(os.environ, LEARNFORGET_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env = launch_env(tmp_path)
     single = [sys.executable, "-m", "learnforget", "run", str(path), "--out", str(tmp_path / "one")]
     subprocess.run(single, env=env, check=True, capture_output=True, timeout=600)
     # torchrun-style launch (on a machine without GPUs Accelerate then runs DDP on the CPU with gloo).
@@ -36,7 +29,7 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     with sqlite3.connect(tmp_path / "two" / "results.db") as conn:
         assert conn.execute("SELECT value FROM study WHERE key = 'processes'").fetchone()[0] == "2"
-    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    one, two = loss_metrics(tmp_path / "one"), loss_metrics(tmp_path / "two")
     assert one.keys() == two.keys() and len(one) >= 6
     for key in one:
         assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-4), key

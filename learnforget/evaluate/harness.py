@@ -124,6 +124,8 @@ def run_harness(
                     f"{error} (it executes model-written code; pass confirm_run_unsafe_code=True)"
                 ) from None
             raise
+    if results is None:  # under a launcher lm-eval reports on local rank 0 only; the main process keeps it
+        return {}
     return flatten_results(results)
 
 

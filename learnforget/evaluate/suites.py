@@ -64,8 +64,11 @@ def _completions(model, tokenizer, study: StudyConfig, problems: list[dict], **s
 
 
 def _score_code(problems: list[dict], completions: list[list[str]], ks: list[int]) -> dict:
+    from learnforget.distributed import is_main_process
     from learnforget.evaluate.passk import score_completions
 
+    if not is_main_process():  # a sharded model is evaluated by every process; the main one keeps the score
+        return {f"pass@{k}": float("nan") for k in ks}
     samples = [(p["task_id"], c) for p, outs in zip(problems, completions, strict=True) for c in outs]
     # One sandbox worker: arms already run in parallel processes, one per core.
     return score_completions({p["task_id"]: p for p in problems}, samples, ks, workers=1)

@@ -32,6 +32,7 @@ app = typer.Typer(
     help="How much does a causal LM learn, and forget, when finetuned with LoRA versus full finetuning?",
 )
 console = Console(stderr=True)
+HTML_REFRESH_SECONDS = 30
 # Tables are wide; when output goes to a file or pipe, don't squeeze them into 80 columns.
 out_console = Console() if sys.stdout.isatty() else Console(width=200)
 
@@ -44,6 +45,15 @@ SetOpt = Annotated[
 ]
 
 
+class _Remaining(TimeRemainingColumn):
+    """rich's estimate, except where a task carries its own (the study's ETA is in its info)."""
+
+    def render(self, task):
+        from rich.text import Text
+
+        return Text(task.fields["eta"]) if "eta" in task.fields else super().render(task)
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description}"),
@@ -51,7 +61,7 @@ def _progress() -> Progress:
         MofNCompleteColumn(),
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
-        TimeRemainingColumn(),
+        _Remaining(),
         console=console,
     )
 
@@ -139,8 +149,12 @@ def run(
         from learnforget import distributed
 
         if distributed.is_main_process():
+            from learnforget.report_html import write_suite_html
+
             path = write_suite_summary(suite_dir, [k for k, _ in studies])
+            html = write_suite_html(suite_dir, [k for k, _ in studies])
             console.print(f"Suite done in {time.time() - started:.0f} s. Results: {path}")
+            console.print(f"Open the report: {html.resolve().as_uri()}", highlight=False, soft_wrap=True)
     if failures:  # the study's results are incomplete: scripts must see it
         console.print(f"[red]{len(failures)} arm(s) failed:[/]", highlight=False)
         for arm, reason in failures:
@@ -165,6 +179,9 @@ def _run_study(study, study_dir: Path, shard: str | None) -> list[tuple[str, str
     model_config = base_config(study)
     check_targets(model_config, arms)  # LoRA targets and dropout keys exist in this architecture
     study_mod.check_arms_fit(arms, model_config.to_dict())
+    from learnforget.tracking import check_trackers
+
+    check_trackers(study.log_with)
     main_process = distributed.is_main_process()
     with distributed.main_process_first():  # under accelerate launch: pretrain, prepare and check once
         store = Store(study_dir)
@@ -172,6 +189,10 @@ def _run_study(study, study_dir: Path, shard: str | None) -> list[tuple[str, str
         base_path = _pretrain_with_progress(study)
         store.set_info("base_path", base_path)
         store.set_info("processes", int(os.environ.get("WORLD_SIZE", "1")))
+        if main_process:
+            from learnforget.report_html import environment
+
+            store.set_info("environment", environment())
         store.register_arms([(arm.name, arm.model_dump(), arm.id) for arm in arms])
         study_mod.prepare_data(study, study_dir, base_path)
         if main_process:
@@ -180,25 +201,53 @@ def _run_study(study, study_dir: Path, shard: str | None) -> list[tuple[str, str
             )
             study_mod.run_base(study, study_dir, base_path)
     mine = study_mod.shard_arms(arms, _parse_shard(shard))
+    from learnforget.progress import StudyClock
+
+    resumed = {
+        a.name: study.steps if (store.arm(a.name) or {}).get("status") == "done" else max(store.finished_steps(a.name), default=0)
+        for a in mine
+    }  # fmt: skip
+    clock = StudyClock(study.steps, study.milestone_steps(), study.workers, resumed)
+    refreshed = [float("-inf")]  # when report.html was last rewritten
     with _progress() as progress:
-        tasks = {a.name: progress.add_task(a.name, total=study.steps, info="") for a in mine}
+        overall = progress.add_task(
+            f"study ({len(mine)} arms × {study.milestones} milestones)", total=clock.total,
+            completed=clock.completed, info=clock.describe(), eta="",
+        )  # fmt: skip
+        tasks = {
+            a.name: progress.add_task(a.name, total=study.steps, completed=resumed[a.name], info="")
+            for a in mine
+        }
 
         def on_message(message) -> None:
             kind, name, *rest = message
             if kind == "step":
                 step, total, loss = rest
+                clock.on_step(name, step)
                 progress.update(tasks[name], completed=step, info=f"loss {loss:.3f}")
                 _log_tenth(name, step, total, loss)
             elif kind == "milestone":
                 tokens, metrics = rest
+                clock.on_milestone(name, tokens // study.tokens_per_step)
+                progress.update(overall, completed=clock.completed, info=clock.describe())
                 shown = "  ".join(
                     f"{k} {v:.3f}" for k, v in sorted(metrics.items()) if not k.startswith("spectrum/")
                 )
                 progress.console.print(f"[dim]{name} @ {tokens:,} tokens:[/] {shown}")
-            elif kind == "failed":
-                progress.console.print(f"[red]{name} failed:[/] {rest[0]}")
-            elif kind == "done":
+                if not console.is_terminal:
+                    console.print(f"study: {clock.completed}/{clock.total} milestones, {clock.describe()}")
+            elif kind in ("failed", "done"):
+                if kind == "failed":
+                    progress.console.print(f"[red]{name} failed:[/] {rest[0]}")
+                clock.on_done(name)
                 progress.update(tasks[name], completed=study.steps)
+                progress.update(overall, completed=clock.completed, info=clock.describe())
+                # The page shows what is finished so far; at most every 30 s, as it takes about a second.
+                if main_process and time.monotonic() - refreshed[0] > HTML_REFRESH_SECONDS:
+                    from learnforget.report_html import write_study_html
+
+                    write_study_html(study_dir, store, study)
+                    refreshed[0] = time.monotonic()
 
         results = study_mod.run_arms(study, study_dir, base_path, mine, on_message)
     if not main_process:
@@ -209,10 +258,9 @@ def _run_study(study, study_dir: Path, shard: str | None) -> list[tuple[str, str
         if result.get("failed") or result.get("by_other") == "failed":
             stored = store.arm(result["arm"]) or {}
             failures.append((result["arm"], result.get("failed") or stored.get("error") or "failed"))
-    write_report(study_dir, store, study, out_console)
-    console.print(
-        f"Done in {time.time() - started:.0f} s. Results: {study_dir}/summary.md, {study_dir}/learning_forgetting.png"
-    )
+    html = write_report(study_dir, store, study, out_console)
+    console.print(f"Done in {time.time() - started:.0f} s. Results: {study_dir}/summary.md")
+    console.print(f"Open the report: {html.resolve().as_uri()}", highlight=False, soft_wrap=True)
     return failures
 
 
@@ -241,10 +289,14 @@ def report(study_dir: Annotated[Path, typer.Argument(help="Study directory.")]) 
         for key in settings:
             store = open_store(study_dir / key)
             write_report(study_dir / key, store, StudyConfig.model_validate(store.info("config")))
+        from learnforget.report_html import write_suite_html
+
         out_console.print(f"wrote {write_suite_summary(study_dir, settings)}")
+        out_console.print(f"wrote {write_suite_html(study_dir, settings)}")
         return
     store = open_store(study_dir)
-    write_report(study_dir, store, StudyConfig.model_validate(store.info("config")), out_console)
+    html = write_report(study_dir, store, StudyConfig.model_validate(store.info("config")), out_console)
+    out_console.print(f"wrote {html}")
 
 
 @app.command("ls")
@@ -285,9 +337,35 @@ def compare(
 
 
 @app.command()
+def export(
+    study_dir: Annotated[Path, typer.Argument(help="Study or suite directory.")],
+    format_: Annotated[str, typer.Option("--format", help="csv | parquet | jsonl.")] = "csv",
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: DIR/export).")] = None,
+) -> None:
+    """Write the metric rows, the arms and the per-step training curves as tables in long format
+    (metrics, arms, steps), for pandas, polars, R or a spreadsheet; a suite's carry a `setting` column."""
+    from learnforget.export import export as export_tables
+    from learnforget.store import open_store
+
+    settings = _suite_settings(study_dir)
+    if not settings:
+        open_store(study_dir)  # a one-line error when DIR holds no study
+    for path in export_tables(study_dir, format_, out, settings):
+        out_console.print(f"wrote {path}")
+
+
+@app.command()
 def evaluate(
     model: Annotated[str, typer.Argument(help="HF model directory or hub id.")],
-    suite: Annotated[str, typer.Option(help="code | math | source | paper.")] = "source",
+    suite: Annotated[
+        str | None, typer.Option(help="code | math | source | paper (default: source, unless --tasks).")
+    ] = None,
+    tasks: Annotated[
+        str | None, typer.Option(help="lm-eval tasks by name, comma-separated: hellaswag,arc_easy,my_task.")
+    ] = None,
+    num_fewshot: Annotated[
+        int | None, typer.Option(help="Few-shot examples for --tasks (default: each task's).")
+    ] = None,
     adapter: Annotated[str | None, typer.Option(help="peft LoRA adapter directory applied to MODEL.")] = None,
     limit: Annotated[int, typer.Option(help="Problems / items per metric.")] = 64,
     problems: Annotated[
@@ -295,24 +373,39 @@ def evaluate(
     ] = "builtin",
     include_path: Annotated[str | None, typer.Option(help="Folder of extra lm-eval task YAMLs.")] = None,
     harness_limit: Annotated[
-        int | None, typer.Option(help="Examples per lm-eval task (paper suite).")
+        int | None, typer.Option(help="Examples per lm-eval task (--tasks and the paper suite).")
     ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the metrics here.")] = None,
     precision: Annotated[
         str, typer.Option(help="fp32 | bf16-mixed | bf16 | fp16-mixed (as a study's `precision`).")
     ] = "fp32",
 ) -> None:
-    """Evaluate one checkpoint on one suite, outside any study."""
+    """Evaluate one checkpoint on one suite and/or any lm-eval tasks (--tasks), outside any study."""
     from rich.table import Table
 
-    from learnforget.evaluate.standalone import evaluate_checkpoint
+    from learnforget.evaluate.standalone import evaluate_checkpoint, evaluate_tasks
 
     if precision not in ("fp32", "bf16-mixed", "bf16", "fp16-mixed"):
         raise UserError(f"--precision {precision!r}: choose fp32, bf16-mixed, bf16 or fp16-mixed")
-    metrics = evaluate_checkpoint(
-        model, suite, adapter, limit, problems, include_path, harness_limit, precision
-    )
-    table = Table(title=f"{model}{' + ' + adapter if adapter else ''}: {suite}")
+    task_names = [t.strip() for t in (tasks or "").split(",") if t.strip()]
+    if tasks is not None and not task_names:
+        raise UserError(
+            "--tasks is empty: name lm-eval tasks, comma-separated (e.g. --tasks hellaswag,arc_easy)"
+        )
+    metrics: dict[str, float] = {}
+    if suite is not None or not task_names:
+        suite = suite or "source"
+        metrics.update(
+            evaluate_checkpoint(
+                model, suite, adapter, limit, problems, include_path, harness_limit, precision
+            )
+        )
+    if task_names:
+        metrics.update(
+            evaluate_tasks(model, task_names, adapter, include_path, harness_limit, precision, num_fewshot)
+        )
+    what = ", ".join(([suite] if suite else []) + task_names)
+    table = Table(title=f"{model}{' + ' + adapter if adapter else ''}: {what}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in sorted(metrics.items()):

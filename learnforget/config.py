@@ -392,6 +392,10 @@ class StudyConfig(Strict):
     """Torch threads per worker (fixed so that numbers are reproducible)."""
     seed: int = Field(0, ge=0, lt=2**63)
     """Seed of data sampling and order."""
+    log_with: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = []
+    """Experiment trackers (Accelerate's `log_with`) that receive every arm's per-step loss, learning rate
+    and gradient norm and its milestone metrics: one run per arm, the study's config as hyperparameters.
+    Local trackers write under `<study dir>/tracking`. Install with `pip install 'learnforget[trackers]'`."""
 
     @model_validator(mode="after")
     def _check(self) -> StudyConfig:

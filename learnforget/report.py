@@ -1,4 +1,5 @@
-"""Report: the study's numbers as tables (console and summary.md) and the learning–forgetting plot."""
+"""Report: the study's numbers as tables (console and summary.md), static plots (report_plots.py) and the
+interactive report.html (report_html.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,15 @@ from rich.table import Table
 
 from learnforget.config import StudyConfig
 from learnforget.evaluate.suites import forgetting_metric, learning_metric
+from learnforget.report_plots import (  # noqa: F401 (re-exported: the report's plots)
+    PLOT_NAME,
+    SPECTRUM_PLOT_NAME,
+    TRAINING_PLOT_NAME,
+    plot_learning_forgetting,
+    plot_spectrum_over_training,
+    plot_training_curves,
+)
 from learnforget.store import Store
-
-PLOT_NAME = "learning_forgetting.png"
-SPECTRUM_PLOT_NAME = "spectrum_over_training.png"
 
 
 def metric_curves(store: Store) -> dict[str, dict[int, dict[str, float]]]:
@@ -139,6 +145,8 @@ def write_summary(study_dir: Path, store: Store, study: StudyConfig) -> Path:
         if (study_dir / SPECTRUM_PLOT_NAME).exists()
         else "",
         "",
+        f"![training loss]({TRAINING_PLOT_NAME})" if (study_dir / TRAINING_PLOT_NAME).exists() else "",
+        "",
         "## Milestones",
     ]
     for arm in store.arms():
@@ -159,70 +167,19 @@ def write_summary(study_dir: Path, store: Store, study: StudyConfig) -> Path:
     return path
 
 
-def plot_learning_forgetting(study_dir: Path, store: Store, study: StudyConfig) -> Path:
-    """x = forgetting metric, y = learning metric; a line per arm from the base through its milestones."""
-    from learnforget.plotting import new_axes, save
+def write_report(study_dir: Path, store: Store, study: StudyConfig, console: Console | None = None) -> Path:
+    """summary.md, the static plots, report.html (returned), and the final table on the console."""
+    from learnforget.report_html import write_study_html
 
-    learn, learn_up = learning_metric(study)
-    forget, forget_up = forgetting_metric(study)
-    curves = metric_curves(store)
-    base = final_metrics(curves.get("base", {}))
-    fig, ax = new_axes((7.5, 5.5))
-    for arm in store.arms():
-        if arm["name"] == "base":
-            continue
-        curve = curves.get(arm["name"], {})
-        points = [base] if base else []
-        points += [curve[t] for t in sorted(curve)]
-        xs = [p[forget] for p in points if forget in p and learn in p]
-        ys = [p[learn] for p in points if forget in p and learn in p]
-        if xs:
-            style = "-" if arm["method"] == "full" else "--"
-            ax.plot(xs, ys, style, marker="o", markersize=3, label=arm["name"])
-    if learn in base and forget in base:
-        ax.plot([base[forget]], [base[learn]], "k*", markersize=14, label="base", zorder=5)
-    # Axes are oriented so that up = learns more and right = forgets more, whatever each metric's direction.
-    ax.set_xlabel(f"{forget}  (→ more forgetting)")
-    ax.set_ylabel(f"{learn}  (↑ more learning)")
-    if not learn_up:
-        ax.invert_yaxis()
-    if forget_up:
-        ax.invert_xaxis()
-    return save(fig, ax, f"{study.name}: learning vs forgetting along training", study_dir / PLOT_NAME)
-
-
-def plot_spectrum_over_training(study_dir: Path, store: Store) -> Path | None:
-    """Median rank for 90% of ΔW's variance (fraction of min(m, n)) per arm along training, vs random."""
-    curves = metric_curves(store)
-    metric = "spectrum/rank_delta_fraction"
-    arms = [a for a in store.arms() if any(metric in v for v in curves.get(a["name"], {}).values())]
-    if not arms:
-        return None
-    from learnforget.plotting import new_axes, save
-
-    fig, ax = new_axes((7, 4.5))
-    random_level = None
-    for arm in arms:
-        curve = curves[arm["name"]]
-        tokens = [t for t in sorted(curve) if metric in curve[t]]
-        ax.plot(tokens, [curve[t][metric] for t in tokens], "-" if arm["method"] == "full" else "--", marker="o",
-                markersize=3, label=arm["name"])  # fmt: skip
-        random_level = curve[tokens[-1]].get("spectrum/rank_random_fraction", random_level)
-    if random_level is not None:
-        ax.axhline(random_level, color="grey", linestyle=":", label="Gaussian random matrix")
-    ax.set_xlabel("training tokens")
-    ax.set_ylabel("rank for 90% of ΔW variance / min(m, n)\n(median over linear layers)")
-    ax.set_yscale("log")
-    return save(fig, ax, "ΔW spectrum along training", study_dir / SPECTRUM_PLOT_NAME)
-
-
-def write_report(study_dir: Path, store: Store, study: StudyConfig, console: Console | None = None) -> None:
-    """summary.md, the plot, and the final table on the console."""
-    plot_learning_forgetting(study_dir, store, study)
+    if store.metric_rows():
+        plot_learning_forgetting(study_dir, store, study)
     plot_spectrum_over_training(study_dir, store)
+    plot_training_curves(study_dir, store)
     write_summary(study_dir, store, study)
+    html = write_study_html(study_dir, store, study)
     if console is not None:
         console.print(console_table(arm_rows(store, study), f"{study.name}: final milestone"))
+    return html
 
 
 def write_suite_summary(suite_dir: Path, settings: list[str]) -> Path:

@@ -26,6 +26,8 @@ Schema of every part and of the snapshot (query it with any SQLite client, e.g. 
              relative_delta, intruders, PRIMARY KEY (arm, tokens, name))   -- ΔW spectra
     files(path, sha256, size, written)                 -- checksums of checkpoints and artifacts
     starts(arm, arm_id, host, pid, started)            -- one row each time a process starts training an arm
+    steps(arm, step, loss, learning_rate, grad_norm,   -- one row per arm x optimizer step (training curves)
+          PRIMARY KEY (arm, step))
 
 Metric names are '<domain>/<measure>', e.g. 'code/loss', 'english/loss', 'english/mc_acc_norm'.
 Every write is one transaction, so a killed process never leaves half a milestone. Clocks of
@@ -67,6 +69,8 @@ CREATE TABLE IF NOT EXISTS files (
     path TEXT, sha256 TEXT, size INTEGER, written REAL, PRIMARY KEY (path, sha256));
 CREATE TABLE IF NOT EXISTS starts (
     arm TEXT, arm_id TEXT, host TEXT, pid INTEGER, started REAL, PRIMARY KEY (arm, host, pid, started));
+CREATE TABLE IF NOT EXISTS steps (
+    arm TEXT, step INTEGER, loss REAL, learning_rate REAL, grad_norm REAL, PRIMARY KEY (arm, step));
 """
 
 ARM_COLUMNS = (
@@ -82,7 +86,7 @@ ADDED_ARM_COLUMNS = {"arm_id": "TEXT", "registered": "REAL", "updated": "REAL"}
 # The snapshot is refreshed at most this often by one process (and whenever `refresh_snapshot` is called).
 SNAPSHOT_SECONDS = 1.0
 _last_snapshot: dict[str, float] = {}
-ROW_TABLES = ("study", "metrics", "matrices", "files", "starts")
+ROW_TABLES = ("study", "metrics", "matrices", "files", "starts", "steps")
 
 
 def store_error(path: Path, error: Exception) -> UserError:
@@ -281,6 +285,17 @@ class Store:
 
     def matrices(self) -> list[dict]:
         return self._read("SELECT * FROM matrices ORDER BY arm, tokens, name")
+
+    def add_steps(self, arm: str, rows: list[dict]) -> None:
+        """Training-curve rows ({step, loss, learning_rate, grad_norm}) in one transaction: callers batch
+        them (a milestone's worth), so logging every step costs one write per milestone."""
+        values = [(arm, r["step"], r["loss"], r.get("learning_rate"), r.get("grad_norm")) for r in rows]
+        self._write("INSERT OR REPLACE INTO steps VALUES (?, ?, ?, ?, ?)", values)
+
+    def steps(self, arm: str | None = None) -> list[dict]:
+        if arm is None:
+            return self._read("SELECT * FROM steps ORDER BY arm, step")
+        return self._read("SELECT * FROM steps WHERE arm = ? ORDER BY step", (arm,))
 
     def metric_rows(self) -> list[dict]:
         """Every metric joined with its arm's settings (the base model appears as method 'base')."""

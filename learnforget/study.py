@@ -242,6 +242,12 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
         trained, optimizer = accelerator.prepare(model, optimizer)
     base_weights = None
     trained_tokens_count, train_seconds = 0, 0.0
+    from learnforget.tracking import StepLog, hyperparameters
+
+    step_log = StepLog(
+        store, arm.name, study.log_with if main else [], study_dir,
+        hyperparameters(json.loads(study_json), json.loads(arm_json)), study.name,
+    )  # fmt: skip
     try:
         for milestone in study.milestone_steps():
             if milestone <= step:
@@ -251,7 +257,7 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
                 trained, optimizer, scheduler, data["train"]["input_ids"], study.batch_size, step, milestone,
                 labels=data["train"].get("labels"), on_step=lambda s, loss: tell("step", arm.name, s + 1, steps, loss),
                 accelerator=accelerator, micro_batch_size=study.micro_batch_size, precision=study.precision,
-                scaler=scaler,
+                scaler=scaler, on_record=step_log.record,
             )  # fmt: skip
             train_seconds += time.perf_counter() - started
             trained_tokens_count += tokens_at(milestone) - tokens_at(step)
@@ -264,6 +270,7 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
                     weights = merged_weights(model, gathered and gathered["model"])
                     metrics.update(record_spectra(store, arm.name, tokens_at(step), base_weights, weights))
                 store.add_metrics(arm.name, step, tokens_at(step), metrics)
+                step_log.milestone(step, metrics)
                 atomic_save(
                     checkpoint_state(model, optimizer, scheduler, step, scaler, gathered), checkpoint_path,
                     recorder(store, study_dir, checkpoint_path),
@@ -272,9 +279,12 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
             distributed.wait_for_everyone()
     except FloatingPointError as e:
         if main:
+            step_log.milestone(step, {})  # the steps up to the divergence show where it happened
             store.update_arm(arm.name, status="failed", error=str(e))
         tell("failed", arm.name, str(e))
         return {"arm": arm.name, "failed": str(e)}
+    finally:
+        step_log.close()
     final_weights = sharding.full_state_dict(model) if sharded else None
     if not main:
         return {"arm": arm.name}
@@ -549,8 +559,9 @@ def check_same_study(store: Store, study: StudyConfig, arms: list[Arm] | None = 
             saved_ids = {a.id for a in expand_arms(saved_study)}
         except Exception:  # noqa: BLE001 (a stored config that no longer validates differs anyway)
             saved_study, saved_ids = None, None
-        # Workers change how fast, not what (threads do change reduction order: they must match).
-        ignore = {"workers"} | (
+        # Workers change how fast, not what (threads do change reduction order: they must match);
+        # trackers change who watches.
+        ignore = {"workers", "log_with"} | (
             {"arms"} if saved_ids is not None and saved_ids <= {a.id for a in arms} else set()
         )
         old = {k: v for k, v in _flatten(saved).items() if k.split(".")[0] not in ignore}

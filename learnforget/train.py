@@ -76,6 +76,7 @@ def train_steps(
     micro_batch_size: int | None = None,
     precision: str = "fp32",
     scaler: torch.amp.GradScaler | None = None,
+    on_record: Callable[[dict], None] | None = None,
 ) -> float:
     """Run optimizer steps [start_step, end_step) on rows[step*bs:(step+1)*bs]; return the last loss.
 
@@ -85,6 +86,7 @@ def train_steps(
     gradients are averaged across processes; the reported loss is the mean over processes.
     `micro_batch_size` splits each process's batch into forward/backward passes of that many rows.
     `precision` sets the forward pass's autocast (see precision.py); `scaler` scales fp16 losses.
+    `on_record` receives {step, loss, learning_rate, grad_norm} after each step (grad_norm before clipping).
     """
     from learnforget.evaluate.device import model_device
     from learnforget.precision import autocast
@@ -114,9 +116,10 @@ def train_steps(
         if scaler is not None:
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         if accelerator is None:
-            torch.nn.utils.clip_grad_norm_(trainable, GRAD_CLIP)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, GRAD_CLIP)
         else:
-            accelerator.clip_grad_norm_(trainable, GRAD_CLIP)
+            grad_norm = accelerator.clip_grad_norm_(trainable, GRAD_CLIP)
+        learning_rate = optimizer.param_groups[0]["lr"]  # the rate this step uses (before scheduler.step)
         if scaler is not None:
             scaler.step(optimizer)  # skips the step when fp16 gradients overflowed
             scaler.update()
@@ -129,6 +132,11 @@ def train_steps(
             raise FloatingPointError(f"loss became {loss_value} at step {step}")
         if on_step is not None:
             on_step(step, loss_value)
+        if on_record is not None:
+            if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor; its full value is the global norm
+                grad_norm = grad_norm.full_tensor()
+            norm = float(grad_norm) if grad_norm is not None else None
+            on_record({"step": step, "loss": loss_value, "learning_rate": learning_rate, "grad_norm": norm})
     return loss_value
 
 

@@ -261,3 +261,27 @@ def test_paper_forgetting_score_averages_the_three_benchmarks():
     del metrics["winogrande/acc"]
     with pytest.raises(UserError, match="needs winogrande/acc"):
         paper_forgetting_score(metrics)
+
+
+def test_evaluate_command_runs_lm_eval_tasks_by_name(tiny_model_and_tokenizer, task_dir, tmp_path):
+    """`learnforget evaluate MODEL --tasks T --include-path P` gives the harness's own numbers."""
+    import sys
+
+    from learnforget.cli import main
+
+    model, tokenizer = tiny_model_and_tokenizer
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    expected = run_harness(
+        model, tokenizer, ["tiny_mc"], include_path=str(task_dir), include_builtin_tasks=False
+    )
+    argv, sys.argv = sys.argv, ["learnforget", "evaluate", str(tmp_path / "model"), "--tasks", "tiny_mc",
+                                "--include-path", str(task_dir), "--json", str(tmp_path / "m.json")]  # fmt: skip
+    try:
+        main()
+    except SystemExit as e:
+        assert not e.code
+    finally:
+        sys.argv = argv
+    got = json.loads((tmp_path / "m.json").read_text())
+    assert got == pytest.approx(expected) and set(got) == {"tiny_mc/acc", "tiny_mc/acc_norm"}

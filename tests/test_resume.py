@@ -192,6 +192,11 @@ def test_killed_and_resumed_study_matches_uninterrupted_run(study_env, uninterru
     assert table(resumed, metrics_sql) == expected  # exact float equality
     matrices_sql = "SELECT * FROM matrices"
     assert table(resumed, matrices_sql) == table(reference, matrices_sql)
+    # Training curves: the steps retrained after the last checkpoint replace the killed run's, exactly.
+    steps_sql = "SELECT arm, step, loss, learning_rate, grad_norm FROM steps ORDER BY arm, step"
+    steps = table(reference, steps_sql)
+    assert [row[:2] for row in steps if row[0] == FULL] == [(FULL, s) for s in range(1, len(steps) // 2 + 1)]
+    assert table(resumed, steps_sql) == steps
     statuses = table(resumed, "SELECT name, status FROM arms")
     assert statuses == [("base", "done"), (FULL, "done"), (LORA, "done")]
     for weights in (f"arms/{FULL}/model", f"arms/{LORA}/adapter"):

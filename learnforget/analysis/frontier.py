@@ -25,10 +25,10 @@ from statistics import mean
 from learnforget.errors import UserError
 
 Axis = tuple[str, bool]
+MAX_LABELS = 10  # direct labels on the frontier plot
 SETTINGS = (
     "method", "rank", "alpha", "target_modules", "learning_rate", "weight_decay", "dropout", "train_embeddings",
 )  # fmt: skip
-METHOD_COLORS = {"full": "tab:blue", "lora": "tab:orange"}
 
 
 def configuration_name(arm: str) -> str:
@@ -294,42 +294,53 @@ def lr_sensitivity(pts: list[dict], learning: Axis, by: tuple[str, ...] | None =
 def frontier_plot(
     pts: list[dict], frontier: list[dict], learning: Axis, forgetting: Axis, path: str | Path
 ) -> Path:
-    """PNG: every point coloured by method, the frontier as a line, the base as a star.
+    """PNG: every point coloured by family (shade = rank or learning rate), the frontier as a line with
+    direct labels (at most MAX_LABELS, evenly spread along it, so they stay legible), the base as a star.
 
     Axes are oriented so that up = learns more and right = forgets more, whatever the metrics' directions.
     """
-    from learnforget.plotting import new_axes, save
+    from matplotlib.lines import Line2D
+
+    from learnforget.plotting import colors, family, new_axes, save
 
     fig, ax = new_axes((7.5, 5.5))
-    for method in sorted({p["method"] for p in pts} - {"base"}):
-        group = [p for p in pts if p["method"] == method]
+    arms = [p for p in pts if p["method"] != "base"]
+    palette = colors(arms)
+    handles = []
+    for name in sorted({family(p) for p in arms}, key=lambda f: (not f.startswith("full"), f)):
+        group = [p for p in arms if family(p) == name]
+        shades = [palette[p["configuration"]] for p in group]
         ax.scatter(
-            [p["forgetting"] for p in group], [p["learning"] for p in group], s=18, alpha=0.6,
-            color=METHOD_COLORS.get(method, "grey"), label=method,
-        )  # fmt: skip
-    if frontier:
-        ax.plot(
-            [p["forgetting"] for p in frontier],
-            [p["learning"] for p in frontier],
-            "k-",
-            lw=1.2,
-            label="Pareto frontier",
+            [p["forgetting"] for p in group], [p["learning"] for p in group], s=16, alpha=0.75, color=shades
         )
-        for p in frontier:
-            if p["method"] != "base":
-                ax.annotate(
-                    f"{p['arm']}@{p['milestone']:,}", (p["forgetting"], p["learning"]), fontsize=6, alpha=0.8
-                )
+        darkest = min(shades, key=lambda c: sum(int(c[i : i + 2], 16) for i in (1, 3, 5)))
+        handles.append(Line2D([], [], marker="o", linestyle="", color=darkest, label=name))
+    if frontier:
+        (line,) = ax.plot(
+            [p["forgetting"] for p in frontier], [p["learning"] for p in frontier], "k-", lw=1.2
+        )
+        handles.append(line)
+        line.set_label("Pareto frontier")
+        labelled = [p for p in frontier if p["method"] != "base"]
+        every = max(1, math.ceil(len(labelled) / MAX_LABELS))
+        for p in labelled[::every]:
+            ax.annotate(
+                f"{p['arm']}@{p['milestone']:,}", (p["forgetting"], p["learning"]), fontsize=6, alpha=0.85,
+                xytext=(4, -8), textcoords="offset points",
+            )  # fmt: skip
     base = [p for p in pts if p["method"] == "base"]
     if base:
-        ax.plot([base[0]["forgetting"]], [base[0]["learning"]], "k*", markersize=14, label="base", zorder=5)
+        (star,) = ax.plot([base[0]["forgetting"]], [base[0]["learning"]], "k*", markersize=14, zorder=5)
+        star.set_label("base")
+        handles.append(star)
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_xlabel(f"{forgetting[0]}  (right = forgets more)")
     ax.set_ylabel(f"{learning[0]}  (up = learns more)")
     if not learning[1]:
         ax.invert_yaxis()
     if forgetting[1]:
         ax.invert_xaxis()
-    return save(fig, ax, "Learning–forgetting trade-off", path)
+    return save(fig, ax, "Learning–forgetting trade-off", path, legend=False)
 
 
 def _cell(value, digits: int = 4) -> str:

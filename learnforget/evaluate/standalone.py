@@ -7,10 +7,12 @@ for the same model are the same number:
 - source: held-out English loss and the HellaSwag-style multiple choice (forgetting);
 - paper:  the paper's benchmarks through lm-evaluation-harness (HellaSwag, ARC-Challenge,
           WinoGrande → harness/paper_forgetting; GSM8K) plus HumanEval pass@1 in the sandbox.
+`evaluate_tasks` runs any lm-eval tasks by name instead (`--tasks`), built-in or from `--include-path`.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -99,3 +101,37 @@ def evaluate_checkpoint(
     torch.manual_seed(0)
     with autocast(precision, model_device(model)):
         return evaluate_suites(model, tokenizer, study, sets)
+
+
+def local_task_names(include_path: str) -> set[str]:
+    """Task names defined by the YAML files under an lm-eval include path (`task: NAME` lines)."""
+    names = set()
+    for path in Path(include_path).rglob("*.y*ml"):
+        names.update(re.findall(r"^task:\s*['\"]?([\w.-]+)", path.read_text(errors="replace"), flags=re.M))
+    return names
+
+
+def evaluate_tasks(
+    model_path: str,
+    tasks: list[str],
+    adapter: str | None = None,
+    include_path: str | None = None,
+    limit: int | None = None,
+    precision: str = "fp32",
+    num_fewshot: int | None = None,
+) -> dict[str, float]:
+    """lm-eval tasks by name ({"task/metric": value}) for one checkpoint. lm-eval's ~15k built-in tasks are
+    indexed only when some task is not defined under `include_path` (indexing takes ~10 s)."""
+    from learnforget.evaluate.device import model_device
+    from learnforget.evaluate.harness import run_harness
+    from learnforget.precision import autocast
+
+    if include_path is not None and not Path(include_path).is_dir():
+        raise UserError(f"--include-path {include_path}: not a directory of lm-eval task YAMLs")
+    builtin = include_path is None or not set(tasks) <= local_task_names(include_path)
+    model, tokenizer = load_checkpoint(model_path, adapter, precision)
+    with autocast(precision, model_device(model)):
+        return run_harness(
+            model, tokenizer, tasks, num_fewshot=num_fewshot, limit=limit, include_path=include_path,
+            include_builtin_tasks=builtin,
+        )  # fmt: skip

@@ -17,12 +17,11 @@ import os
 import sys
 import time
 from collections.abc import Iterable
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
-
-PROGRESS_TOKENS = 50_000_000  # a progress line at least every this many tokens (or every 10%)
 
 
 def token_dtype(vocab_size: int) -> str:
@@ -43,24 +42,53 @@ def shard_key(source: dict, tokenizer, seq_len: int, n_rows: int, seed: int) -> 
     return hashlib.sha256(spec.encode()).hexdigest()[:20]
 
 
-def write_token_file(pieces: Iterable[list[int]], n_tokens: int, dtype: str, path: Path) -> Path:
+def write_token_file(pieces: Iterable, n_tokens: int, dtype: str, path: Path) -> Path:
     """Write a packed stream of ``n_tokens`` tokens to ``path`` (a temporary file, then renamed: never half
-    a file), reporting progress and tokens/s on stderr."""
+    a file), showing progress and tokens/s on stderr."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     out = np.memmap(tmp, dtype=dtype, mode="w+", shape=(n_tokens,))
-    done, started, reported = 0, time.perf_counter(), 0
-    for piece in pieces:
-        out[done : done + len(piece)] = piece
-        done += len(piece)
-        if done - reported >= max(PROGRESS_TOKENS, n_tokens // 10) or done == n_tokens:
-            reported, seconds = done, time.perf_counter() - started
-            print(f"tokenizing: {done:,}/{n_tokens:,} tokens, {done / max(seconds, 1e-9):,.0f} tokens/s",
-                  file=sys.stderr, flush=True)  # fmt: skip
+    done = 0
+    with token_progress(n_tokens) as advance:
+        for piece in pieces:
+            out[done : done + len(piece)] = piece
+            done += len(piece)
+            advance(done)
     out.flush()
     del out
     os.replace(tmp, path)
     return path
+
+
+@contextmanager
+def token_progress(n_tokens: int):
+    """``advance(done)``: a rich progress bar with tokens/s on a terminal, else a log line every ~10%."""
+    started = time.perf_counter()
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = (TextColumn("tokenizing"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+                   TextColumn("{task.fields[rate]} tokens/s"), TimeRemainingColumn())  # fmt: skip
+        with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+            task = progress.add_task("tokenizing", total=n_tokens, rate="–")
+
+            def advance(done: int) -> None:
+                rate = f"{done / max(time.perf_counter() - started, 1e-9):,.0f}"
+                progress.update(task, completed=done, rate=rate)
+
+            yield advance
+        return
+    step, next_report = max(1, n_tokens // 10), [max(1, n_tokens // 10)]
+
+    def advance(done: int) -> None:
+        if done >= next_report[0] or done == n_tokens:
+            next_report[0] = (done // step + 1) * step
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            print(f"tokenizing: {done:,}/{n_tokens:,} tokens ({100 * done // n_tokens}%), {rate:,.0f} tokens/s",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+    yield advance
 
 
 class TokenRows:

@@ -184,7 +184,7 @@ def size(n_bytes: float) -> str:
 
 def token_file_plan(study: StudyConfig, vocab_size: int | None) -> str:
     """The CPT token file: size on disk (2 or 4 bytes a token), free space there, and why it is not
-    resident (a memory map; a step reads its own rows)."""
+    resident (a step reads its own rows from it)."""
     import shutil
 
     from learnforget.data.parallel import tokenize_workers
@@ -212,6 +212,6 @@ def token_file_plan(study: StudyConfig, vocab_size: int | None) -> str:
     return (
         f"Token file: {tokens:,} tokens × {width}{on_disk} on disk in {where}/ ({size(free)} free there"
         f"{room}), tokenized once ({how} on this machine) and shared by every arm and process. Memory: the file is "
-        f"memory-mapped, not loaded: a step reads its {study.batch_size} rows ({size(step)} as int64), so "
+        f"not loaded: a step reads its {study.batch_size} rows ({size(step)} as int64), so "
         "resident memory does not grow with the corpus."
     )

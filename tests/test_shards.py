@@ -127,10 +127,7 @@ def test_dry_run_data_plan_gives_token_file_size_and_memory(tmp_path, monkeypatc
     ((_, cpt),) = load_studies("paper/code-cpt", [])
     plan = data_plan(cpt, 32_000)
     assert "19,999,752,192 tokens × 2 bytes (uint16: vocabulary 32,000) = 37.3 GB on disk in " in plan
-    assert (
-        f"{tmp_path}/tokens/" in plan
-        and "memory-mapped, not loaded: a step reads its 192 rows (6.0 MB" in plan
-    )
+    assert f"{tmp_path}/tokens/" in plan and "not loaded: a step reads its 192 rows (6.0 MB" in plan
     assert "× 4 bytes (uint32: vocabulary 128,256) = 74.5 GB" in data_plan(cpt, 128_256)
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(100 * 2**30, 90 * 2**30, 10 * 2**30))

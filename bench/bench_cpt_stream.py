@@ -2,6 +2,7 @@
 peak resident memory per process, and tokenizing speed against the alternatives.
 
     python bench/bench_cpt_stream.py memory 50000000 200000000   # one process per size: RSS stays flat
+    BENCH_WORKERS=2 python bench/bench_cpt_stream.py memory 50000000   # with a pool of 2 processes
     python bench/bench_cpt_stream.py speed 5000000                # tokens/s: 1 process, Rust threads,
                                                                   # a pool, and a plain datasets.map
 
@@ -70,11 +71,11 @@ def memory(n_tokens: int) -> None:
 
     tokenizer = bench_tokenizer()
     n_rows = n_tokens // SEQ_LEN
-    workers = tokenize_workers(n_rows * SEQ_LEN)
+    workers = int(os.environ.get("BENCH_WORKERS", 0)) or tokenize_workers(n_rows * SEQ_LEN)
     before, _ = peak_mb()
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         path = Path(tmp) / "tokens.bin"
-        with tokenizer_threads():  # as a study packs
+        with tokenizer_threads():  # as a study packs (a pool's workers turn the threads off)
             rate = pack_to_file(tokenizer, n_rows * SEQ_LEN, workers, path)
         after_packing, worker_peak = peak_mb()
         rows = TokenRows(str(path), n_rows, SEQ_LEN, "uint16", 0)
@@ -92,11 +93,11 @@ def memory(n_tokens: int) -> None:
             losses.append(loss.item())
         size_mb = path.stat().st_size / 2**20
     own, _ = peak_mb()
+    pool = f", largest tokenizing worker {worker_peak:,.0f} MB" if workers > 1 else ""
     print(
         f"{n_rows * SEQ_LEN:>12,} tokens, {workers} tokenizing process(es), {rate:,.0f} tokens/s, file "
         f"{size_mb:,.0f} MB; peak RSS: main {own:,.0f} MB (before packing {before:,.0f}, after packing "
-        f"{after_packing:,.0f}), largest worker {worker_peak:,.0f} MB; {STEPS} steps, loss "
-        f"{losses[0]:.2f} -> {losses[-1]:.2f}",
+        f"{after_packing:,.0f}){pool}; {STEPS} steps, loss {losses[0]:.2f} -> {losses[-1]:.2f}",
         flush=True,
     )
 
@@ -141,10 +142,14 @@ def speed(n_tokens: int) -> None:
         threads = pack_to_file(tokenizer, n_tokens, 1, Path(tmp) / "c.bin")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     baseline = datasets_map_rate(tokenizer, n_tokens)
-    print(f"{n_tokens:,} tokens, {cores} cores: 1 process {single:,.0f} tokens/s; tokenizer threads "
-          f"{threads:,.0f} ({threads / single:.2f}x); {cores} processes {pool:,.0f} ({pool / single:.2f}x, "
-          f"same file: {same}); plain datasets.map (1 process, no file) {baseline:,.0f} tokens/s; "
-          f"token file with {cores} processes / datasets.map = {pool / baseline:.2f}x", flush=True)  # fmt: skip
+    print(
+        f"{n_tokens:,} tokens, {cores} cores, token file written: 1 process {single:,.0f} tokens/s; "
+        f"tokenizer threads {threads:,.0f} ({threads / single:.2f}x); {cores} processes {pool:,.0f} "
+        f"({pool / single:.2f}x, same file: {same}). Plain datasets.map (1 process, Arrow cache): "
+        f"{baseline:,.0f} tokens/s; token file / datasets.map: {single / baseline:.2f}x (1 process), "
+        f"{threads / baseline:.2f}x (threads), {pool / baseline:.2f}x ({cores} processes)",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

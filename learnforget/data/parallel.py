@@ -4,8 +4,10 @@ Two ways: the fast tokenizer's own (Rust) threads, which the CLI turns off elsew
 (TOKENIZERS_PARALLELISM=false) and packing turns back on; or a pool of processes, each tokenizing batches
 of texts and returning a batch as one array (its texts' ids, each followed by EOS), read back in order.
 The threads leave the ids' conversion to Python lists on one core; processes spread that too but pay for
-the texts' and ids' transfer. On 2 busy cores the threads were faster (bench/bench_cpt_stream.py speed:
-1.14x one process, vs 0.91x for 2 processes), so the pool is used from POOL_MIN_CORES cores up.
+the texts' and ids' transfer. On this project's 2 shared, fully loaded cores neither gained reliably
+(bench/bench_cpt_stream.py speed, two runs: threads 1.14x and 0.86x one process, 2 processes 0.91x and
+0.78x), so below POOL_MIN_CORES cores one process packs with the threads on (free when cores are idle);
+the pool is for many-core machines, where one core would cap the threads (not measured here).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Peak memory of packing CPT tokens: streamed into a memory-mapped token file (shards.py, as user data
+"""Peak memory of packing CPT tokens: streamed into a token file (shards.py, as user data
 is) vs in memory (`pack_documents` over a document list, what data.pt used to hold), on a synthetic
 corpus, one process per measurement.
 

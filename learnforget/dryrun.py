@@ -129,12 +129,13 @@ def print_dry_run(
             f"{gb['activations']:.2f}", f"{gb['total']:.2f}",
         )  # fmt: skip
     console.print(table)
-    console.print(data_plan(study), highlight=False, soft_wrap=True)
+    console.print(data_plan(study, config.vocab_size), highlight=False, soft_wrap=True)
     return rows
 
 
-def data_plan(study: StudyConfig) -> str:
-    """What the arms train on, read from the config alone (no download, no tokenizer)."""
+def data_plan(study: StudyConfig, vocab_size: int | None = None) -> str:
+    """What the arms train on, and where it lives (disk, memory), read from the config alone (no
+    download, no tokenizer); ``vocab_size`` is the base model's."""
     from learnforget.data.templates import describe_template
 
     d = study.data
@@ -149,7 +150,8 @@ def data_plan(study: StudyConfig) -> str:
         return (
             f"Data: {source}{field}{docs}; documents packed end to end (EOS between) into "
             f"{study.steps:,} steps × {study.batch_size} rows × {study.seq_len} tokens = "
-            f"{study.steps * study.tokens_per_step:,} tokens, loss on every token."
+            f"{study.steps * study.tokens_per_step:,} tokens, loss on every token.\n"
+            + token_file_plan(study, vocab_size)
         )
     pairs = f"'{d.prompt_field}' → '{d.response_field}'"
     auto = f"format auto (by each record's fields: messages, ShareGPT, Alpaca, or pairs {pairs})"
@@ -159,11 +161,57 @@ def data_plan(study: StudyConfig) -> str:
         if study.epochs
         else f"a budget of {study.budget_tokens:,} padded tokens"
     )
+    n_rows = study.steps * study.batch_size
     return (
         f"Data: {source}, {fields}; {d.examples:,} examples × {budget} = {study.steps:,} steps of "
         f"{study.batch_size} rows of at most {study.seq_len} tokens, each batch padded to its longest row"
         f"{' (rows grouped by length)' if d.group_by_length else ''}; examples longer than seq_len are "
         f"{'truncated' if d.overlong == 'truncate' else 'dropped'} and counted; loss on responses only.\n"
         f"Template: {describe_template(d.prompt_template, d.train == 'builtin')}; BOS as the tokenizer "
-        "adds it. Evaluation prompts use the same template."
+        "adds it. Evaluation prompts use the same template.\n"
+        f"Memory: the {n_rows:,} rows are held as token ids and labels (int64) in every training process and "
+        f"in data.pt: {n_rows:,} × {study.seq_len} × 2 × 8 bytes = {size(n_rows * study.seq_len * 16)}."
+    )
+
+
+def size(n_bytes: float) -> str:
+    """Bytes in KB, MB or GB (powers of 1024, as the memory table)."""
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:,.1f} {unit}"
+    return f"{n_bytes:,.0f} bytes"
+
+
+def token_file_plan(study: StudyConfig, vocab_size: int | None) -> str:
+    """The CPT token file: size on disk (2 or 4 bytes a token), free space there, and why it is not
+    resident (a step reads its own rows from it)."""
+    import shutil
+
+    from learnforget.data.parallel import tokenize_workers
+    from learnforget.data.shards import token_dtype
+    from learnforget.model import cache_dir
+
+    tokens = study.steps * study.tokens_per_step
+    if vocab_size is None:
+        width = "2 or 4 bytes (uint16 up to a vocabulary of 65,536 tokens, else uint32)"
+        on_disk, n_bytes = "", 2 * tokens
+    else:
+        dtype = token_dtype(vocab_size)
+        n_bytes = tokens * (2 if dtype == "uint16" else 4)
+        width, on_disk = (
+            f"{n_bytes // tokens} bytes ({dtype}: vocabulary {vocab_size:,})",
+            f" = {size(n_bytes)}",
+        )
+    where = cache_dir() / "tokens"
+    existing = next(p for p in (where, *where.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    room = "" if free >= n_bytes else f" (NOT ENOUGH: needs {size(n_bytes)})"
+    workers = tokenize_workers(tokens)
+    how = f"{workers} processes" if workers > 1 else "one process with the tokenizer's threads"
+    step = study.batch_size * study.seq_len * 8
+    return (
+        f"Token file: {tokens:,} tokens × {width}{on_disk} on disk in {where}/ ({size(free)} free there"
+        f"{room}), tokenized once ({how} on this machine) and shared by every arm and process. Memory: the file is "
+        f"not loaded: a step reads its {study.batch_size} rows ({size(step)} as int64), so "
+        "resident memory does not grow with the corpus."
     )

@@ -64,3 +64,73 @@ def test_user_documents_are_streamed_in_a_seeded_buffered_order(tmp_path, monkey
     assert sorted(first_pass) == sorted(f"doc {i} " * 5 for i in range(30))  # each document once a pass
     assert first_pass != [f"doc {i} " * 5 for i in range(30)] and stream.count(eos) >= 30
     assert torch.equal(training_rows(study, tokenizer)["input_ids"][0:60], rows[0:60])  # seeded, cached
+
+
+def test_tokenizing_with_processes_gives_the_default_study_identical_rows(tmp_path, monkeypatch):
+    from learnforget.data import parallel
+
+    docs = corpora.documents("code", "finetune")
+    tokenizer = train_tokenizer([d.text for d in docs[:50]], 400)
+    study = StudyConfig(seed=3)  # the built-in code CPT study
+    n_rows = study.steps * study.batch_size
+    packed = pack_documents(tokenizer, docs, study.seq_len, n_rows, 3)
+    expected = packed[torch.randperm(n_rows, generator=torch.Generator().manual_seed(3))]
+    monkeypatch.setattr(parallel, "PARALLEL_BATCH_BYTES", 20_000)  # many batches in flight
+    files = []
+    for workers in (1, 2):
+        monkeypatch.setenv("LEARNFORGET_CACHE", str(tmp_path / str(workers)))
+        monkeypatch.setattr(parallel, "tokenize_workers", lambda need, workers=workers: workers)
+        rows = training_rows(study, tokenizer)["input_ids"]
+        assert torch.equal(rows[0:n_rows], expected)
+        files.append(open(rows.path, "rb").read())
+    assert files[0] == files[1] and len(files[0]) == n_rows * study.seq_len * 2
+
+
+def test_processes_pack_the_same_stream_over_several_passes(monkeypatch):
+    import random
+
+    from learnforget.data import parallel
+    from learnforget.data.tokens import pack_texts, shuffled
+
+    texts = [f"text {i} " * (1 + i % 7) for i in range(40)]
+    tokenizer = train_tokenizer(texts, 300)
+    monkeypatch.setattr(parallel, "PARALLEL_BATCH_BYTES", 50)
+    streams = []
+    for workers in (1, 2, 3):
+        rng = random.Random(0)  # a seeded order each pass, as user documents are streamed
+        pieces = pack_texts(tokenizer, lambda rng=rng: shuffled(texts, 8, rng), 2_000, workers)
+        streams.append([int(t) for piece in pieces for t in piece])
+    assert len(streams[0]) == 2_000 and streams[0].count(tokenizer.eos_token_id) > 80  # several passes
+    assert streams[1] == streams[0] and streams[2] == streams[0]
+    with __import__("pytest").raises(ValueError, match="no documents"):
+        list(pack_texts(tokenizer, lambda: iter([]), 10, 2))
+
+
+def test_token_file_progress_is_a_line_every_tenth_off_a_terminal(tmp_path, capsys):
+    from learnforget.data.shards import write_token_file
+
+    write_token_file(([i] for i in range(1000)), 1000, "uint16", tmp_path / "t.bin")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 10 and lines[0].startswith("tokenizing: 100/1,000 tokens (10%), ")
+    assert lines[-1].startswith("tokenizing: 1,000/1,000 tokens (100%)") and lines[-1].endswith(" tokens/s")
+    assert np.fromfile(tmp_path / "t.bin", dtype=np.uint16).tolist() == list(range(1000))
+
+
+def test_dry_run_data_plan_gives_token_file_size_and_memory(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from learnforget.config import load_studies
+    from learnforget.dryrun import data_plan
+
+    monkeypatch.setenv("LEARNFORGET_CACHE", str(tmp_path))
+    ((_, cpt),) = load_studies("paper/code-cpt", [])
+    plan = data_plan(cpt, 32_000)
+    assert "19,999,752,192 tokens × 2 bytes (uint16: vocabulary 32,000) = 37.3 GB on disk in " in plan
+    assert f"{tmp_path}/tokens/" in plan and "not loaded: a step reads its 192 rows (6.0 MB" in plan
+    assert "× 4 bytes (uint32: vocabulary 128,256) = 74.5 GB" in data_plan(cpt, 128_256)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(100 * 2**30, 90 * 2**30, 10 * 2**30))
+    assert "(10.0 GB free there (NOT ENOUGH: needs 37.3 GB))" in data_plan(cpt, 32_000)
+    ((_, ift),) = load_studies("paper/math-ift", [])
+    assert "6,322,176 × 1024 × 2 × 8 bytes = 96.5 GB" in data_plan(ift, 32_000)

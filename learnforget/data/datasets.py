@@ -223,11 +223,16 @@ def cpt_token_rows(study: StudyConfig, tokenizer, n_rows: int):
     path = cache_dir() / "tokens" / f"{key}.bin"
     dtype, need = token_dtype(len(tokenizer)), n_rows * study.seq_len
     if not path.exists():
+        from learnforget.data.parallel import tokenize_workers, tokenizer_threads
+
+        workers = tokenize_workers(need)  # the same stream whatever the number of processes
         if d.train == "builtin":
-            stream = packed_stream(tokenizer, corpora.documents(study.domain, "finetune"), need, study.seed)
+            docs = corpora.documents(study.domain, "finetune")
+            stream = packed_stream(tokenizer, docs, need, study.seed, workers)
         else:
-            stream = pack_texts(tokenizer, user_text_pass(study), need)
-        write_token_file(stream, need, dtype, path)
+            stream = pack_texts(tokenizer, user_text_pass(study), need, workers)
+        with tokenizer_threads():
+            write_token_file(stream, need, dtype, path)
     return TokenRows(str(path), n_rows, study.seq_len, dtype, study.seed)
 
 

@@ -1,4 +1,4 @@
-"""CPT training tokens on disk: packed once into a memory-mapped token file, read a step's rows at a time.
+"""CPT training tokens on disk: packed once into a token file, read a step's rows at a time.
 
 The file holds the packed stream (built-in corpora: that of ``tokens.pack_documents``, so the same rows as
 before; user data: documents streamed one at a time, hub datasets in ``datasets``' streaming mode, in a
@@ -17,12 +17,11 @@ import os
 import sys
 import time
 from collections.abc import Iterable
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
-
-PROGRESS_TOKENS = 50_000_000  # a progress line at least every this many tokens (or every 10%)
 
 
 def token_dtype(vocab_size: int) -> str:
@@ -43,43 +42,85 @@ def shard_key(source: dict, tokenizer, seq_len: int, n_rows: int, seed: int) -> 
     return hashlib.sha256(spec.encode()).hexdigest()[:20]
 
 
-def write_token_file(pieces: Iterable[list[int]], n_tokens: int, dtype: str, path: Path) -> Path:
+def write_token_file(pieces: Iterable, n_tokens: int, dtype: str, path: Path) -> Path:
     """Write a packed stream of ``n_tokens`` tokens to ``path`` (a temporary file, then renamed: never half
-    a file), reporting progress and tokens/s on stderr."""
+    a file), showing progress and tokens/s on stderr."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    out = np.memmap(tmp, dtype=dtype, mode="w+", shape=(n_tokens,))
-    done, started, reported = 0, time.perf_counter(), 0
-    for piece in pieces:
-        out[done : done + len(piece)] = piece
-        done += len(piece)
-        if done - reported >= max(PROGRESS_TOKENS, n_tokens // 10) or done == n_tokens:
-            reported, seconds = done, time.perf_counter() - started
-            print(f"tokenizing: {done:,}/{n_tokens:,} tokens, {done / max(seconds, 1e-9):,.0f} tokens/s",
-                  file=sys.stderr, flush=True)  # fmt: skip
-    out.flush()
-    del out
-    os.replace(tmp, path)
+    done = 0
+    # Plain writes, not a writable memory map: written pages would stay mapped, counted in this process's
+    # resident memory as the file grows.
+    try:
+        with open(tmp, "wb") as out, token_progress(n_tokens) as advance:
+            for piece in pieces:
+                out.write(np.asarray(piece, dtype=dtype).tobytes())
+                done += len(piece)
+                advance(done)
+        if done != n_tokens:
+            raise ValueError(f"{path}: the stream had {done:,} tokens, not {n_tokens:,}")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
+@contextmanager
+def token_progress(n_tokens: int):
+    """``advance(done)``: a rich progress bar with tokens/s on a terminal, else a log line every ~10%."""
+    started = time.perf_counter()
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = (TextColumn("tokenizing"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+                   TextColumn("{task.fields[rate]} tokens/s"), TimeRemainingColumn())  # fmt: skip
+        with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+            task = progress.add_task("tokenizing", total=n_tokens, rate="–")
+
+            shown = [0]
+
+            def advance(done: int) -> None:
+                if done - shown[0] >= n_tokens // 1000 or done == n_tokens:  # at most ~1000 redraws
+                    shown[0], rate = done, f"{done / max(time.perf_counter() - started, 1e-9):,.0f}"
+                    progress.update(task, completed=done, rate=rate)
+
+            yield advance
+        return
+    step, next_report = max(1, n_tokens // 10), [max(1, n_tokens // 10)]
+
+    def advance(done: int) -> None:
+        if done >= next_report[0] or done == n_tokens:
+            next_report[0] = (done // step + 1) * step
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            print(f"tokenizing: {done:,}/{n_tokens:,} tokens ({100 * done // n_tokens}%), {rate:,.0f} tokens/s",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+    yield advance
+
+
 class TokenRows:
-    """``n_rows`` rows of ``seq_len`` tokens of a token file, in a seeded order; ``rows[a:b]`` reads those."""
+    """``n_rows`` rows of ``seq_len`` tokens of a token file, in a seeded order; ``rows[a:b]`` reads those.
+
+    Each row is read with a plain read, not through a memory map: pages of a map stay mapped once read,
+    so a long run's resident memory would grow to the whole file; read rows only pass through the page
+    cache, which the kernel reclaims."""
 
     def __init__(self, path: str, n_rows: int, seq_len: int, dtype: str, seed: int):
         self.path, self.n_rows, self.seq_len, self.dtype, self.seed = path, n_rows, seq_len, dtype, seed
-        self._tokens = None
         # Whole files are packed one after another; the shuffled order makes a batch a mix of many files.
         self._order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed)).numpy()
-
-    def __getstate__(self) -> dict:  # pickled into data.pt without the open memory map
-        return {**self.__dict__, "_tokens": None}
 
     def __len__(self) -> int:
         return self.n_rows
 
     def __getitem__(self, index) -> torch.Tensor:
-        if self._tokens is None:
-            self._tokens = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.n_rows, self.seq_len))
-        picked = self._order[index]
-        return torch.from_numpy(self._tokens[np.atleast_1d(picked)].astype(np.int64))
+        picked = np.atleast_1d(self._order[index])
+        rows = np.empty((len(picked), self.seq_len), dtype=self.dtype)
+        row_bytes = rows.itemsize * self.seq_len
+        with open(self.path, "rb") as f:
+            for out, row in zip(rows, picked, strict=True):
+                f.seek(int(row) * row_bytes)
+                if f.readinto(out) != row_bytes:
+                    raise ValueError(f"{self.path}: shorter than {self.n_rows} rows of {self.seq_len} tokens")
+        return torch.from_numpy(rows.astype(np.int64))

@@ -63,7 +63,7 @@ def pack_documents(
 
 
 def packed_stream(
-    tokenizer: PreTrainedTokenizerFast, docs: Sequence[Document], need: int, seed: int
+    tokenizer: PreTrainedTokenizerFast, docs: Sequence[Document], need: int, seed: int, workers: int = 1
 ) -> Iterator[list[int]]:
     """The packed token stream of documents in a seeded order, a new order each pass (see ``pack_texts``)."""
     if not docs:
@@ -75,14 +75,22 @@ def packed_stream(
         rng.shuffle(order)
         return (docs[i].text for i in order)
 
-    return pack_texts(tokenizer, one_pass, need)
+    return pack_texts(tokenizer, one_pass, need, workers)
 
 
 def pack_texts(
-    tokenizer: PreTrainedTokenizerFast, one_pass: Callable[[], Iterable[str]], need: int
+    tokenizer: PreTrainedTokenizerFast, one_pass: Callable[[], Iterable[str]], need: int, workers: int = 1
 ) -> Iterator[list[int]]:
     """The packed token stream in pieces (a text's ids, then EOS), exactly ``need`` tokens in all, over
-    as many passes (``one_pass()``) as needed. Only as many texts are tokenized as needed."""
+    as many passes (``one_pass()``) as needed. Only as many texts are tokenized as needed.
+
+    With ``workers`` > 1, batches of texts are tokenized by that many processes (parallel.py); the stream
+    is the same, piece boundaries aside."""
+    if workers > 1:
+        from learnforget.data.parallel import parallel_pack_texts
+
+        yield from parallel_pack_texts(tokenizer, one_pass, need, workers)
+        return
     done = 0
     while done < need:
         texts, before = iter(one_pass()), done
@@ -91,14 +99,7 @@ def pack_texts(
             # Tokenize just enough texts: a few bytes per missing token (whole plays are large), and at
             # most BATCH_BYTES a call so that memory stays flat (the stream is the same whatever the
             # batches: texts in order, each followed by EOS).
-            batch, size = [], 0
-            while size < min(BATCH_BYTES, BYTES_PER_TOKEN_BOUND * (need - done)):
-                text = next(texts, None)
-                if text is None:
-                    exhausted = True
-                    break
-                batch.append(text)
-                size += len(text)
+            batch, exhausted = text_batch(texts, min(BATCH_BYTES, BYTES_PER_TOKEN_BOUND * (need - done)))
             for ids in tokenizer(batch, add_special_tokens=False)["input_ids"] if batch else []:
                 piece = (ids + [tokenizer.eos_token_id])[: need - done]
                 done += len(piece)
@@ -106,6 +107,18 @@ def pack_texts(
                     yield piece
         if done == before:
             raise ValueError("no documents to pack")
+
+
+def text_batch(texts: Iterator[str], max_bytes: int) -> tuple[list[str], bool]:
+    """The next texts up to about ``max_bytes`` characters, and whether ``texts`` ran out."""
+    batch, size = [], 0
+    while size < max_bytes:
+        text = next(texts, None)
+        if text is None:
+            return batch, True
+        batch.append(text)
+        size += len(text)
+    return batch, False
 
 
 def shuffled(items: Iterable, buffer_size: int, rng: random.Random) -> Iterator:

@@ -1,0 +1,102 @@
+"""Tokenizing CPT text on every core, the packed stream unchanged token for token.
+
+Two ways: the fast tokenizer's own (Rust) threads, which the CLI turns off elsewhere
+(TOKENIZERS_PARALLELISM=false) and packing turns back on; or a pool of processes, each tokenizing batches
+of texts and returning a batch as one array (its texts' ids, each followed by EOS), read back in order.
+The threads leave the ids' conversion to Python lists on one core; processes spread that too but pay for
+the texts' and ids' transfer. On this project's 2 shared, fully loaded cores neither gained reliably
+(bench/bench_cpt_stream.py speed, two runs: threads 1.14x and 0.86x one process, 2 processes 0.91x and
+0.78x), so below POOL_MIN_CORES cores one process packs with the threads on (free when cores are idle);
+the pool is for many-core machines, where one core would cap the threads (not measured here).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from itertools import chain
+from multiprocessing import get_context
+
+import numpy as np
+
+from learnforget.data.tokens import BYTES_PER_TOKEN_BOUND, text_batch
+
+PARALLEL_BATCH_BYTES = 1_000_000  # text a worker tokenizes per task
+PARALLEL_MIN_TOKENS = 5_000_000  # below this, starting a pool costs more than it saves
+POOL_MIN_CORES = 8
+MAX_WORKERS = 16
+
+_tokenizer = None
+
+
+def tokenize_workers(need: int) -> int:
+    """Processes to tokenize ``need`` tokens with: one (and the tokenizer's threads) for small jobs and
+    few cores, else the cores this process may use."""
+    cores = len(os.sched_getaffinity(0))
+    if need < PARALLEL_MIN_TOKENS or cores < POOL_MIN_CORES:
+        return 1
+    return min(cores, MAX_WORKERS)
+
+
+@contextmanager
+def tokenizer_threads():
+    """The fast tokenizer's own threads on while packing in this process, the setting restored after."""
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
+
+
+def _start(tokenizer) -> None:
+    global _tokenizer
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread a process: the processes are the parallelism
+    _tokenizer = tokenizer
+
+
+def _encode(batch: list[str]) -> np.ndarray:
+    ids = _tokenizer(batch, add_special_tokens=False)["input_ids"]
+    eos = [_tokenizer.eos_token_id]
+    count = sum(len(x) for x in ids) + len(ids)
+    return np.fromiter(chain.from_iterable(x + eos for x in ids), dtype=np.uint32, count=count)
+
+
+def parallel_pack_texts(
+    tokenizer, one_pass: Callable[[], Iterable[str]], need: int, workers: int
+) -> Iterator[np.ndarray]:
+    """``pack_texts``' stream (exactly ``need`` tokens over as many passes as needed), tokenized by
+    ``workers`` processes: two batches a worker in flight, never much more text than the missing tokens
+    need, so memory stays flat and the last pass reads about what one process would."""
+    # fork: workers start at once with the tokenizer in memory (spawn would re-import transformers).
+    with get_context("fork").Pool(workers, initializer=_start, initargs=(tokenizer,)) as pool:
+        done = 0
+        while done < need:
+            texts, before, exhausted = iter(one_pass()), done, False
+            pending: deque = deque()
+            ahead = 0  # characters in flight
+            while done < need:
+                while not exhausted and len(pending) < 2 * workers:
+                    room = BYTES_PER_TOKEN_BOUND * (need - done) - ahead
+                    if room <= 0:
+                        break
+                    batch, exhausted = text_batch(texts, min(PARALLEL_BATCH_BYTES, room))
+                    if batch:
+                        size = sum(map(len, batch))
+                        pending.append((pool.apply_async(_encode, (batch,)), size))
+                        ahead += size
+                if not pending:
+                    break
+                result, size = pending.popleft()
+                ahead -= size
+                piece = result.get()[: need - done]
+                done += len(piece)
+                if len(piece):
+                    yield piece
+            if done == before:
+                raise ValueError("no documents to pack")

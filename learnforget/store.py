@@ -166,11 +166,14 @@ class Store:
         conn.row_factory = sqlite3.Row
         return conn
 
-    def _write(self, sql: str, rows: Iterable[tuple]) -> None:
+    def _write(self, sql: str, rows: Iterable[tuple], snapshot: bool = False) -> None:
+        """Write rows to this process's part; refresh the snapshot now when `snapshot` (a finished
+        milestone or an arm's new status: outside readers must see them at once), else at most every
+        SNAPSHOT_SECONDS."""
         rows = list(rows)
         with closing(self._connect_part()) as conn, conn:
             conn.executemany(sql, rows)
-        if time.monotonic() - _last_snapshot.get(str(self.study_dir), -1e9) > SNAPSHOT_SECONDS:
+        if snapshot or time.monotonic() - _last_snapshot.get(str(self.study_dir), -1e9) > SNAPSHOT_SECONDS:
             self.refresh_snapshot()
         else:
             _flush_at_exit(self.study_dir)
@@ -252,7 +255,11 @@ class Store:
         row.update(fields, updated=time.time())
         values = [row.get(c) for c in ALL_ARM_COLUMNS]
         marks = ", ".join("?" * len(ALL_ARM_COLUMNS))
-        self._write(f"INSERT OR REPLACE INTO arms ({', '.join(ALL_ARM_COLUMNS)}) VALUES ({marks})", [values])
+        self._write(
+            f"INSERT OR REPLACE INTO arms ({', '.join(ALL_ARM_COLUMNS)}) VALUES ({marks})",
+            [values],
+            snapshot="status" in fields,
+        )
 
     def arms(self) -> list[dict]:
         return self._read("SELECT * FROM arms ORDER BY rowid")
@@ -265,7 +272,7 @@ class Store:
     def add_metrics(self, arm: str, step: int, tokens: int, values: dict[str, float]) -> None:
         """All metrics of one milestone in one transaction."""
         rows = [(arm, step, tokens, k, float(v)) for k, v in values.items()]
-        self._write("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?)", rows)
+        self._write("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?)", rows, snapshot=True)
 
     def metrics(self, arm: str | None = None) -> list[dict]:
         if arm is None:

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 
 import pytest
 import torch
 import yaml
 
-from learnforget.cli import main
 from learnforget.config import StudyConfig
 from learnforget.store import Store
 from learnforget.study import evaluate_model
-from tests.conftest import MICRO_STUDY
+from tests.conftest import MICRO_STUDY, cli_exit_code
 
 ARMS = {
     "full-lr1e-3-s0": "model",
@@ -36,14 +34,8 @@ def study_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("cfg") / "artifacts.yaml"
     path.write_text(yaml.safe_dump(config))
     out = tmp_path_factory.mktemp("study") / "artifacts"
-    argv = sys.argv
-    sys.argv = ["learnforget", "run", str(path), "--out", str(out)]
-    try:
-        main()
-    except SystemExit as e:
-        assert not e.code, f"learnforget run exited {e.code}"
-    finally:
-        sys.argv = argv
+    code = cli_exit_code(["run", str(path), "--out", str(out)])
+    assert not code, f"learnforget run exited {code}"
     return out
 
 

@@ -7,12 +7,11 @@ import importlib.util
 import math
 import shutil
 import subprocess
-import sys
 
 import pytest
 
-from learnforget.cli import main
 from learnforget.store import Store
+from tests.conftest import cli_exit_code
 from tests.synthetic_grid import synthetic_study
 
 HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
@@ -21,14 +20,8 @@ ARMS = ("full-lr1e-3-s0", "lora-r2-all-lr1e-2-s0")
 
 
 def run_cli(args: list[str]) -> None:
-    argv = sys.argv
-    sys.argv = ["learnforget", *args]
-    try:
-        main()
-    except SystemExit as e:
-        assert not e.code, f"learnforget {' '.join(args)} exited {e.code}"
-    finally:
-        sys.argv = argv
+    code = cli_exit_code(args)
+    assert not code, f"learnforget {' '.join(args)} exited {code}"
 
 
 @pytest.fixture(scope="module")

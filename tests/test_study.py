@@ -4,25 +4,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import sys
 
 import pytest
 import torch
 
-from learnforget.cli import main
+from tests.conftest import cli_exit_code
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     """Run `learnforget ARGS` in this process (one import of torch/transformers for the whole suite)."""
-    argv = sys.argv
-    sys.argv = ["learnforget", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    finally:
-        sys.argv = argv
+    code = cli_exit_code(args)
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -35,14 +26,8 @@ def metric_table(study_dir) -> dict[tuple[str, int, str], float]:
 @pytest.fixture(scope="module")
 def micro_run(micro_config, tmp_path_factory):
     out = tmp_path_factory.mktemp("study") / "micro"
-    argv = sys.argv
-    sys.argv = ["learnforget", "run", str(micro_config), "--out", str(out)]
-    try:
-        main()
-    except SystemExit as e:
-        assert not e.code, f"learnforget run exited {e.code}"
-    finally:
-        sys.argv = argv
+    code = cli_exit_code(["run", str(micro_config), "--out", str(out)])
+    assert not code, f"learnforget run exited {code}"
     return out
 
 

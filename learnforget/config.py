@@ -24,6 +24,7 @@ BUILTIN_CONFIG_DIR = Path(__file__).parent / "configs"
 
 # Named sets of linear layers LoRA adapts, resolved from each model's structure (learnforget/targets.py).
 TargetGroup = Literal["all", "attention", "mlp", "paper-all", "paper-mlp"]
+Method = Literal["full", "lora", "peft"]
 # Joins an explicit module list into the arm's one-string `target_modules` ('q_proj+v_proj').
 MODULE_SEPARATOR = "+"
 
@@ -232,8 +233,17 @@ class ExplicitModules(Strict):
 class ArmSpec(Strict):
     """One arm, or a grid of arms when fields are lists (cartesian product)."""
 
-    method: Literal["full", "lora"] | list[Literal["full", "lora"]] = "full"
-    """'full' finetuning or 'lora' (peft)."""
+    method: Method | list[Method] = "full"
+    """'full' finetuning, 'lora' (the paper's LoRA: rank, alpha = 2r, target_modules) or 'peft' (any peft
+    method, set by `peft`)."""
+    peft: dict[str, Any] | None = None
+    """For method 'peft': peft's method type and the keywords of its config class, passed straight to it,
+    e.g. {type: LORA, r: 16, lora_alpha: 32, use_dora: true}, {type: VERA, r: 256}, {type: IA3},
+    {type: LOHA, r: 8} (type = peft's PeftType name, any case). Target modules come from `target_modules`
+    unless given here. A list value sweeps the keyword (a keyword that takes a list sweeps a list of lists)."""
+    quantization: Literal["4bit", "8bit"] | None = None
+    """Load the frozen base quantized with bitsandbytes (QLoRA: 4bit NF4, computing in bfloat16), for
+    method lora or peft; needs a CUDA GPU and `pip install bitsandbytes`."""
     rank: int | list[int] = 8
     """LoRA rank r (ignored for full)."""
     alpha: float | None = None
@@ -300,7 +310,38 @@ class ArmSpec(Strict):
                       "optimizer", "seed"):  # fmt: skip
             if getattr(self, field) == []:
                 raise ValueError(f"{field}: an empty list gives no arms")
+        self._check_peft()
         return self
+
+    def _check_peft(self) -> None:
+        methods = set(_as_list(self.method))
+        if self.quantization and methods == {"full"}:
+            raise ValueError("quantization: only for method lora or peft (full finetuning trains the base)")
+        if "peft" not in methods:
+            if self.peft is not None:
+                raise ValueError("peft: only for method peft (e.g. method: peft, peft: {type: LORA, r: 16})")
+            return
+        if self.peft is None:
+            raise ValueError("method peft needs peft: {type: ..., keywords}, e.g. peft: {type: LORA, r: 16}")
+        from learnforget.peft_arms import build_config, check_peft_settings
+
+        check_peft_settings(self.peft)
+        if "lora" not in methods:
+            for field in ("rank", "alpha"):  # set away from its default (a dumped config repeats the default)
+                if getattr(self, field) != ArmSpec.model_fields[field].default:
+                    raise ValueError(
+                        f"{field}: for method lora; a peft method takes its own keyword, e.g. peft: {{r: 16}}"
+                    )
+        if any(_as_list(self.dropout)):
+            raise ValueError("dropout: for methods full and lora; a peft method takes its own keyword, "
+                             "e.g. peft: {lora_dropout: 0.05}")  # fmt: skip
+        if "target_modules" in self.peft and self.target_modules != "all":
+            raise ValueError("target_modules: given twice (in the arm and in peft); keep one")
+        for settings in peft_grid(self.peft):
+            try:
+                build_config(settings)
+            except UserError as e:
+                raise ValueError(str(e)) from None
 
 
 ARM_SETTINGS = (
@@ -309,11 +350,37 @@ ARM_SETTINGS = (
 )  # fmt: skip
 
 
+def peft_grid(settings: dict) -> list[dict]:
+    """Every combination of a peft block's swept keywords ({type: LORA, r: [8, 16]} -> two settings)."""
+    from learnforget.peft_arms import normalized_type, takes_list
+
+    peft_type = normalized_type(settings["type"])
+    options = []
+    for key, value in settings.items():
+        if key == "type":
+            options.append([peft_type])
+        elif isinstance(value, list) and (
+            not takes_list(peft_type, key) or all(isinstance(v, list) for v in value)
+        ):
+            if not value:
+                raise ValueError(f"peft.{key}: an empty list gives no arms")
+            options.append(value)
+        else:
+            options.append([value])
+    return [dict(zip(settings, combo, strict=True)) for combo in itertools.product(*options)]
+
+
+# Arm settings added after the first store schema: left out of the identity while unset.
+ADDED_SETTINGS = ("peft", "quantization")
+
+
 class Arm(Strict):
     """One concrete arm after grid expansion."""
 
     name: str
-    method: Literal["full", "lora"]
+    method: (
+        str  # 'full', 'lora', or a peft method's family ('dora', 'vera', 'ia3', ...: peft_arms.method_family)
+    )
     rank: int | None
     alpha: float | None
     target_modules: str  # a group (all, attention, ...) or module suffixes joined by '+': 'q_proj+v_proj'
@@ -323,11 +390,20 @@ class Arm(Strict):
     train_embeddings: bool
     optimizer: str
     seed: int
+    peft: dict[str, Any] | None = None  # a peft arm's type and keywords (None: full or the paper's LoRA)
+    quantization: str | None = None
 
     @property
     def id(self) -> str:
-        """Identity of the arm: a hash of all its settings (the name is for display)."""
-        return arm_id(self.model_dump(exclude={"name"}))
+        """Identity of the arm: a hash of all its settings (the name is for display). Settings added since
+        the first version count only when set, so earlier arms keep their identities."""
+        unset = {k for k in ADDED_SETTINGS if getattr(self, k) is None}
+        return arm_id(self.model_dump(exclude={"name"} | unset))
+
+    @property
+    def adapted(self) -> bool:
+        """Whether the arm trains an adapter on a frozen base (LoRA or any peft method)."""
+        return self.method != "full"
 
 
 def arm_id(settings: dict) -> str:
@@ -468,10 +544,14 @@ def _fmt(value: float) -> str:
 def arm_name(arm: dict) -> str:
     """Deterministic readable name, e.g. 'lora-r16-all-lr5e-3-s0' or 'full-lr5e-4-wd0.1-s0'."""
     parts = [arm["method"]]
-    if arm["method"] == "lora":
+    if arm.get("peft") is not None:
+        parts += _peft_name_parts(arm)
+    elif arm["method"] == "lora":
         parts += [f"r{arm['rank']}", arm["target_modules"]]
         if arm["alpha"] != 2 * arm["rank"]:
             parts.append(f"a{_fmt(arm['alpha'])}")
+    if arm.get("quantization"):
+        parts.append(f"q{arm['quantization']}")
     parts.append(f"lr{_fmt_lr(arm['learning_rate'])}")
     if arm["weight_decay"]:
         parts.append(f"wd{_fmt(arm['weight_decay'])}")
@@ -486,18 +566,59 @@ def arm_name(arm: dict) -> str:
     return "-".join(parts)
 
 
+# Keywords a peft arm's name already says through its family (dora, rslora, pissa, ...) or its rank.
+_NAMED_BY_FAMILY = {"type", "r", "use_dora", "use_rslora", "init_lora_weights"}
+# Module-set keywords: a peft arm that names its own modules is 'custom' (its settings show which).
+_MODULE_KEYWORDS = {"target_modules", "feedforward_modules", "exclude_modules"}
+_SHORT_KEYWORDS = {"lora_alpha": "a", "alpha": "a", "lora_dropout": "do"}
+
+
+def _peft_name_parts(arm: dict) -> list[str]:
+    """'r16', the target set unless 'all', then every other keyword: 'a32', 'do0.05', 'd_initial0.1'."""
+    peft = arm["peft"]
+    parts = [f"r{peft['r']}"] if "r" in peft else []
+    if _MODULE_KEYWORDS & set(peft):
+        parts.append("custom")
+    elif arm["target_modules"] != "all":
+        parts.append(arm["target_modules"])
+    for key in sorted(set(peft) - _NAMED_BY_FAMILY - _MODULE_KEYWORDS):
+        value = peft[key]
+        if isinstance(value, list):
+            text = MODULE_SEPARATOR.join(str(v) for v in value)
+        else:
+            text = _fmt(value) if isinstance(value, float) else str(value).lower().replace(" ", "")
+        parts.append(f"{_SHORT_KEYWORDS.get(key, key)}{text}")
+    return parts
+
+
+def _peft_arms(spec: ArmSpec) -> list[dict]:
+    """The peft part of a spec's grid: {method (family), rank, alpha, peft} per keyword combination."""
+    from learnforget.peft_arms import alpha_of, method_family, rank_of
+
+    return [
+        dict(method=method_family(settings), rank=rank_of(settings), alpha=alpha_of(settings), peft=settings)
+        for settings in peft_grid(spec.peft)
+    ]
+
+
 def expand_arms(study: StudyConfig) -> list[Arm]:
     """The grid: every combination of list-valued fields of every arm spec, de-duplicated by id, in order."""
     arms: dict[str, dict] = {}
     for spec in study.arms:
         for method in _as_list(spec.method):
-            ranks = _as_list(spec.rank) if method == "lora" else [None]
+            if method == "peft":
+                variants = _peft_arms(spec)
+            else:
+                variants = [
+                    dict(method=method, rank=rank, alpha=(spec.alpha if spec.alpha is not None else 2 * rank) if rank else None)
+                    for rank in (_as_list(spec.rank) if method == "lora" else [None])
+                ]  # fmt: skip
             targets = [
                 t.label() if isinstance(t, ExplicitModules) else t for t in _as_list(spec.target_modules)
             ]
-            targets = targets if method == "lora" else ["all"]
-            for rank, target, lr, wd, dropout, optimizer, seed in itertools.product(
-                ranks,
+            targets = targets if method != "full" else ["all"]
+            for variant, target, lr, wd, dropout, optimizer, seed in itertools.product(
+                variants,
                 targets,
                 _as_list(spec.learning_rate),
                 _as_list(spec.weight_decay),
@@ -506,9 +627,9 @@ def expand_arms(study: StudyConfig) -> list[Arm]:
                 _as_list(spec.seed),
             ):
                 arm = dict(
-                    method=method,
-                    rank=rank,
-                    alpha=(spec.alpha if spec.alpha is not None else 2 * rank) if method == "lora" else None,
+                    method=variant["method"],
+                    rank=variant["rank"],
+                    alpha=variant["alpha"],
                     target_modules=target,
                     learning_rate=lr,
                     weight_decay=wd,
@@ -519,7 +640,11 @@ def expand_arms(study: StudyConfig) -> list[Arm]:
                     optimizer=optimizer,
                     seed=seed,
                 )
-                arms.setdefault(arm_id(Arm(name="", **arm).model_dump(exclude={"name"})), arm)
+                if variant.get("peft") is not None:
+                    arm["peft"] = variant["peft"]
+                if spec.quantization and method != "full":
+                    arm["quantization"] = spec.quantization
+                arms.setdefault(Arm(name="", **arm).id, arm)
     # Names are injective for plain values; should two distinct arms still share one, both get their id.
     names = [arm_name(a) for a in arms.values()]
     return [

@@ -42,8 +42,11 @@ def arm_size(config, arm: Arm) -> tuple[int, int]:
     """(trainable, total) parameters of an arm, counted on the meta device."""
     from transformers import AutoModelForCausalLM
 
+    from learnforget.peft_arms import rewrites_base
     from learnforget.train import count_parameters, prepare_arm
 
+    if rewrites_base(arm.peft):  # same parameters; PiSSA's SVD / OLoRA's QR need real weights
+        arm = arm.model_copy(update={"peft": {**arm.peft, "init_lora_weights": True}})
     with torch.device("meta"):  # LoRA weights too: nothing is allocated, even for r=256 on 7B
         model = prepare_arm(AutoModelForCausalLM.from_config(config), arm)
     return count_parameters(model)
@@ -84,6 +87,9 @@ def adapted_linears(config, arm: Arm) -> list[str]:
     """Short names of the linear layers a LoRA arm adapts in one block (q_proj, ...); none for full."""
     if arm.method == "full":
         return []
+    if arm.peft and "target_modules" in arm.peft:
+        names = arm.peft["target_modules"]
+        return sorted({names} if isinstance(names, str) else set(names))
     from transformers import AutoModelForCausalLM
 
     from learnforget.targets import resolve_targets
@@ -123,7 +129,8 @@ def print_dry_run(
                      "memory": memory.as_dict()})  # fmt: skip
         table.add_row(
             arm.name, arm.method, str(arm.rank or "–"), f"{arm.alpha:g}" if arm.alpha else "–",
-            arm.target_modules if arm.method == "lora" else "all", f"{arm.learning_rate:g}",
+            "+".join(adapted_linears(config, arm)) if arm.peft else arm.target_modules if arm.adapted else "all",
+            f"{arm.learning_rate:g}",
             f"{arm.weight_decay:g}", f"{arm.dropout:g}", str(arm.seed), f"{trainable:,}",
             f"{100 * trainable / total:.2f}", f"{gb['weights']:.2f}", f"{gb['gradients'] + gb['optimizer']:.2f}",
             f"{gb['activations']:.2f}", f"{gb['total']:.2f}",

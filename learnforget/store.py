@@ -14,11 +14,13 @@ Schema of every part and of the snapshot (query it with any SQLite client, e.g. 
 
     study(key TEXT PRIMARY KEY, value TEXT)            -- 'config' (JSON), 'base_path', ...
     arms(name TEXT PRIMARY KEY, method, rank, alpha, target_modules, learning_rate, weight_decay,
-         dropout, train_embeddings, optimizer, seed,   -- the arm's settings ('base' has method 'base')
+         dropout, train_embeddings, optimizer, seed,   -- the arm's settings ('base' has method 'base'; a
+                                                       -- peft arm's method is its family: dora, vera, ...)
          trainable_params, total_params,               -- counted once per tied weight
          status,                                       -- 'pending' | 'running' | 'done' | 'failed'
          tokens_per_s, peak_memory_mb, train_seconds, error,
          arm_id,                                       -- hash of all the arm's settings (`Arm.id`)
+         peft, quantization,                           -- a peft arm's type and keywords (JSON), QLoRA's bits
          registered, updated)                          -- times; the merge keeps the latest update
     metrics(arm, step, tokens, metric, value,          -- one row per arm x milestone x metric
             PRIMARY KEY (arm, tokens, metric))
@@ -59,7 +61,7 @@ CREATE TABLE IF NOT EXISTS arms (
     learning_rate REAL, weight_decay REAL, dropout REAL, train_embeddings INTEGER, optimizer TEXT,
     seed INTEGER, trainable_params INTEGER, total_params INTEGER, status TEXT DEFAULT 'pending',
     tokens_per_s REAL, peak_memory_mb REAL, train_seconds REAL, error TEXT,
-    arm_id TEXT, registered REAL, updated REAL);
+    arm_id TEXT, registered REAL, updated REAL, peft TEXT, quantization TEXT);
 CREATE TABLE IF NOT EXISTS metrics (
     arm TEXT, step INTEGER, tokens INTEGER, metric TEXT, value REAL, PRIMARY KEY (arm, tokens, metric));
 CREATE TABLE IF NOT EXISTS matrices (
@@ -79,10 +81,18 @@ ARM_COLUMNS = (
 )  # fmt: skip
 ALL_ARM_COLUMNS = ("name", *ARM_COLUMNS) + (
     "trainable_params", "total_params", "status", "tokens_per_s", "peak_memory_mb", "train_seconds",
-    "error", "arm_id", "registered", "updated",
+    "error", "arm_id", "registered", "updated", "peft", "quantization",
 )  # fmt: skip
 # Columns added since the first schema: older stores get them on migration.
-ADDED_ARM_COLUMNS = {"arm_id": "TEXT", "registered": "REAL", "updated": "REAL"}
+ADDED_ARM_COLUMNS = {
+    "arm_id": "TEXT",
+    "registered": "REAL",
+    "updated": "REAL",
+    "peft": "TEXT",
+    "quantization": "TEXT",
+}
+# Arm settings stored as JSON text (the peft keywords), read back as they were given.
+JSON_ARM_COLUMNS = ("peft",)
 # The snapshot is refreshed at most this often by one process (and whenever `refresh_snapshot` is called).
 SNAPSHOT_SECONDS = 1.0
 _last_snapshot: dict[str, float] = {}
@@ -229,15 +239,17 @@ class Store:
         """Add arms (name, settings, arm id) if new, in one transaction; the order is kept for display."""
         known = {a["name"] for a in self.arms()}
         now = time.time()
+        extra = ("quantization", *JSON_ARM_COLUMNS)
         rows = [
-            (name, *(settings.get(c) for c in ARM_COLUMNS), arm_id, now + i * 1e-6)
+            (name, *(settings.get(c) for c in ARM_COLUMNS), arm_id, now + i * 1e-6, settings.get("quantization"),
+             *(None if settings.get(c) is None else json.dumps(settings[c], sort_keys=True) for c in JSON_ARM_COLUMNS))
             for i, (name, settings, arm_id) in enumerate(arms)
             if name not in known
-        ]
+        ]  # fmt: skip
         if not rows:
             return
-        cols = ", ".join(("name", *ARM_COLUMNS, "arm_id", "registered"))
-        marks = ", ".join("?" * (len(ARM_COLUMNS) + 3))
+        cols = ", ".join(("name", *ARM_COLUMNS, "arm_id", "registered", *extra))
+        marks = ", ".join("?" * (len(ARM_COLUMNS) + 3 + len(extra)))
         self._write(f"INSERT OR IGNORE INTO arms ({cols}) VALUES ({marks})", rows)
 
     def register_arm(self, name: str, settings: dict, arm_id: str | None = None) -> None:
@@ -308,7 +320,7 @@ class Store:
         """Every metric joined with its arm's settings (the base model appears as method 'base')."""
         return self._read(
             "SELECT m.arm, a.method, a.rank, a.alpha, a.target_modules, a.learning_rate, a.weight_decay,"
-            " a.dropout, a.train_embeddings, a.seed, m.step, m.tokens AS milestone, m.metric, m.value"
+            " a.dropout, a.train_embeddings, a.seed, a.peft, a.trainable_params, m.step, m.tokens AS milestone, m.metric, m.value"
             " FROM metrics m JOIN arms a ON a.name = m.arm ORDER BY a.rowid, m.tokens, m.metric"
         )
 

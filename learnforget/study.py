@@ -230,6 +230,7 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
     )
     scaler = grad_scaler(study.precision, distributed.device())
     checkpoint_path = arm_dir(study_dir, arm.name) / "checkpoint.pt"
+    initial_adapter = save_initial_adapter(model, arm, arm_dir(study_dir, arm.name)) if main else None
     step = 0
     if checkpoint_path.exists():
         step = restore_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler)
@@ -288,7 +289,7 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
     final_weights = sharding.full_state_dict(model) if sharded else None
     if not main:
         return {"arm": arm.name}
-    save_final(model, tokenizer, arm_dir(study_dir, arm.name), base_path, final_weights)
+    save_final(model, tokenizer, arm_dir(study_dir, arm.name), base_path, final_weights, initial_adapter)
     write_model_card(arm_dir(study_dir, arm.name), study, arm, base_path, store)
     tokens_per_s = trained_tokens_count / train_seconds if train_seconds else None
     store.update_arm(
@@ -441,13 +442,30 @@ def restore_checkpoint(path: Path, model, optimizer, scheduler, scaler=None) -> 
     return state["step"]
 
 
-def save_final(model, tokenizer, directory: Path, base_path: str, state_dict: dict | None = None) -> None:
+def save_initial_adapter(model, arm: Arm, directory: Path) -> Path | None:
+    """The adapter as initialised, for methods that rewrite the base weights (PiSSA, OLoRA): peft turns
+    the final adapter into a plain LoRA on the *original* base from it (`save_final`). The initialisation
+    is deterministic (seeded), so a resumed arm writes the same one again."""
+    from learnforget.peft_arms import rewrites_base
+
+    if not rewrites_base(arm.peft):
+        return None
+    path = directory / "initial-adapter"
+    model.save_pretrained(path)
+    return path
+
+
+def save_final(
+    model, tokenizer, directory: Path, base_path: str, state_dict: dict | None = None,
+    initial_adapter: Path | None = None,
+) -> None:  # fmt: skip
     """The trained arm as users load it: a peft adapter directory or a full model directory.
 
     A full model is saved in the base's own dtype. An adapter names its base by absolute path or hub id,
     and carries the embeddings / LM head when the arm trained them (peft's `save_embedding_layers`), so
     the saved arm is the model that was measured. `state_dict`: a sharded arm's full weights, gathered
-    (`sharding.full_state_dict`).
+    (`sharding.full_state_dict`). `initial_adapter`: a PiSSA/OLoRA arm's adapter at initialisation; the
+    saved adapter is then peft's conversion to a plain LoRA (rank 2r) on the original base.
     """
     from learnforget.precision import base_dtype
     from learnforget.sharding import saved_as_unsharded
@@ -457,7 +475,10 @@ def save_final(model, tokenizer, directory: Path, base_path: str, state_dict: di
         inner = model.get_base_model()
         trained_embeddings = inner.get_input_embeddings().weight.requires_grad
         with saved_as_unsharded(model):
-            model.save_pretrained(target, save_embedding_layers=trained_embeddings, state_dict=state_dict)
+            model.save_pretrained(
+                target, save_embedding_layers=trained_embeddings, state_dict=state_dict,
+                path_initial_model_for_weight_conversion=str(initial_adapter) if initial_adapter else None,
+            )  # fmt: skip
     else:
         target = directory / "model"
         dtype = base_dtype(base_path)
@@ -621,7 +642,7 @@ def check_arms_fit(arms: list[Arm], model_config: dict | None) -> None:
     if not widths:
         return
     for arm in arms:
-        if arm.method == "lora" and arm.rank > min(widths):
+        if arm.method == "lora" and arm.peft is None and arm.rank > min(widths):
             raise UserError(
                 f"arm {arm.name}: LoRA rank {arm.rank} exceeds the width {min(widths)} of the base model's "
                 "matrices; lower the rank"

@@ -189,5 +189,8 @@ def check_targets(config, arms) -> None:
         model = AutoModelForCausalLM.from_config(config)
     for arm in arms:
         dropout_overrides(config, arm.method, arm.dropout)
-        if arm.method == "lora":
+        if arm.adapted and not (arm.peft and "target_modules" in arm.peft):
             resolve_targets(model, arm.target_modules)
+    from learnforget.peft_arms import check_quantization
+
+    check_quantization(arms)

@@ -160,7 +160,13 @@ def load_arm_model(
     from learnforget.model import load_causal_lm
 
     overrides = dropout_overrides(AutoConfig.from_pretrained(base_path), arm.method, arm.dropout)
+    if arm.quantization:
+        overrides["quantization_config"] = quantization_config(arm.quantization)
     model = load_causal_lm(base_path, precision, attn_implementation, **overrides)
+    if arm.quantization:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     if gradient_checkpointing:
         # Non-reentrant checkpointing needs no input gradients, so it works under a frozen base (LoRA).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -168,9 +174,28 @@ def load_arm_model(
     return prepare_arm(model, arm)
 
 
+def quantization_config(kind: str):
+    """bitsandbytes loading for QLoRA: 4-bit NF4 with double quantization computing in bfloat16 (the
+    QLoRA paper's setting), or 8-bit."""
+    from transformers import BitsAndBytesConfig
+
+    if kind == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )  # fmt: skip
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
 def prepare_arm(model: PreTrainedModel, arm: Arm) -> PreTrainedModel:
-    """Wrap a loaded base for a LoRA arm (targets resolved from its structure) and set the embeddings."""
-    if arm.method == "lora":
+    """Wrap a loaded base for a LoRA or peft arm (targets resolved from its structure) and set the embeddings."""
+    if arm.peft is not None:
+        from learnforget.peft_arms import build_config
+
+        targets = None if "target_modules" in arm.peft else resolve_targets(model, arm.target_modules)
+        config = build_config(arm.peft, targets, fan_in_fan_out=bool(targets) and uses_conv1d(model, targets))
+        model = get_peft_model(model, config)
+    elif arm.method == "lora":
         targets = resolve_targets(model, arm.target_modules)
         config = LoraConfig(
             r=arm.rank,
@@ -213,27 +238,72 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def merged_weights(
     model: torch.nn.Module, state: dict[str, torch.Tensor] | None = None
 ) -> dict[str, torch.Tensor]:
-    """Effective weights under base-model names (LoRA updates folded in): W_base + ΔW for spectra.
+    """Effective weights under base-model names (the method's update folded in): W_base + ΔW for spectra.
 
+    Plain LoRA is folded from its factors (ΔW = scaling · B·A, as peft's `get_delta_weight`); any other
+    method (DoRA, VeRA, IA³, LoHa, LoKr, OFT, ...) through peft's own `merge` on a copy of one adapted
+    module at a time, so the update is read in weight space (IA³'s activation scaling becomes scaled
+    weight rows or columns, OFT's rotation a rotated matrix) and never two full models are held.
+    Methods that rewrite the base at initialisation (PiSSA, OLoRA) keep their residual base inside the
+    model: the effective weights are right, and ΔW is taken against the original base by the caller.
     `state`: the model's full state dict when its own parameters are sharded (`sharding.full_state_dict`).
     """
+    gathered = state is not None
     state = model.state_dict() if state is None else state
     if not hasattr(model, "get_base_model"):
         return {n: t.detach() for n, t in state.items()}
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    prefix = "base_model.model."  # peft's names for the wrapped model's tensors
+    inner = {n.removeprefix(prefix): t.detach() for n, t in state.items() if n.startswith(prefix)}
+    merged, adapted = {}, []
+    for name, module in model.get_base_model().named_modules():
+        if isinstance(module, BaseTunerLayer):
+            adapted.append(name + ".")
+            merged.update(
+                {f"{name}.{k}": v for k, v in _merged_module(module, name, inner, gathered).items()}
+            )
+    for name, tensor in inner.items():
+        if not name.startswith(tuple(adapted)):
+            merged[name] = tensor
+    return merged
+
+
+def _merged_module(
+    module: torch.nn.Module, name: str, inner: dict[str, torch.Tensor], gathered: bool
+) -> dict[str, torch.Tensor]:
+    """The adapted module's base-layer tensors with its update merged (names relative to the module).
+    `gathered`: the tensors in `inner` replace the module's own (sharded) ones in the copy."""
     from peft.tuners.lora import LoraLayer
     from peft.utils import transpose
 
-    prefix = "base_model.model."  # peft's names for the wrapped model's tensors
-    inner = {n.removeprefix(prefix): t.detach() for n, t in state.items()}
-    merged = {}
-    for name, module in model.get_base_model().named_modules():
-        if isinstance(module, LoraLayer):
-            # As peft's LoRA Linear.get_delta_weight, from tensors rather than the module's own parameters.
-            a, b = inner[f"{name}.lora_A.default.weight"], inner[f"{name}.lora_B.default.weight"]
-            delta = transpose(b @ a, module.fan_in_fan_out) * module.scaling["default"]
-            merged[f"{name}.weight"] = inner[f"{name}.base_layer.weight"] + delta
-    for name, tensor in inner.items():
-        clean = name.replace(".base_layer", "")
-        if "lora_" not in name and clean not in merged:
-            merged[clean] = tensor
-    return merged
+    own = {k.removeprefix(name + "."): v for k, v in inner.items() if k.startswith(name + ".")}
+    base = {k.removeprefix("base_layer."): v for k, v in own.items() if k.startswith("base_layer.")}
+    if isinstance(module, LoraLayer) and _plain_lora(module):
+        # As peft's LoRA Linear.get_delta_weight, from tensors rather than the module's own parameters.
+        a, b = own["lora_A.default.weight"], own["lora_B.default.weight"]
+        if not base["weight"].is_floating_point():  # QLoRA: bitsandbytes' packed weights, dequantized
+            from peft.utils.integrations import dequantize_module_weight
+
+            base = {"weight": dequantize_module_weight(module.get_base_layer()).float()}
+        base["weight"] = base["weight"] + transpose(b @ a, module.fan_in_fan_out) * module.scaling["default"]
+        return base
+    import copy
+
+    clone = copy.deepcopy(module)
+    if gathered:
+        clone.load_state_dict(own, strict=False, assign=True)
+    with torch.no_grad():
+        clone.merge(safe_merge=False)
+    return {k: v.detach() for k, v in clone.get_base_layer().state_dict().items()}
+
+
+def _plain_lora(module) -> bool:
+    """A LoRA linear layer whose update is exactly scaling · B·A (no DoRA magnitude, no extra bias)."""
+    return (
+        not module.use_dora.get("default", False)
+        and not getattr(module, "lora_bias", {}).get("default", False)
+        and "default" in module.lora_A
+        and isinstance(module.lora_A["default"], torch.nn.Linear)
+        and not module.merged
+    )

@@ -341,6 +341,31 @@ def _checked_adapter_delta(adapter: LoraAdapter, name: str, shape: tuple) -> Tun
     return delta
 
 
+def factored_exactly(adapter_dir: Path) -> bool:
+    """Whether an adapter's ΔW is exactly scale·B·A on its base (the fast factored path): plain LoRA and
+    rsLoRA. DoRA rescales columns by its magnitude vector, PiSSA/OLoRA rewrite the base at initialisation
+    (unless saved converted), and other methods are not B·A: those go through peft's merge."""
+    import json
+
+    from learnforget.analysis.weights import ADAPTER_CONFIG
+    from learnforget.peft_arms import rewrites_base
+
+    config = json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text())
+    peft_type = str(config.get("peft_type", "LORA")).upper()
+    return peft_type == "LORA" and not config.get("use_dora") and not rewrites_base(config)
+
+
+def merged_adapter_weights(base_dir: Path, adapter_dir: Path) -> dict[str, torch.Tensor]:
+    """Effective weights of base + any peft adapter, merged one module at a time (`train.merged_weights`)."""
+    from peft import PeftModel
+
+    from learnforget.model import load_causal_lm
+    from learnforget.train import merged_weights
+
+    model = PeftModel.from_pretrained(load_causal_lm(str(base_dir)), str(adapter_dir))
+    return merged_weights(model)
+
+
 def spectrum_of_state_dicts(
     base_sd: Mapping[str, torch.Tensor],
     tuned_sd: Mapping[str, torch.Tensor],
@@ -404,7 +429,13 @@ def compare_checkpoints(
     base_dir, tuned_dir = resolve_model_dir(base), resolve_model_dir(finetuned)
     with CheckpointReader(base_dir) as base_reader:
         base_shapes = {n: base_reader.shape(n) for n in base_reader.names()}
-        if is_adapter_dir(tuned_dir):
+        if is_adapter_dir(tuned_dir) and not factored_exactly(tuned_dir):
+            merged = merged_adapter_weights(base_dir, tuned_dir)
+            names, skipped = _pair_names(
+                base_shapes, {n: tuple(t.shape) for n, t in merged.items()}, include_embeddings
+            )
+            result = _spectra(names, base_reader.get, merged.__getitem__, settings, progress)
+        elif is_adapter_dir(tuned_dir):
             adapter = LoraAdapter.from_dir(tuned_dir)
             names, skipped = _adapter_names(adapter, base_shapes, include_embeddings), []
             load_tuned = lambda n: _checked_adapter_delta(adapter, n, base_shapes[n])  # noqa: E731

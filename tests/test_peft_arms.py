@@ -1,0 +1,190 @@
+"""Any peft method as an arm: config grids and errors, and ΔW of every method against peft's dense merge."""
+
+import copy
+
+import pytest
+import torch
+
+from learnforget.config import StudyConfig, expand_arms, load_study
+from learnforget.errors import UserError
+
+torch.set_num_threads(1)
+
+
+def arms_of(*specs: dict):
+    return expand_arms(StudyConfig.model_validate({"arms": list(specs)}))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Config
+
+
+def test_paper_lora_arms_keep_their_names_and_identities():
+    # Identities of the default study as computed before peft arms existed: results and resumes stay valid.
+    arms = expand_arms(load_study(None))
+    assert [(a.name, a.id) for a in arms] == [
+        ("full-lr5e-4-s0", "1e675ace6df2"), ("lora-r1-all-lr5e-3-s0", "2ea56ea0ac7d"),
+        ("lora-r4-all-lr5e-3-s0", "db8044fded61"), ("lora-r16-all-lr5e-3-s0", "7f137e2b8198"),
+    ]  # fmt: skip
+    assert all(a.peft is None and a.quantization is None for a in arms)
+
+
+def test_peft_keywords_sweep_and_name_the_arm():
+    arms = arms_of(
+        {"method": "peft", "peft": {"type": "lora", "r": [8, 16], "use_dora": True}, "learning_rate": [2e-4, 1e-3]},
+        {"method": "peft", "peft": {"type": "VERA", "r": 256, "d_initial": 0.2}, "learning_rate": 1e-2},
+        {"method": "peft", "peft": {"type": "LoRA", "r": 4, "init_lora_weights": "pissa", "lora_alpha": 8}},
+        {"method": "peft", "peft": {"type": "IA3", "target_modules": [["k_proj", "down_proj"]],
+                                    "feedforward_modules": ["down_proj"]}},
+    )  # fmt: skip
+    names = [a.name for a in arms]
+    assert names[:4] == ["dora-r8-lr2e-4-s0", "dora-r8-lr1e-3-s0", "dora-r16-lr2e-4-s0", "dora-r16-lr1e-3-s0"]
+    assert names[4:] == ["vera-r256-d_initial0.2-lr1e-2-s0", "pissa-r4-a8-lr1e-3-s0",
+                         "ia3-custom-lr1e-3-s0"]  # fmt: skip
+    assert arms[0].peft == {"type": "LORA", "r": 8, "use_dora": True} and arms[0].rank == 8
+    assert arms[6].peft["target_modules"] == ["k_proj", "down_proj"]  # a list-valued keyword, not swept
+    assert len({a.id for a in arms}) == len(arms)
+    # The identity covers every keyword: the same arm with another keyword value is another arm.
+    other = arms_of(
+        {"method": "peft", "peft": {"type": "VERA", "r": 256, "d_initial": 0.3}, "learning_rate": 1e-2}
+    )
+    assert other[0].id != arms[4].id
+
+
+@pytest.mark.parametrize(
+    "arm, expected",
+    [
+        ({"method": "peft", "peft": {"type": "LORAX"}}, "arms.0: peft.type: unknown peft method 'LORAX'; valid: "),
+        ({"method": "peft", "peft": {"type": "LORA", "rank": 4}}, "arms.0: peft.rank: not a keyword of peft's LoraConfig; valid: "),
+        ({"method": "peft", "peft": {"r": 4}}, "arms.0: peft: needs a type (one of "),
+        ({"method": "peft"}, "method peft needs peft:"),
+        ({"method": "lora", "peft": {"type": "LORA"}}, "peft: only for method peft"),
+        ({"method": "peft", "rank": 4, "peft": {"type": "LORA"}}, "rank: for method lora"),
+        ({"method": "peft", "dropout": 0.1, "peft": {"type": "LORA"}}, "lora_dropout"),
+        ({"method": "full", "quantization": "4bit"}, "quantization: only for method lora or peft"),
+        ({"method": "peft", "peft": {"type": "OFT", "r": 4, "oft_block_size": 4}}, "peft OFT: "),
+    ],
+)  # fmt: skip
+def test_bad_peft_settings_are_one_line_user_errors(tmp_path, arm, expected):
+    import yaml
+
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"arms": [arm]}))
+    with pytest.raises(UserError) as err:
+        load_study(str(path))
+    assert str(path) in str(err.value) and expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_qlora_arm_is_refused_without_gpu_and_bitsandbytes():
+    from learnforget.peft_arms import check_quantization
+
+    arms = arms_of({"method": "lora", "rank": 4, "quantization": "4bit"}, {"method": "full"})
+    assert arms[0].name == "lora-r4-all-q4bit-lr1e-3-s0" and arms[1].quantization is None
+    if torch.cuda.is_available():
+        pytest.skip("a GPU machine runs QLoRA")
+    with pytest.raises(
+        UserError, match=r"arm lora-r4-all-q4bit-lr1e-3-s0: quantization 4bit \(QLoRA\) needs "
+    ):
+        check_quantization(arms)
+    check_quantization(arms[1:])  # no quantized arm: nothing to refuse
+
+
+# ---------------------------------------------------------------------------------------------------
+# ΔW of every method: ours (one module at a time) against peft's merge_and_unload on a copy
+
+METHODS = {
+    "lora": {"type": "LORA", "r": 4, "lora_alpha": 8},
+    "rslora": {"type": "LORA", "r": 4, "lora_alpha": 8, "use_rslora": True},
+    "dora": {"type": "LORA", "r": 4, "lora_alpha": 8, "use_dora": True},
+    "pissa": {"type": "LORA", "r": 4, "lora_alpha": 4, "init_lora_weights": "pissa"},
+    "olora": {"type": "LORA", "r": 4, "lora_alpha": 4, "init_lora_weights": "olora"},
+    "vera": {"type": "VERA", "r": 16},
+    "ia3": {"type": "IA3", "target_modules": ["k_proj", "v_proj", "down_proj"], "feedforward_modules": ["down_proj"]},
+    "loha": {"type": "LOHA", "r": 4},
+    "lokr": {"type": "LOKR", "r": 4},
+    "oft": {"type": "OFT", "oft_block_size": 8},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                         vocab_size=128)  # fmt: skip
+    path = tmp_path_factory.mktemp("base")
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+def trained_arm(base_dir, settings: dict, steps: int):
+    from learnforget.train import load_arm_model, make_optimizer, train_steps
+
+    (arm,) = arms_of({"method": "peft", "peft": settings, "learning_rate": 2e-2})
+    torch.manual_seed(0)
+    model = load_arm_model(str(base_dir), arm)
+    rows = torch.randint(0, 128, (4 * max(steps, 1), 16), generator=torch.Generator().manual_seed(1))
+    optimizer, scheduler = make_optimizer(model, arm.learning_rate, 0.0, 0, max(steps, 1))
+    train_steps(model, optimizer, scheduler, rows, 4, 0, steps)
+    return arm, model
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_delta_w_of_every_method_equals_peft_dense_merge(base_dir, method):
+    from learnforget.analysis.spectrum import spectrum_of_state_dicts
+    from learnforget.model import load_causal_lm
+    from learnforget.train import merged_weights
+
+    arm, model = trained_arm(base_dir, METHODS[method], steps=2)
+    assert arm.method == method
+    original = load_causal_lm(str(base_dir)).state_dict()
+    ours = merged_weights(model)
+    dense = copy.deepcopy(model).merge_and_unload().state_dict()
+    assert set(ours) == set(dense) == set(original)
+    changed = 0
+    for name, weight in dense.items():
+        torch.testing.assert_close(ours[name], weight, rtol=1e-5, atol=1e-6, msg=f"{method} {name}")
+        changed += weight.ndim == 2 and (ours[name] - original[name]).abs().max().item() > 1e-6
+    assert changed >= 2, f"{method}: the training steps changed no weight matrix"
+    result = spectrum_of_state_dicts(original, ours)
+    moved = [m for m in result["matrices"] if m["delta_fro"] > 0]
+    assert len(moved) == changed and all(0 < m["rank_delta"] <= min(m["shape"]) for m in moved)
+
+
+@pytest.mark.parametrize("method", ["pissa", "olora"])
+def test_base_rewriting_methods_measure_delta_w_from_the_original_base(base_dir, method):
+    from learnforget.model import load_causal_lm
+    from learnforget.train import merged_weights
+
+    _, model = trained_arm(base_dir, METHODS[method], steps=0)
+    residual = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
+    original = load_causal_lm(str(base_dir)).state_dict()
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert (residual - original[q]).abs().max() > 1e-2  # peft rewrote the base weights at init
+    torch.testing.assert_close(merged_weights(model)[q], original[q], rtol=0, atol=1e-5)  # yet ΔW = 0
+
+
+@pytest.mark.parametrize("method", ["dora", "ia3", "pissa"])
+def test_saved_adapters_of_any_method_give_the_same_spectra(base_dir, tmp_path, method):
+    from learnforget.analysis.spectrum import compare_checkpoints, spectrum_of_state_dicts
+    from learnforget.model import load_causal_lm
+    from learnforget.study import save_initial_adapter
+    from learnforget.train import merged_weights
+
+    arm, model = trained_arm(base_dir, METHODS[method], steps=0)
+    initial = save_initial_adapter(model, arm, tmp_path)
+    assert (initial is not None) == (method == "pissa")
+    arm, model = trained_arm(base_dir, METHODS[method], steps=2)
+    # As study.save_final: PiSSA is saved converted to a plain LoRA on the original base.
+    model.save_pretrained(
+        tmp_path / "adapter", path_initial_model_for_weight_conversion=initial and str(initial)
+    )
+    expected = spectrum_of_state_dicts(load_causal_lm(str(base_dir)).state_dict(), merged_weights(model))
+    found = compare_checkpoints(str(base_dir), str(tmp_path / "adapter"), progress=False)
+    by_name = {m["name"]: m for m in found["matrices"]}
+    moved = [m for m in expected["matrices"] if m["delta_fro"] > 0]
+    assert moved
+    for m in moved:
+        assert by_name[m["name"]]["rank_delta"] == m["rank_delta"]
+        assert by_name[m["name"]]["delta_fro"] == pytest.approx(m["delta_fro"], rel=1e-3)

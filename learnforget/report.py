@@ -191,7 +191,10 @@ def write_suite_summary(suite_dir: Path, settings: list[str]) -> Path:
     judged = {key: claims_for_study_dir(suite_dir / key) for key in settings}
     first = judged[settings[0]]
     verdicts = [
-        [f"{c['section']} {c['claim']}" + (" *(ours)*" if c["source"] == "ours" else "")]
+        [
+            f"{c['section']} {c['claim']}"
+            + {"ours": " *(ours)*", "beyond": " *(beyond the paper)*"}.get(c["source"], "")
+        ]
         + [verdict_label(judged[k][i]) for k in settings]
         for i, c in enumerate(first)
     ]

@@ -558,6 +558,7 @@ def record_spectra(
     return {
         "spectrum/rank_delta_fraction": fractions[mid],
         "spectrum/rank_random_fraction": random_fractions[mid],
+        "spectrum/intruders": sum(m["intruders"] for m in changed),  # Shuttleworth et al.'s, all matrices
     }
 
 

@@ -49,7 +49,8 @@ def synthetic_study(study_dir: Path, arms=GRID_ARMS, unfinished: int = 0, seed: 
         cost = (1000 * (arm.rank or 1500), 9000.0, 4.5, 480.0) if done else (None,) * 4
         settings = arm.model_dump()
         row = (arm.name, *[settings.get(c) for c in ARM_COLUMNS], "done" if done else "running", *cost)
-        arms.append((*row, time.time() + i * 1e-3))  # registration time: the display order
+        peft = json.dumps(arm.peft, sort_keys=True) if arm.peft else None
+        arms.append((*row, time.time() + i * 1e-3, peft))  # registration time: the display order
         if not done:
             continue
         strength = (
@@ -71,7 +72,15 @@ def synthetic_study(study_dir: Path, arms=GRID_ARMS, unfinished: int = 0, seed: 
                 "spectrum/rank_random_fraction": base["spectrum/rank_random_fraction"],
             }
             metrics += [(arm.name, step, step * study.tokens_per_step, k, v) for k, v in values.items()]
-    extra = ("status", "trainable_params", "tokens_per_s", "train_seconds", "peak_memory_mb", "registered")
+    extra = (
+        "status",
+        "trainable_params",
+        "tokens_per_s",
+        "train_seconds",
+        "peak_memory_mb",
+        "registered",
+        "peft",
+    )
     columns = ", ".join(("name", *ARM_COLUMNS, *extra))
     with closing(sqlite3.connect(store.part_path)) as conn, conn:  # this process's part of the store
         conn.executemany(f"INSERT INTO arms ({columns}) VALUES ({', '.join('?' * len(arms[0]))})", arms)

@@ -81,6 +81,11 @@ OUR_CLAIMS = {
     "ours-matched": ("ours", "LoRA forgets less than full finetuning at matched learning."),
     "ours-matched-reg": ("ours", "LoRA forgets less than weight-decay / dropout full finetuning at matched learning."),
 }  # fmt: skip
+# Shuttleworth et al. (2024): LoRA's intruder dimensions go with forgetting (judged in peft_claims).
+INTRUDER_CLAIM = (
+    "Shuttleworth",
+    "Across adapter arms, more intruder dimensions in ΔW go with more forgetting.",
+)
 
 
 def _value(p: dict, metric: str) -> float | None:
@@ -94,34 +99,53 @@ def _show(p: dict, metric: str, at: bool = False) -> str:
     return f"`{p['configuration']}`{where} {text} (n={p['seeds']})"
 
 
-def _both(s: StudyPoints, final: bool = True) -> tuple[list[dict], list[dict], dict | None]:
-    """(full points, LoRA points, the 'missing' verdict when either method is absent)."""
-    full, lora = s.of("full", final), s.of("lora", final)
+def _both(
+    s: StudyPoints, final: bool = True, method: str = "lora"
+) -> tuple[list[dict], list[dict], dict | None]:
+    """(full points, the method's points (LoRA's by default), the 'missing' verdict when either is absent)."""
+    full, lora = s.of("full", final), s.of(method, final)
     if full and lora:
         return full, lora, None
-    return full, lora, missing(f"no {'full-finetuning' if not full else 'LoRA'} arms in this study")
+    return (
+        full,
+        lora,
+        missing(f"no {'full-finetuning' if not full else method_label(method)} arms in this study"),
+    )
+
+
+# Display names of peft methods by family (learnforget.peft_arms.method_family); others show as named.
+METHOD_LABELS = {"lora": "LoRA", "rslora": "rsLoRA", "dora": "DoRA", "pissa": "PiSSA", "olora": "OLoRA",
+                 "vera": "VeRA", "ia3": "IA³", "loha": "LoHa", "lokr": "LoKr", "oft": "OFT", "boft": "BOFT",
+                 "adalora": "AdaLoRA"}  # fmt: skip
+
+
+def method_label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
 
 
 # ---------------------------------------------------------------------------------------------------
 # §4.1 learning
 
 
-def _budget_and_peak(s: StudyPoints, metric: str) -> dict:
-    """Full finetuning vs LoRA on `metric` ('learning': full learns more; 'forgetting': LoRA keeps more),
-    (a) at the same budget: the best configuration of each at the final milestone; (b) at each method's
-    peak learning: its best (configuration, milestone)."""
-    full, lora, absent = _both(s)
+def _budget_and_peak(s: StudyPoints, metric: str, method: str = "lora") -> dict:
+    """Full finetuning vs LoRA (or another peft `method`) on `metric` ('learning': full learns more;
+    'forgetting': the method keeps more), (a) at the same budget: the best configuration of each at the
+    final milestone; (b) at each method's peak learning: its best (configuration, milestone)."""
+    full, lora, absent = _both(s, method=method)
     if absent:
         return absent
+    label = method_label(method)
     learning = metric == "learning"
     oriented, sign = (s.learns, 1) if learning else (s.keeps, -1)  # full − LoRA, or LoRA − full
-    name, winner = (s.learning[0], "full learns more") if learning else (s.forgetting[0], "LoRA keeps more")
+    name, winner = (
+        (s.learning[0], "full learns more") if learning else (s.forgetting[0], f"{label} keeps more")
+    )
     parts = []
-    for at, (f, lo) in ((False, (s.best(full), s.best(lora))), (True, (s.peak("full"), s.peak("lora")))):
+    for at, (f, lo) in ((False, (s.best(full), s.best(lora))), (True, (s.peak("full"), s.peak(method)))):
         effect = sign * (oriented(f) - oriented(lo))
         where = "at each method's peak learning" if at else f"same budget ({f['milestone']:,} tokens)"
         evidence = (
-            f"{where}, {name}: full {_show(f, metric, at)} vs LoRA {_show(lo, metric, at)}; "
+            f"{where}, {name}: full {_show(f, metric, at)} vs {label} {_show(lo, metric, at)}; "
             f"{winner} by {effect:+.4f}"
         )
         parts.append(part(effect, s.noise([f, lo], metric), evidence))
@@ -517,7 +541,7 @@ def matched_forgetting(curve_a: list, curve_b: list) -> list[tuple[float, float,
     return [(level, _at_level(curve_a, level), _at_level(curve_b, level)) for level in levels]
 
 
-def _matched(s: StudyPoints, lora: dict, other: dict) -> dict | None:
+def _matched(s: StudyPoints, lora: dict, other: dict, label: str = "LoRA") -> dict | None:
     """LoRA's forgetting advantage over another configuration at matched learning (None: no overlap).
     Adds `levels`: (learning value, LoRA's forgetting value, the other's) at each matched level."""
     matched = matched_forgetting(
@@ -530,24 +554,24 @@ def _matched(s: StudyPoints, lora: dict, other: dict) -> dict | None:
     back = (s.learning[1], s.forgetting[1])  # back to the metrics' own values (score is its own inverse)
     levels = [(score(x, back[0]), score(a, back[1]), score(b, back[1])) for x, a, b in matched]
     evidence = (
-        f"LoRA `{lora['configuration']}` keeps {s.forgetting[0]} better than `{other['configuration']}` "
+        f"{label} `{lora['configuration']}` keeps {s.forgetting[0]} better than `{other['configuration']}` "
         f"by {effect:+.4f} on average"
     )
     return {**part(effect, s.noise(used, "forgetting"), evidence), "levels": levels}
 
 
-def _claim_matched(s: StudyPoints) -> dict:
-    full, lora, absent = _both(s)
+def _claim_matched(s: StudyPoints, method: str = "lora") -> dict:
+    full, lora, absent = _both(s, method=method)
     if absent:
         return absent
     bf, bl = s.best(full), s.best(lora)
-    result = _matched(s, bl, bf)
+    result = _matched(s, bl, bf, method_label(method))
     if result is None:
         return missing(
             f"learning ranges of `{bl['configuration']}` and `{bf['configuration']}` do not overlap"
         )
     levels = ", ".join(f"{x:.3f}: {a:.3f} vs {b:.3f}" for x, a, b in result.pop("levels"))
-    detail = f"{s.forgetting[0]} of LoRA vs full where both first reach {s.learning[0]} = {levels}"
+    detail = f"{s.forgetting[0]} of {method_label(method)} vs full where both first reach {s.learning[0]} = {levels}"
     return {**result, "evidence": f"{detail}; {result['evidence']}"}
 
 
@@ -601,9 +625,15 @@ def judge_claims(
         "ours-matched": _claim_matched(s),
         "ours-matched-reg": _claim_matched_regularizers(s),
     }
-    return [labelled(i, *PAPER_CLAIMS[i], "paper", judged[i]) for i in PAPER_CLAIMS] + [
-        labelled(i, *OUR_CLAIMS[i], "ours", judged[i]) for i in OUR_CLAIMS
-    ]
+    from learnforget.analysis.peft_claims import intruder_claim, method_claims
+
+    beyond = [labelled(i, section, claim, "beyond", result) for i, section, claim, result in method_claims(s)]
+    beyond.append(labelled("intruders", *INTRUDER_CLAIM, "beyond", intruder_claim(s)))
+    return (
+        [labelled(i, *PAPER_CLAIMS[i], "paper", judged[i]) for i in PAPER_CLAIMS]
+        + [labelled(i, *OUR_CLAIMS[i], "ours", judged[i]) for i in OUR_CLAIMS]
+        + beyond
+    )
 
 
 def labelled(claim_id: str, section: str, statement: str, source: str, result: dict) -> dict:
@@ -658,6 +688,7 @@ def claims_markdown(claims: list[dict], heading: str = "## Claims", intro: str =
     lines = [heading, "", intro, ""]
     paper = [c for c in claims if c.get("source", "paper") == "paper"]
     ours = [c for c in claims if c.get("source") == "ours"]
+    beyond = [c for c in claims if c.get("source") == "beyond"]
     if paper:
         lines += ["**The paper's claims**", "", *table(paper), ""]
     if ours:
@@ -666,6 +697,16 @@ def claims_markdown(claims: list[dict], heading: str = "## Claims", intro: str =
             "not contradict the paper.",
             "",
             *table(ours),
+            "",
+        ]
+    if beyond:
+        lines += [
+            "**Beyond the paper: other PEFT methods and intruder dimensions**: the paper's comparisons with "
+            "each other PEFT method in LoRA's place, and Shuttleworth et al.'s intruder dimensions vs "
+            "forgetting (Spearman ρ across adapter configurations; 3× spread = 3/√(n−1)). The paper tested "
+            "neither: these verdicts neither support nor contradict it.",
+            "",
+            *table(beyond),
             "",
         ]
     return "\n".join(lines)

@@ -28,6 +28,7 @@ Axis = tuple[str, bool]
 MAX_LABELS = 10  # direct labels on the frontier plot
 SETTINGS = (
     "method", "rank", "alpha", "target_modules", "learning_rate", "weight_decay", "dropout", "train_embeddings",
+    "peft",
 )  # fmt: skip
 
 
@@ -265,7 +266,7 @@ def lr_sensitivity(pts: list[dict], learning: Axis, by: tuple[str, ...] | None =
         decades = [abs(math.log10(n) - math.log10(best)) for n in neighbours]
         spreads = [p["learning_spread"] for p in at_final if p["learning_spread"] is not None]
         drops = [abs(values[n] - values[best]) / d for n, d in zip(neighbours, decades, strict=True)]
-        first, is_lora = at_final[0], at_final[0]["method"] == "lora"
+        first, is_lora = at_final[0], at_final[0]["method"] != "full"  # LoRA or another adapter method
         rows.append(
             {
                 "sweep": key[0] if by is None else " ".join(f"{f}={v}" for f, v in zip(by, key, strict=True)),

@@ -20,6 +20,7 @@ from learnforget.analysis.frontier import Axis, points, score, seed_average
 FACTOR = 3.0  # an effect must be this many seed spreads large to count
 DELTA_FRACTION = "spectrum/rank_delta_fraction"
 RANDOM_FRACTION = "spectrum/rank_random_fraction"
+INTRUDERS = "spectrum/intruders"  # intruder dimensions summed over the matrices (Shuttleworth et al.)
 
 # ---------------------------------------------------------------------------------------------------
 # Verdicts
@@ -181,3 +182,5 @@ def add_spectrum(pts: list[dict], matrices: list[dict]) -> None:
         if group and DELTA_FRACTION not in p["metrics"]:
             p["metrics"][DELTA_FRACTION] = median(m["rank_delta"] / m["min_dim"] for m in group)
             p["metrics"][RANDOM_FRACTION] = median(m["rank_random"] / m["min_dim"] for m in group)
+        if group and INTRUDERS not in p["metrics"] and all(m.get("intruders") is not None for m in group):
+            p["metrics"][INTRUDERS] = sum(m["intruders"] for m in group)

@@ -129,7 +129,9 @@ def print_dry_run(
                      "memory": memory.as_dict()})  # fmt: skip
         table.add_row(
             arm.name, arm.method, str(arm.rank or "–"), f"{arm.alpha:g}" if arm.alpha else "–",
-            "+".join(adapted_linears(config, arm)) if arm.peft else arm.target_modules if arm.adapted else "all",
+            "+".join(adapted_linears(config, arm))
+            if arm.peft and "target_modules" in arm.peft
+            else arm.target_modules if arm.adapted else "all",
             f"{arm.learning_rate:g}",
             f"{arm.weight_decay:g}", f"{arm.dropout:g}", str(arm.seed), f"{trainable:,}",
             f"{100 * trainable / total:.2f}", f"{gb['weights']:.2f}", f"{gb['gradients'] + gb['optimizer']:.2f}",

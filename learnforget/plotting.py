@@ -12,7 +12,7 @@ from pathlib import Path
 
 # Enough maps for the families a grid like paper-mini has; more families reuse them in order.
 FULL_MAPS = ("Blues", "Purples", "PuBuGn", "BuGn")
-LORA_MAPS = ("Oranges", "Reds", "RdPu", "YlOrBr", "Greys")
+LORA_MAPS = ("Oranges", "Reds", "RdPu", "YlOrBr", "Greys", "Purples", "YlGn", "pink_r")
 BASE_COLOR = "#000000"
 
 
@@ -62,7 +62,9 @@ def family(arm: dict) -> str:
         if arm.get("train_embeddings") in (0, False):
             variants.append(", frozen embeddings")
         return "full" + "".join(variants)
-    name = f"LoRA {arm.get('target_modules') or ''}".strip()
+    from learnforget.analysis.claims import method_label
+
+    name = f"{method_label(method or 'lora')} {arm.get('target_modules') or ''}".strip()
     if (arm.get("dropout") or 0) > 0:
         name += " + dropout"
     return name + (" + embeddings" if arm.get("train_embeddings") else "")

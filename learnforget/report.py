@@ -160,8 +160,10 @@ def write_summary(study_dir: Path, store: Store, study: StudyConfig) -> Path:
         parts += ["", f"### {arm['name']}", "", markdown_table(["tokens"] + metrics, body)]
     from learnforget.analysis.claims import claims_for_study_dir, claims_markdown
     from learnforget.analysis.frontier import frontier_for_study_dir
+    from learnforget.analysis.methods import methods_markdown
 
-    parts += ["", frontier_for_study_dir(study_dir), "", claims_markdown(claims_for_study_dir(study_dir))]
+    parts += ["", frontier_for_study_dir(study_dir), "", methods_markdown(study_dir)]
+    parts += ["", claims_markdown(claims_for_study_dir(study_dir))]
     path = study_dir / "summary.md"
     path.write_text("\n".join(parts) + "\n")
     return path
@@ -185,18 +187,22 @@ def write_report(study_dir: Path, store: Store, study: StudyConfig, console: Con
 def write_suite_summary(suite_dir: Path, settings: list[str]) -> Path:
     """summary.md of a suite: the claims' verdicts per setting side by side, the findings that compare
     settings, then each setting's tables."""
-    from learnforget.analysis.claims import claims_for_study_dir, claims_markdown, verdict_label
+    from learnforget.analysis.claims import (
+        claims_for_study_dir,
+        claims_markdown,
+        claims_side_by_side,
+        verdict_label,
+    )
     from learnforget.analysis.suite_claims import SUITE_INTRO, claims_for_suite_dir
 
     judged = {key: claims_for_study_dir(suite_dir / key) for key in settings}
-    first = judged[settings[0]]
     verdicts = [
         [
             f"{c['section']} {c['claim']}"
             + {"ours": " *(ours)*", "beyond": " *(beyond the paper)*"}.get(c["source"], "")
         ]
-        + [verdict_label(judged[k][i]) for k in settings]
-        for i, c in enumerate(first)
+        + [verdict_label(per[k]) if per[k] else "–" for k in settings]
+        for c, per in claims_side_by_side(judged)
     ]
     parts = [
         f"# Suite `{suite_dir.name}`",

@@ -516,16 +516,15 @@ def write_study_html(study_dir: Path, store, study) -> Path:
 def write_suite_html(suite_dir: Path, settings: list[str]) -> Path:
     """report.html of a suite: the verdicts per setting, the findings across settings, then each setting's
     plane, arms and claims (each setting's own report.html has its training curves and spectra too)."""
-    from learnforget.analysis.claims import claims_for_study_dir
+    from learnforget.analysis.claims import claims_for_study_dir, claims_side_by_side
     from learnforget.analysis.suite_claims import claims_for_suite_dir
     from learnforget.config import StudyConfig
     from learnforget.store import Store
 
     suite_dir = Path(suite_dir)
     judged = {key: claims_for_study_dir(suite_dir / key) for key in settings}
-    first = judged[settings[0]]
-    verdicts = [[f"{c['section']} {c['claim']}", c.get("source", "paper")] + [judged[k][i]["verdict"] for k in settings]
-                for i, c in enumerate(first)]  # fmt: skip
+    verdicts = [[f"{c['section']} {c['claim']}", c.get("source", "paper")] + [per[k]["verdict"] if per[k] else "–" for k in settings]
+                for c, per in claims_side_by_side(judged)]  # fmt: skip
     body = [
         f"<h1>Suite <code>{_esc(suite_dir.name)}</code></h1>",
         "<p class='meta'>Settings: " + ", ".join(f"<a href='#{k}-plane'>{_esc(k)}</a> (<a href='{_esc(k)}/report.html'>full report</a>)" for k in settings) + "</p>",

@@ -291,8 +291,8 @@ def _merged_module(
     import copy
 
     clone = copy.deepcopy(module)
-    if gathered:
-        clone.load_state_dict(own, strict=False, assign=True)
+    if gathered:  # copies: merge works in place, and the gathered tensors are checkpointed afterwards
+        clone.load_state_dict({k: v.clone() for k, v in own.items()}, strict=False, assign=True)
     with torch.no_grad():
         clone.merge(safe_merge=False)
     return {k: v.detach() for k, v in clone.get_base_layer().state_dict().items()}

@@ -142,9 +142,14 @@ def test_delta_w_of_every_method_equals_peft_dense_merge(base_dir, method):
     ours = merged_weights(model)
     dense = copy.deepcopy(model).merge_and_unload().state_dict()
     assert set(ours) == set(dense) == set(original)
+    # From a given full state dict (sharded arms pass the gathered one): the same, and the state untouched.
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    from_state = merged_weights(model, state)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     changed = 0
     for name, weight in dense.items():
         torch.testing.assert_close(ours[name], weight, rtol=1e-5, atol=1e-6, msg=f"{method} {name}")
+        torch.testing.assert_close(from_state[name], weight, rtol=1e-5, atol=1e-6, msg=f"{method} {name}")
         changed += weight.ndim == 2 and (ours[name] - original[name]).abs().max().item() > 1e-6
     assert changed >= 2, f"{method}: the training steps changed no weight matrix"
     result = spectrum_of_state_dicts(original, ours)
@@ -188,3 +193,39 @@ def test_saved_adapters_of_any_method_give_the_same_spectra(base_dir, tmp_path, 
     for m in moved:
         assert by_name[m["name"]]["rank_delta"] == m["rank_delta"]
         assert by_name[m["name"]]["delta_fro"] == pytest.approx(m["delta_fro"], rel=1e-3)
+
+
+def test_peft_methods_study_matches_trainable_budgets_where_the_method_allows():
+    from learnforget.dryrun import arm_size, base_config
+
+    study = load_study("peft-methods")
+    arms = expand_arms(study)
+    assert len(arms) == 32 and study.workers == 2
+    by_method: dict[str, set] = {}
+    for arm in arms:
+        by_method.setdefault(arm.method, set()).add((arm.learning_rate, arm.seed))
+    assert list(by_method) == ["full", "lora", "rslora", "dora", "pissa", "vera", "ia3", "loha"]
+    assert all(len(v) == 4 for v in by_method.values())  # 2 learning rates × 2 seeds each
+    config = base_config(study)
+    trainable = {a.method: arm_size(config, a)[0] for a in arms}
+    matched = 8 * 11_776  # LoRA r8 on every linear layer of the built-in base
+    assert {m: trainable[m] for m in ("lora", "rslora", "pissa", "loha")} == dict.fromkeys(
+        ("lora", "rslora", "pissa", "loha"), matched
+    )
+    assert trainable["dora"] == matched + 6_656  # + the magnitude vectors (one per output feature)
+    assert (trainable["vera"], trainable["ia3"]) == (13_824, 3_072)  # as the config's header states
+
+
+def test_qlora_dry_run_on_cpu_exits_with_one_line(tmp_path, capsys):
+    import yaml
+
+    from tests.conftest import cli_exit_code
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU machine runs QLoRA")
+    path = tmp_path / "qlora.yaml"
+    path.write_text(yaml.safe_dump({"arms": [{"method": "lora", "rank": 4, "quantization": "4bit"}]}))
+    assert cli_exit_code(["run", str(path), "--dry-run"]) == 2
+    assert "quantization 4bit (QLoRA) needs bitsandbytes on a CUDA GPU" in capsys.readouterr().err.replace(
+        "\n", " "
+    )

@@ -99,3 +99,20 @@ def test_recommend_considers_every_method(tmp_path):
     assert (
         tight["method"] in ("lora", "dora", "vera") and tight["considered"] == (2 + 4 + 4 + 2) * 3
     )  # configurations × milestones
+
+
+def test_methods_table_ranks_methods_on_the_frontier_with_costs_and_spreads(tmp_path):
+    from learnforget.analysis.methods import method_rows, methods_markdown
+
+    synthetic_study(tmp_path, [*PAPER_ARMS, *OTHERS])
+    with_intruders(tmp_path, "more")
+    rows = method_rows(tmp_path)
+    assert sorted(r["method"] for r in rows) == ["DoRA", "LoRA", "VeRA", "full"]
+    assert [r["_order"] for r in rows] == sorted(r["_order"] for r in rows)
+    assert rows[0]["frontier"] >= 1
+    vera = next(r for r in rows if r["method"] == "VeRA")
+    assert vera["best"] == "vera-r64-lr1e-2" and vera["seeds"] == 2
+    assert vera["trainable"] == (64_000, 0) and vera["learning"][1] is not None  # seed spread reported
+    assert vera["intruders"][0] is not None and rows[0]["rank_fraction"][0] is not None
+    text = methods_markdown(tmp_path)
+    assert text.startswith("## Methods") and "| VeRA | " in text and "`vera-r64-lr1e-2` (n=2)" in text

@@ -636,6 +636,16 @@ def judge_claims(
     )
 
 
+def claims_side_by_side(judged: dict[str, list[dict]]) -> list[tuple[dict, dict[str, dict | None]]]:
+    """(claim, {setting: that setting's verdict or None}) for every claim id of any setting, in order: the
+    per-method claims differ between settings that train different methods."""
+    rows: dict[str, tuple[dict, dict]] = {}
+    for key, claims in judged.items():
+        for c in claims:
+            rows.setdefault(c["id"], (c, dict.fromkeys(judged)))[1][key] = c
+    return list(rows.values())
+
+
 def labelled(claim_id: str, section: str, statement: str, source: str, result: dict) -> dict:
     """A verdict with its claim's id, section, statement and source ('paper' or 'ours')."""
     return {"id": claim_id, "section": section, "claim": statement, "source": source, **result}

@@ -396,6 +396,29 @@ def arms_table(table_id: str, store, learn: tuple, forget: tuple, base: dict | N
     return table(table_id, header, rows, text_cols=6, swatches=swatches)
 
 
+def methods_section(study_dir: Path, prefix: str = "") -> list[str]:
+    """The methods ranked on the frontier (`analysis.methods`), where the study trains more than full and LoRA."""
+    from learnforget.analysis.methods import method_rows
+
+    methods = method_rows(study_dir)
+    if {m["method"] for m in methods} <= {"full", "LoRA"}:
+        return []
+    header = ["rank", "method", "on frontier", "best configuration", "seeds", "learning", "± learning",
+              "forgetting", "± forgetting", "trainable", "tokens/s", "peak MB", "ΔW rank (90%)", "intruders",
+              "± intruders"]  # fmt: skip
+    rows = [
+        [i + 1, m["method"], m["frontier"], m["best"], m["seeds"], *m["learning"], *m["forgetting"],
+         m["trainable"][0], m["tokens_per_s"][0], m["peak_memory_mb"][0], m["rank_fraction"][0], *m["intruders"]]
+        for i, m in enumerate(methods)
+    ]  # fmt: skip
+    return [
+        f"<h2 id='{prefix}methods'>Methods</h2>",
+        "<p>Each method's best configuration (best learning at the final milestone), ranked by how many of its "
+        "configurations lie on the learning–forgetting frontier, then by learning; ± = half-range over seeds.</p>",
+        table(f"{prefix}methods-table", header, rows, text_cols=4),
+    ]
+
+
 def claims_table(table_id: str, claims: list[dict]) -> str:
     from learnforget.analysis.claims import FACTOR
 
@@ -462,6 +485,7 @@ def study_sections(study_dir: Path, store, study, prefix: str = "", curves: bool
         f"<h2 id='{prefix}arms'>Arms</h2>",
         arms_table(f"{prefix}arms-table", store, learn, forget, base),
     ]
+    parts += methods_section(study_dir, prefix) if pts else []
     if pts:
         claims = claims_for_study_dir(study_dir)
         parts += [

@@ -116,3 +116,9 @@ def test_methods_table_ranks_methods_on_the_frontier_with_costs_and_spreads(tmp_
     assert vera["intruders"][0] is not None and rows[0]["rank_fraction"][0] is not None
     text = methods_markdown(tmp_path)
     assert text.startswith("## Methods") and "| VeRA | " in text and "`vera-r64-lr1e-2` (n=2)" in text
+    from learnforget.report_html import methods_section
+
+    html = "".join(methods_section(tmp_path))
+    assert "id='methods'" in html and "vera-r64-lr1e-2" in html
+    synthetic_study(tmp_path / "paper", PAPER_ARMS)
+    assert methods_section(tmp_path / "paper") == [] and methods_markdown(tmp_path / "paper") == ""

@@ -231,6 +231,11 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
     scaler = grad_scaler(study.precision, distributed.device())
     checkpoint_path = arm_dir(study_dir, arm.name) / "checkpoint.pt"
     initial_adapter = save_initial_adapter(model, arm, arm_dir(study_dir, arm.name)) if main else None
+    # QLoRA: ΔW against the dequantized base the adapter trains on (read before any step, when the update
+    # is zero), not the full-precision one, whose difference would be mostly quantization error.
+    quantized_base = (
+        {k: v.clone() for k, v in merged_weights(model).items()} if arm.quantization and main else None
+    )
     step = 0
     if checkpoint_path.exists():
         step = restore_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler)
@@ -241,7 +246,7 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
         # The scheduler stays unprepared: a prepared one would step once per process.
         accelerator = distributed.accelerator()
         trained, optimizer = accelerator.prepare(model, optimizer)
-    base_weights = None
+    base_weights = quantized_base
     trained_tokens_count, train_seconds = 0, 0.0
     from learnforget.tracking import StepLog, hyperparameters
 

@@ -84,21 +84,33 @@ def _parse_shard(shard: str | None) -> tuple[int, int] | None:
     return index, count
 
 
+def _pretrain_progress(progress: Progress, steps: int):
+    """A pretraining progress callback drawing a bar (and logging every tenth step without a terminal)."""
+    task = progress.add_task("pretrain base", total=steps, info="")
+
+    def update(step: int, total: int, loss: float) -> None:
+        progress.update(task, completed=step, info=f"loss {loss:.3f}")
+        _log_tenth("pretrain base", step, total, loss)
+
+    return update
+
+
 def _pretrain_with_progress(study) -> str:
-    from learnforget.model import builtin_base_path, check_base_model, resolve_base
+    from learnforget.model import builtin_base_path, check_base_model, resolve_base, shipped_base
 
     check_base_model(study.base_model)
-    if study.base_model != "builtin" or (builtin_base_path(study.base) / "config.json").exists():
+    if (
+        study.base_model != "builtin"
+        or shipped_base(study.base) is not None
+        or (builtin_base_path(study.base) / "config.json").exists()
+    ):
         return resolve_base(study.base_model, study.base)
-    console.print(f"Pretraining the built-in base (cached afterwards in {builtin_base_path(study.base)})")
+    console.print(
+        "This base recipe differs from the shipped base's: pretraining it "
+        f"(cached afterwards in {builtin_base_path(study.base)})"
+    )
     with _progress() as progress:
-        task = progress.add_task("pretrain base", total=study.base.steps, info="")
-
-        def update(step: int, total: int, loss: float) -> None:
-            progress.update(task, completed=step, info=f"loss {loss:.3f}")
-            _log_tenth("pretrain base", step, total, loss)
-
-        return resolve_base(study.base_model, study.base, update)
+        return resolve_base(study.base_model, study.base, _pretrain_progress(progress, study.base.steps))
 
 
 @app.command()
@@ -265,14 +277,66 @@ def _run_study(study, study_dir: Path, shard: str | None) -> list[tuple[str, str
 
 
 @app.command()
-def pretrain(config: ConfigArg = None, set_: SetOpt = []) -> None:  # noqa: B006
-    """Build (or find in the cache) the built-in base model of a study and print its directory."""
+def pretrain(
+    config: ConfigArg = None,
+    set_: SetOpt = [],  # noqa: B006
+    out: Annotated[
+        Path | None, typer.Option(help="Directory for the rebuilt base (default: a new one in the cache).")
+    ] = None,
+    ship: Annotated[
+        bool, typer.Option(help="Replace the base shipped in the package with the rebuilt one.")
+    ] = False,
+) -> None:
+    """Rebuild the built-in base of a study from its recipe (always, even when a shipped base exists),
+    print its proportions next to Llama-2-7B's and how close it is to the shipped base, and its directory."""
+    from learnforget.base_report import (
+        base_proportions,
+        closeness,
+        closeness_table,
+        proportion_failures,
+        proportions_table,
+    )
     from learnforget.config import load_study
+    from learnforget.model import (
+        base_info,
+        builtin_base_path,
+        cache_dir,
+        load_causal_lm,
+        pretrain_base,
+        ship_base,
+        shipped_base,
+    )
 
     study = load_study(config, set_)
     if study.base_model != "builtin":
         raise UserError(f"base_model is {study.base_model!r}: only the built-in base is pretrained here")
-    out_console.print(_pretrain_with_progress(study))
+    recipe = study.base
+    shipped, cached = shipped_base(recipe), builtin_base_path(recipe)
+    if out is None and shipped is None and not (cached / "config.json").exists():
+        out = cached  # a recipe of its own: the rebuild is the one studies will use
+    target = out or cache_dir() / "rebuilds" / f"base-{recipe.digest()}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if target.exists():
+        raise UserError(f"--out {target}: already exists; name a new directory")
+    console.print(f"Pretraining the built-in base from its recipe ({recipe.digest()}) into {target}")
+    with _progress() as progress:
+        pretrain_base(recipe, target, _pretrain_progress(progress, recipe.steps))
+    info = base_info(target)
+    props = base_proportions(load_causal_lm(str(target)), info)
+    out_console.print(proportions_table(props))
+    failures = proportion_failures(props)
+    out_console.print(
+        f"Pretrained {info['tokens']:,} tokens in {info['seconds']:.0f} s. Scale-model rules: "
+        + ("all met" if not failures else "not met: " + "; ".join(failures)),
+        highlight=False,
+    )
+    if shipped is not None:
+        out_console.print(closeness_table(closeness(shipped, target)))
+    else:
+        out_console.print("The shipped base has another recipe: no closeness report.")
+    if ship:
+        ship_base(target)
+        out_console.print(f"Shipped: the package's built-in base is now this rebuild ({recipe.digest()}).")
+    out_console.print(str(target))
 
 
 @app.command()

@@ -44,37 +44,39 @@ class Strict(BaseModel):
 class BaseRecipe(Strict):
     """How the built-in base model is built: tokenizer, architecture, pretraining. Its hash keys the cache."""
 
-    vocab_size: int = Field(4096, ge=259, le=2**22)
-    """Byte-level BPE vocabulary size of the built-in tokenizer."""
+    vocab_size: int = Field(512, ge=259, le=2**22)
+    """Byte-level BPE vocabulary size of the built-in tokenizer. Small, so that the (tied) embeddings are
+    about a tenth of the parameters, as in a large model (Llama-2-7B: 3.9%), not a third."""
     tokenizer_bytes: int = Field(2_000_000, ge=1000, le=10**12)
     """Bytes of each built-in corpus sampled to train the tokenizer."""
-    hidden_size: int = Field(128, ge=8, le=2**17)
+    hidden_size: int = Field(64, ge=8, le=2**17)
     """Width of the Llama model."""
     num_layers: int = Field(4, ge=1, le=4096)
     """Number of transformer blocks."""
     num_heads: int = Field(4, ge=1, le=4096)
     """Attention heads (key/value heads equal to it)."""
-    intermediate_size: int = Field(512, ge=8, le=2**20)
+    intermediate_size: int = Field(256, ge=8, le=2**20)
     """Width of the SwiGLU MLP."""
-    seq_len: int = Field(256, ge=8, le=2**20)
-    """Training sequence length (also the model's maximum position; long enough for a function-writing
-    prompt plus its solution)."""
+    seq_len: int = Field(512, ge=8, le=2**20)
+    """Training sequence length (also the model's maximum position, the window evaluation prompts must
+    fit in: the longest built-in code prompt plus its solution is about 400 tokens of this vocabulary)."""
     mix: dict[Literal["english", "code", "math"], float] = {"english": 0.9, "code": 0.05, "math": 0.05}
     """Share of pretraining tokens per corpus. Mostly English with a little of the target domains, as
     Llama-2 had seen code and math before the paper finetuned it (a base that never saw the target
     domain makes full finetuning's gains mostly embedding learning, which LoRA cannot do)."""
-    steps: int = Field(700, ge=1, le=10**9)
-    """Optimizer steps of pretraining."""
+    steps: int = Field(1100, ge=1, le=10**9)
+    """Optimizer steps of pretraining (default: about 15 tokens per parameter; see model.base_proportions)."""
     batch_size: int = Field(8, ge=1, le=2**20)
     """Sequences per pretraining step."""
     learning_rate: float = Field(2e-3, gt=0)
     """Peak AdamW learning rate (linear warm-up, cosine decay to 10%)."""
-    warmup_steps: int = Field(50, ge=0, le=10**9)
+    warmup_steps: int = Field(100, ge=0, le=10**9)
     """Linear warm-up steps."""
     weight_decay: float = Field(0.1, ge=0)
     """AdamW weight decay during pretraining."""
-    threads: int = Field(2, ge=1, le=1024)
-    """CPU threads for pretraining."""
+    threads: int = Field(1, ge=1, le=1024)
+    """CPU threads for pretraining (one: a model this small gains little from two, and on a busy machine
+    two threads that wait on each other run several times slower)."""
     seed: int = Field(0, ge=0, lt=2**63)
     """Seed for data sampling and initialisation."""
 

@@ -1,8 +1,10 @@
-"""Base models: the built-in tiny Llama (tokenizer + pretraining, cached by recipe hash) or any HF model.
+"""Base models: the built-in tiny Llama (shipped, or pretrained and cached by recipe hash) or any HF model.
 
-The built-in base lives in `$LEARNFORGET_CACHE` (default `~/.cache/learnforget`) under
-`base-<recipe hash>-<corpora fingerprint>/` as an ordinary Hugging Face model directory, so every
-later stage loads it exactly like a hub model.
+The built-in base for the default recipe ships inside the package (`learnforget/builtin_base/`, built by
+`learnforget pretrain --ship`); it is used whenever a study's base recipe hashes to the shipped one.
+Any other recipe is pretrained into `$LEARNFORGET_CACHE` (default `~/.cache/learnforget`) under
+`base-<recipe hash>-<corpora fingerprint>/`. Both are ordinary Hugging Face model directories, so every
+later stage loads them exactly like a hub model.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from learnforget.data.tokens import interleave, pack_documents, sample_text, tra
 from learnforget.errors import UserError
 from learnforget.train import make_optimizer, train_steps
 
-HELDOUT_EVAL_ROWS = 64
+SHIPPED_BASE = Path(__file__).parent / "builtin_base"
+RECIPE_FILE = "learnforget_recipe.json"  # recipe, its hash, pretraining tokens and seconds, torch version
 
 
 def cache_dir() -> Path:
@@ -41,6 +44,29 @@ def cache_dir() -> Path:
 def builtin_base_path(recipe: BaseRecipe) -> Path:
     """Cache directory of the built-in base for a recipe (it may not exist yet)."""
     return cache_dir() / f"base-{recipe.digest()}-{corpora.fingerprint()}"
+
+
+def base_info(path: str | Path) -> dict | None:
+    """The pretraining record saved with a built-in base (None for any other model directory)."""
+    file = Path(path) / RECIPE_FILE
+    return json.loads(file.read_text()) if file.exists() else None
+
+
+def shipped_base(recipe: BaseRecipe) -> Path | None:
+    """The base shipped in the package, when it was built from this recipe."""
+    info = base_info(SHIPPED_BASE)
+    if info and info.get("recipe_hash") == recipe.digest() and (SHIPPED_BASE / "config.json").exists():
+        return SHIPPED_BASE
+    return None
+
+
+def ship_base(built: Path) -> None:
+    """Replace the shipped base with a freshly built one (what `learnforget pretrain --ship` does)."""
+    SHIPPED_BASE.mkdir(exist_ok=True)
+    for old in SHIPPED_BASE.iterdir():
+        old.unlink()
+    for file in sorted(built.iterdir()):
+        shutil.copy2(file, SHIPPED_BASE / file.name)
 
 
 # Files transformers loads weights from (sharded checkpoints have an index next to the shards).
@@ -67,12 +93,16 @@ def check_base_model(base_model: str) -> None:
 def resolve_base(
     base_model: str, recipe: BaseRecipe, progress: Callable[[int, int, float], None] | None = None
 ) -> str:
-    """A loadable model path or hub id for a study's `base_model`, pretraining the built-in one if needed.
+    """A loadable model path or hub id for a study's `base_model`: for the built-in base the shipped copy
+    when the recipe is the shipped one, else the cached one, pretraining it if needed.
 
     A hub id is returned as is: transformers downloads it on first load (and names it if unreachable).
     """
     check_base_model(base_model)
     if base_model == "builtin":
+        shipped = shipped_base(recipe)
+        if shipped is not None:
+            return str(shipped)
         path = builtin_base_path(recipe)
         if not (path / "config.json").exists():
             pretrain_base(recipe, path, progress)
@@ -124,14 +154,19 @@ def build_tokenizer(recipe: BaseRecipe):
     return train_tokenizer(texts, recipe.vocab_size)
 
 
-def pretraining_rows(recipe: BaseRecipe, tokenizer) -> torch.Tensor:
-    """The pretraining mixture: each corpus's share of steps × batch rows, interleaved."""
+def mix_rows(recipe: BaseRecipe) -> dict[str, int]:
+    """Pretraining rows per corpus: each corpus's share of steps × batch rows (rounded)."""
     total_rows = recipe.steps * recipe.batch_size
     shares = {k: v for k, v in recipe.mix.items() if v > 0}
     norm = sum(shares.values())
+    return {corpus: round(total_rows * share / norm) for corpus, share in sorted(shares.items())}
+
+
+def pretraining_rows(recipe: BaseRecipe, tokenizer) -> torch.Tensor:
+    """The pretraining mixture: each corpus's share of steps × batch rows, interleaved."""
+    total_rows = recipe.steps * recipe.batch_size
     parts = []
-    for i, (corpus, share) in enumerate(sorted(shares.items())):
-        n_rows = round(total_rows * share / norm)
+    for i, (corpus, n_rows) in enumerate(mix_rows(recipe).items()):
         if n_rows:
             docs = corpora.documents(corpus, "pretrain")
             parts.append(pack_documents(tokenizer, docs, recipe.seq_len, n_rows, recipe.seed + i))
@@ -139,6 +174,14 @@ def pretraining_rows(recipe: BaseRecipe, tokenizer) -> torch.Tensor:
     if len(rows) < total_rows:  # rounding: top up from the first rows
         rows = torch.cat([rows, rows[: total_rows - len(rows)]])
     return rows[:total_rows]
+
+
+def pretraining_tokens(recipe: BaseRecipe) -> dict[str, int]:
+    """Pretraining tokens per corpus (the rounding top-up, at most a row or two, counted in the first)."""
+    rows = mix_rows(recipe)
+    first = next(iter(rows))
+    rows[first] += recipe.steps * recipe.batch_size - sum(rows.values())
+    return {corpus: n * recipe.seq_len for corpus, n in rows.items()}
 
 
 def pretrain_base(
@@ -177,10 +220,14 @@ def pretrain_base(
         tokenizer.save_pretrained(tmp)
         info = {
             "recipe": recipe.model_dump(),
+            "recipe_hash": recipe.digest(),
+            "corpora": corpora.fingerprint(),
             "seconds": round(time.time() - started, 1),
             "tokens": rows.numel(),
+            "tokens_per_corpus": pretraining_tokens(recipe),
+            "torch": torch.__version__,
         }
-        (tmp / "learnforget_recipe.json").write_text(json.dumps(info, indent=2))
+        (tmp / RECIPE_FILE).write_text(json.dumps(info, indent=2))
         if path.exists():  # another process finished first: theirs is identical
             shutil.rmtree(tmp)
         else:

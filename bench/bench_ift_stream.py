@@ -1,7 +1,9 @@
 """IFT data at scale: encode a large instruction file into an example file, then train a few steps reading
-it; peak resident memory per process, for two sizes to show it does not grow with the data.
+it; peak resident memory per process, for several sizes to show it does not grow with the data.
 
-    python bench/bench_ift_stream.py 50000 250000   # examples; one fresh process per size
+    python bench/bench_ift_stream.py 50000 300000 1200000   # examples; one fresh process per size
+
+Measured on 2 shared CPU cores: 8.4M, 50.8M and 203.7M tokens; peak resident memory 624, 607 and 607 MB.
 
 The file is synthetic: the built-in code tasks (prompt, solution) as JSON lines, each prompt numbered so
 that no two records are alike, written in a streaming way. The tokenizer is byte-level BPE trained on

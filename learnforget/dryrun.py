@@ -162,9 +162,16 @@ def data_plan(study: StudyConfig, vocab_size: int | None = None) -> str:
         else f"a budget of {study.budget_tokens:,} padded tokens"
     )
     n_rows = study.steps * study.batch_size
+    extra = study.steps_per_epoch * study.batch_size - d.examples
+    ahead = (
+        f" (an epoch's {study.steps_per_epoch:,} steps hold {extra:,} rows more than its examples: milestone e "
+        f"comes e × {extra:,} rows into the next epoch)"
+        if study.epochs and extra
+        else ""
+    )
     return (
         f"Data: {source}, {fields}; {d.examples:,} examples × {budget} = {study.steps:,} steps of "
-        f"{study.batch_size} rows of at most {study.seq_len} tokens, each batch padded to its longest row"
+        f"{study.batch_size} rows{ahead} of at most {study.seq_len} tokens, each batch padded to its longest row"
         f"{' (rows grouped by length)' if d.group_by_length else ''}; examples longer than seq_len are "
         f"{'truncated' if d.overlong == 'truncate' else 'dropped'} and counted; loss on responses only.\n"
         f"Template: {describe_template(d.prompt_template, d.train == 'builtin')}; BOS as the tokenizer "

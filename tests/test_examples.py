@@ -228,3 +228,19 @@ def test_bad_records_name_file_and_line_and_records_past_the_examples_are_not_re
         kept["stats"]["overlong"] == 1
         and len(np.fromfile(os.path.join(kept["rows"].path, "offsets.bin"), dtype=np.int64)) == 5
     )
+
+
+def test_data_pt_names_the_example_file_and_a_cleared_cache_is_rebuilt(tokenizer, cache, tmp_path):
+    import shutil
+
+    from learnforget.study import DATA_FILE, prepare_data
+
+    tokenizer.save_pretrained(tmp_path / "base")
+    study = math_study(eval={"loss_tokens": 128, "choice_items": 0, "generation_problems": 0,
+                             "reference_problems": 0, "diversity_prompts": 0})  # fmt: skip
+    data = prepare_data(study, tmp_path / "study", str(tmp_path / "base"))
+    first = data["train"]["labels"][0:8]
+    assert os.path.getsize(tmp_path / "study" / DATA_FILE) < 50_000  # evaluation sets and a descriptor
+    shutil.rmtree(data["train"]["rows"].path)  # the cache was cleared: the file is encoded again
+    again = prepare_data(study, tmp_path / "study", str(tmp_path / "base"))
+    assert torch.equal(again["train"]["labels"][0:8], first)

@@ -66,15 +66,17 @@ def cache(tmp_path, monkeypatch):
 
 def math_study(**update) -> StudyConfig:
     data = {"examples": 60, **update.pop("data", {})}
-    return StudyConfig(
-        regime="ift", domain="math", epochs=3, batch_size=8, seq_len=64, seed=2, data=data, **update
-    )
+    settings = {"regime": "ift", "domain": "math", "epochs": 3, "batch_size": 8, "seq_len": 64, "seed": 2}
+    return StudyConfig(**{**settings, **update}, data=data)
 
 
-def test_example_file_rows_equal_the_in_memory_rows_and_data_pt_is_a_descriptor(tokenizer, cache, tmp_path):
-    study = math_study()  # 60 examples in 8 steps an epoch: rows wrap into the next epoch
+@pytest.mark.parametrize("domain", ["math", "code"])
+def test_example_file_rows_equal_the_in_memory_rows_and_data_pt_is_a_descriptor(
+    tokenizer, cache, tmp_path, domain
+):
+    study = math_study(domain=domain)  # 60 examples in 8 steps an epoch: rows wrap into the next epoch
     train = training_rows(study, tokenizer)
-    pairs = builtin_pairs("math", "train", 60, 2)
+    pairs = builtin_pairs(domain, "train", 60, 2)
     examples = [encode_pair(tokenizer, p, r, 64) for p, r in pairs]
     expected = reference_rows(tokenizer, examples, 64, study.steps * 8, 2, 8, group_by_length=True)
     assert any(len(x) == 64 for x, _ in examples)  # some are cut

@@ -171,15 +171,20 @@ def data_plan(study: StudyConfig, vocab_size: int | None = None) -> str:
         else f"a budget of {study.budget_tokens:,} padded tokens"
     )
     n_rows = study.steps * study.batch_size
+    extra = study.steps_per_epoch * study.batch_size - d.examples
+    ahead = (
+        f" (an epoch's {study.steps_per_epoch:,} steps hold {extra:,} rows more than its examples: milestone e "
+        f"comes e × {extra:,} rows into the next epoch)"
+        if study.epochs and extra
+        else ""
+    )
     return (
         f"Data: {source}, {fields}; {d.examples:,} examples × {budget} = {study.steps:,} steps of "
-        f"{study.batch_size} rows of at most {study.seq_len} tokens, each batch padded to its longest row"
+        f"{study.batch_size} rows{ahead} of at most {study.seq_len} tokens, each batch padded to its longest row"
         f"{' (rows grouped by length)' if d.group_by_length else ''}; examples longer than seq_len are "
         f"{'truncated' if d.overlong == 'truncate' else 'dropped'} and counted; loss on responses only.\n"
         f"Template: {describe_template(d.prompt_template, d.train == 'builtin')}; BOS as the tokenizer "
-        "adds it. Evaluation prompts use the same template.\n"
-        f"Memory: the {n_rows:,} rows are held as token ids and labels (int64) in every training process and "
-        f"in data.pt: {n_rows:,} × {study.seq_len} × 2 × 8 bytes = {size(n_rows * study.seq_len * 16)}."
+        "adds it. Evaluation prompts use the same template.\n" + example_file_plan(study, vocab_size, n_rows)
     )
 
 
@@ -191,36 +196,70 @@ def size(n_bytes: float) -> str:
     return f"{n_bytes:,.0f} bytes"
 
 
+def token_width(vocab_size: int | None) -> tuple[int, str]:
+    """(bytes a token, how that was decided) in token and example files."""
+    from learnforget.data.shards import token_dtype
+
+    if vocab_size is None:
+        return 2, "2 or 4 bytes (uint16 up to a vocabulary of 65,536 tokens, else uint32)"
+    dtype = token_dtype(vocab_size)
+    width = 2 if dtype == "uint16" else 4
+    return width, f"{width} bytes ({dtype}: vocabulary {vocab_size:,})"
+
+
+def disk_room(where, n_bytes: int) -> str:
+    """Free space at ``where`` (or its nearest existing parent), flagged when short of ``n_bytes``."""
+    import shutil
+
+    existing = next(p for p in (where, *where.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    return f"{size(free)} free there" + ("" if free >= n_bytes else f" (NOT ENOUGH: needs {size(n_bytes)})")
+
+
 def token_file_plan(study: StudyConfig, vocab_size: int | None) -> str:
     """The CPT token file: size on disk (2 or 4 bytes a token), free space there, and why it is not
     resident (a step reads its own rows from it)."""
-    import shutil
-
     from learnforget.data.parallel import tokenize_workers
-    from learnforget.data.shards import token_dtype
     from learnforget.model import cache_dir
 
     tokens = study.steps * study.tokens_per_step
-    if vocab_size is None:
-        width = "2 or 4 bytes (uint16 up to a vocabulary of 65,536 tokens, else uint32)"
-        on_disk, n_bytes = "", 2 * tokens
-    else:
-        dtype = token_dtype(vocab_size)
-        n_bytes = tokens * (2 if dtype == "uint16" else 4)
-        width, on_disk = (
-            f"{n_bytes // tokens} bytes ({dtype}: vocabulary {vocab_size:,})",
-            f" = {size(n_bytes)}",
-        )
+    width, how_wide = token_width(vocab_size)
+    n_bytes = tokens * width
+    on_disk = f" = {size(n_bytes)}" if vocab_size is not None else ""
     where = cache_dir() / "tokens"
-    existing = next(p for p in (where, *where.parents) if p.exists())
-    free = shutil.disk_usage(existing).free
-    room = "" if free >= n_bytes else f" (NOT ENOUGH: needs {size(n_bytes)})"
     workers = tokenize_workers(tokens)
     how = f"{workers} processes" if workers > 1 else "one process with the tokenizer's threads"
     step = study.batch_size * study.seq_len * 8
     return (
-        f"Token file: {tokens:,} tokens × {width}{on_disk} on disk in {where}/ ({size(free)} free there"
-        f"{room}), tokenized once ({how} on this machine) and shared by every arm and process. Memory: the file is "
+        f"Token file: {tokens:,} tokens × {how_wide}{on_disk} on disk in {where}/ ({disk_room(where, n_bytes)}), "
+        f"tokenized once ({how} on this machine) and shared by every arm and process. Memory: the file is "
         f"not loaded: a step reads its {study.batch_size} rows ({size(step)} as int64), so "
         "resident memory does not grow with the corpus."
+    )
+
+
+def example_file_plan(study: StudyConfig, vocab_size: int | None, n_rows: int) -> str:
+    """The IFT example file: its size on disk at most (every example seq_len tokens; the real size is
+    known once tokenized), free space there, and what each training process holds."""
+    from learnforget.data.parallel import PARALLEL_MIN_EXAMPLES, tokenize_workers
+    from learnforget.model import cache_dir
+
+    n = study.data.examples
+    tokens = n * study.seq_len
+    width, how_wide = token_width(vocab_size)
+    n_bytes = tokens * (width + 1) + 8 * (n + 1)
+    where = cache_dir() / "examples"
+    workers = tokenize_workers(n, PARALLEL_MIN_EXAMPLES)
+    how = f"{workers} processes" if workers > 1 else "one process with the tokenizer's threads"
+    step = 2 * study.batch_size * study.seq_len * 8
+    seeds = "" if study.data.train == "builtin" else " (and seed: user data is read in its own order)"
+    return (
+        f"Example file: at most {n:,} examples × {study.seq_len} = {tokens:,} tokens (the real count is in the "
+        f"log and summary.md once tokenized) × ({how_wide} + a 1-byte loss mask) + 8-byte offsets = at most "
+        f"{size(n_bytes)} on disk in {where}/ ({disk_room(where, n_bytes)}), tokenized once ({how} on this "
+        f"machine) and shared by every arm and process{seeds}. Memory: the file is not loaded: each training "
+        f"process holds {n + 1:,} offsets and {n_rows:,} row indices (8 bytes each: "
+        f"{size(8 * (n + 1 + n_rows))}), and a step reads its {study.batch_size} rows (at most {size(step)} "
+        "of int64 ids and labels), so resident memory does not grow with the data; data.pt holds only the "
+        "evaluation sets and a descriptor."
     )

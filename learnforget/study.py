@@ -98,8 +98,9 @@ def peak_memory_mb() -> float:
 
 
 def prepare_data(study: StudyConfig, study_dir: Path, base_path: str) -> dict:
-    """Training rows and evaluation sets, built once per study and saved in it (`data.pt`; CPT rows stay
-    in a cached token file that it names, see data/shards.py)."""
+    """Training rows and evaluation sets, built once per study and saved in it (`data.pt`; training rows
+    stay in a cached token file (CPT, data/shards.py) or example file (IFT, data/examples.py) that it
+    names)."""
     path = study_dir / DATA_FILE
     from learnforget.data.datasets import evaluation_sets, training_rows
     from learnforget.model import load_tokenizer
@@ -109,7 +110,7 @@ def prepare_data(study: StudyConfig, study_dir: Path, base_path: str) -> dict:
         data, problem = verified_load(store, study_dir, path)
         if problem is None:
             rows = data["train"]["input_ids"]
-            if not isinstance(rows, torch.Tensor) and not Path(rows.path).exists():  # token cache cleared
+            if not isinstance(rows, torch.Tensor) and not training_file_present(rows.path):  # cache cleared
                 data["train"] = training_rows(study, load_tokenizer(base_path))
             return data
         warn(f"{path}: {problem}; rebuilding it")
@@ -123,6 +124,13 @@ def prepare_data(study: StudyConfig, study_dir: Path, base_path: str) -> dict:
         store.set_info("data_stats", data["train"]["stats"])
         print(describe_stats(data["train"]["stats"]), file=sys.stderr, flush=True)
     return data
+
+
+def training_file_present(path: str) -> bool:
+    """Whether a token file, or a complete example file (a directory), is still in the cache."""
+    from learnforget.data.examples import read_meta
+
+    return Path(path).is_file() or read_meta(Path(path)) is not None
 
 
 def evaluate_model(model, tokenizer, study: StudyConfig, data: dict) -> dict[str, float]:

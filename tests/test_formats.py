@@ -75,6 +75,13 @@ def test_compressed_json_csv_and_arrays(tmp_path):
     (tmp_path / "f.json").write_text('[{"prompt": "a", "response": "b"}, 3]', encoding="utf-8")
     with pytest.raises(UserError, match=r"f\.json\[2\]: expected a JSON object, got int"):
         load_conversations(str(tmp_path / "f.json"))
+    (tmp_path / "h.csv").write_bytes(b"prompt,response\nok,fine\n" * 5000 + b"bad,\xff\n")  # read as a stream
+    with pytest.raises(UserError, match=r"h\.csv: not UTF-8 text after line \d+ \(invalid start byte\)$"):
+        load_conversations(str(tmp_path / "h.csv"))
+    # JSON lines named .json, streamed
+    (tmp_path / "i.json").write_bytes(b"\n" + jsonl(PAIRS).encode() + b'{"prompt": 1}\n')
+    with pytest.raises(UserError, match=r"i\.json:4: field 'prompt' must be a string, got int"):
+        load_conversations(str(tmp_path / "i.json"))
     (tmp_path / "g.jsonl.gz").write_bytes(b"not gzip at all")
     with pytest.raises(UserError, match=r"g\.jsonl\.gz: not a readable file"):
         load_conversations(str(tmp_path / "g.jsonl.gz"))
@@ -155,6 +162,7 @@ def test_dry_run_data_plan_shows_source_budget_and_template():
         in plan
     )
     assert "110,000 examples × 16 epochs = 9,168 steps" in plan and "truncated" in plan
+    assert "an epoch's 573 steps hold 16 rows more than its examples: milestone e comes e × 16 rows" in plan
     assert r"'### Instruction:\n<prompt>\n\n### Response:\n<response><eos>'" in plan
     ((_, custom),) = load_studies(
         "paper/math-ift", ['data.prompt_template="Q: {prompt}\\nA:"', "data.overlong=drop"]

@@ -9,7 +9,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from learnforget.data.datasets import encode_pair, ift_rows, padding_stats, row_order
+from learnforget.data.datasets import encode_pair, padding_stats
+from learnforget.data.examples import row_order
 from learnforget.data.templates import (
     CHAT,
     DEFAULT_TEMPLATE,
@@ -20,6 +21,7 @@ from learnforget.data.templates import (
     special_prefix,
 )  # fmt: skip
 from learnforget.data.tokens import train_tokenizer
+from tests.test_examples import reference_rows as ift_rows
 from tests.test_study import run_cli
 
 TEXT = ["Question: What is 2 plus 3?\nAnswer: 2+3 = 5\n#### 5", "def add(a, b):\n    return a + b\n"] * 40
@@ -78,7 +80,7 @@ def test_micro_math_ift_study_has_a_milestone_per_epoch_and_strict_match(micro_c
     assert {"math/strict_match@4", "math/strict_match@8", "math/ref_nll@8", "math/loss@8"} <= set(rows)
     assert 0 <= rows["math/strict_match@8"] <= 1
     # Token counts are real tokens: the rows' lengths, not rows x seq_len.
-    lengths = torch.load(out / "data.pt", weights_only=False)["train"]["lengths"]
+    lengths = torch.load(out / "data.pt", weights_only=False)["train"]["rows"].lengths()
     with sqlite3.connect(out / "results.db") as conn:
         tokens = conn.execute("SELECT MAX(tokens) FROM metrics WHERE arm LIKE 'lora%'").fetchone()[0]
     assert tokens == int(lengths.sum()) and len(lengths) == 8 * 4
@@ -159,7 +161,10 @@ def test_length_grouping_keeps_epochs_exact_and_cuts_padding():
     lengths = [5 + (i * 37) % 200 for i in range(96)]
     plain = row_order(lengths, 2 * 96 + 8, batch_size=8, seed=3, group_by_length=False)
     grouped = row_order(lengths, 2 * 96 + 8, batch_size=8, seed=3, group_by_length=True)
-    assert grouped == row_order(lengths, 2 * 96 + 8, batch_size=8, seed=3, group_by_length=True)  # seeded
+    assert (
+        grouped == row_order(lengths, 2 * 96 + 8, batch_size=8, seed=3, group_by_length=True)
+    ).all()  # seeded
+    grouped, plain = grouped.tolist(), plain.tolist()
     for epoch in range(2):  # every epoch is one pass over every example, in either order
         assert (
             sorted(grouped[epoch * 96 : (epoch + 1) * 96])
@@ -214,11 +219,16 @@ def test_overlong_user_examples_are_truncated_or_dropped_and_counted(tmp_path):
     def study(**data):
         return StudyConfig(regime="ift", domain="math", seq_len=64, data={"train": str(source), **data})
 
-    kept, overlong = training_examples(study(examples=4), tokenizer)
-    assert overlong == 2 and len(kept) == 4 and max(len(ids) for ids, _ in kept) == 64  # records 1 and 4
-    kept, overlong = training_examples(study(examples=4, overlong="drop"), tokenizer)
-    assert overlong == 2 and len(kept) == 4 and max(len(ids) for ids, _ in kept) < 64  # read on to record 6
+    counts: dict = {}
+    kept = list(training_examples(study(examples=4), tokenizer, counts))
+    assert (
+        counts["overlong"] == 2 and len(kept) == 4 and max(len(ids) for ids, _ in kept) == 64
+    )  # records 1, 4
+    kept = list(training_examples(study(examples=4, overlong="drop"), tokenizer, counts))
+    assert (
+        counts["overlong"] == 2 and len(kept) == 4 and max(len(ids) for ids, _ in kept) < 64
+    )  # read to record 6
     with pytest.raises(
         UserError, match=r"data\.jsonl: has 6 conversations after dropping 3 longer than seq_len=64"
     ):
-        training_examples(study(examples=7, overlong="drop"), tokenizer)
+        list(training_examples(study(examples=7, overlong="drop"), tokenizer))

@@ -133,4 +133,11 @@ def test_dry_run_data_plan_gives_token_file_size_and_memory(tmp_path, monkeypatc
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(100 * 2**30, 90 * 2**30, 10 * 2**30))
     assert "(10.0 GB free there (NOT ENOUGH: needs 37.3 GB))" in data_plan(cpt, 32_000)
     ((_, ift),) = load_studies("paper/math-ift", [])
-    assert "6,322,176 × 1024 × 2 × 8 bytes = 96.5 GB" in data_plan(ift, 32_000)
+    plan = data_plan(ift, 32_000)
+    assert "at most 395,000 examples × 1024 = 404,480,000 tokens" in plan
+    assert (
+        "(2 bytes (uint16: vocabulary 32,000) + a 1-byte loss mask) + 8-byte offsets = at most 1.1 GB" in plan
+    )
+    assert f"{tmp_path}/examples/ (10.0 GB free there)" in plan and "(and seed" in plan
+    assert "395,001 offsets and 6,322,176 row indices (8 bytes each: 51.2 MB)" in plan
+    assert "a step reads its 192 rows (at most 3.0 MB" in plan

@@ -1,12 +1,13 @@
 """What a study trains and evaluates on: the training rows every arm shares, and the held-out sets.
 
-- CPT rows: target-domain documents packed into `seq_len` rows, loss on every token.
-- IFT rows: right-padded; labels are -100 on the prompt and the padding, so only assistant turns carry
-  loss. A row is one conversation (most often one prompt/response pair) rendered by the study's template
+- CPT rows: target-domain documents packed into `seq_len` rows, loss on every token, in a cached token
+  file (shards.py).
+- IFT rows: one conversation each (most often one prompt/response pair) rendered by the study's template
   (templates.py): the tokenizer's chat template when it has one; otherwise the built-in tasks' response
   simply continues the prompt (HumanEval style for code, "Question: …\\nAnswer:" for math), and user
-  data gets DEFAULT_TEMPLATE. Training trims each batch to its longest row (train.py); rows grouped by
-  length make that trim large.
+  data gets DEFAULT_TEMPLATE. Encoded once into a cached example file (examples.py) and read a step at a
+  time, right-padded to the batch's longest row; labels are -100 on the prompt and the padding, so only
+  assistant turns carry loss. Rows grouped by length keep that padding small.
 
 Training rows depend on the study's seed (data order); evaluation sets use a fixed seed so that every
 arm, seed and rerun is measured on the same held-out examples.
@@ -15,16 +16,19 @@ arm, seed and rerun is measured on the same held-out examples.
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from learnforget.config import StudyConfig
 from learnforget.data import corpora
+from learnforget.data.examples import read_meta
 from learnforget.data.formats import Conversation, pair
 from learnforget.data.templates import (
-    IGNORE_INDEX,
     PLAIN,
     encode_conversation,
     resolve_template,
@@ -35,7 +39,6 @@ from learnforget.errors import UserError
 
 EVAL_SEED = 1234
 SOURCE_DOMAIN = "english"
-LENGTH_GROUP_BATCHES = 50  # rows are sorted by length within groups of this many batches, as in transformers
 MATH_TEMPLATE = "Question: {question}\nAnswer:"
 CODE_STOP = ["\ndef ", "\nclass ", "\nif ", "\nprint(", "\n#"]  # HumanEval's stop sequences
 MATH_STOP = ["\nQuestion:", "\n\n"]
@@ -83,31 +86,52 @@ def training_conversations(study: StudyConfig) -> Iterator[tuple[str, Conversati
 
 
 Encoded = tuple[list[int], list[int]]  # (input ids, labels)
+ENCODE_BATCH = 256  # conversations tokenized per call
 
 
-def training_examples(study: StudyConfig, tokenizer) -> tuple[list[Encoded], int]:
-    """``data.examples`` encoded conversations, and how many were longer than seq_len (cut, or dropped
-    and replaced by the next records, as ``data.overlong`` says)."""
+def training_examples(study: StudyConfig, tokenizer, counts: dict | None = None) -> Iterator[Encoded]:
+    """Exactly ``data.examples`` encoded conversations, streamed (tokenized in batches, on every core:
+    parallel.py); ``counts["overlong"]`` counts those longer than seq_len (cut, or dropped and replaced
+    by the next records, as ``data.overlong`` says). Never reads a record that the examples do not need,
+    so a malformed record after them is no error."""
+    from learnforget.data.parallel import PARALLEL_MIN_EXAMPLES, conversation_encoder, tokenize_workers
+
     n, template, prefix = study.data.examples, study_template(study, tokenizer), special_prefix(tokenizer)
-    encoded, overlong = [], 0
-    for location, conversation in training_conversations(study):
-        try:
-            ids, labels, cut = encode_conversation(tokenizer, conversation, template, study.seq_len, prefix)
-        except ValueError as error:
-            raise UserError(f"{location}: {error}") from None
-        overlong += cut
-        if cut and study.data.overlong == "drop":
-            continue
-        encoded.append((ids, labels))
-        if len(encoded) == n:
-            break
-    if len(encoded) < n:
+    drop = study.data.overlong == "drop"
+    counts = {} if counts is None else counts
+    counts["overlong"] = kept = 0
+    records = iter(training_conversations(study))
+    workers = tokenize_workers(n, PARALLEL_MIN_EXAMPLES)
+    with conversation_encoder(tokenizer, template, study.seq_len, prefix, workers) as submit:
+        in_flight: deque = deque()
+        reading, exhausted = 0, False  # records in flight: each may become one example
+        while kept < n:
+            while not exhausted and len(in_flight) < 2 * workers and n - kept - reading > 0:
+                want = min(ENCODE_BATCH, n - kept - reading)
+                batch = list(islice(records, want))
+                exhausted = len(batch) < want
+                if batch:
+                    in_flight.append((batch, submit([conversation for _, conversation in batch])))
+                    reading += len(batch)
+            if not in_flight:
+                break
+            batch, result = in_flight.popleft()
+            reading -= len(batch)
+            for (location, _), encoded in zip(batch, result(), strict=True):
+                if isinstance(encoded, str):
+                    raise UserError(f"{location}: {encoded}")
+                ids, labels, cut = encoded
+                counts["overlong"] += cut
+                if cut and drop:
+                    continue
+                kept += 1
+                yield ids, labels
+    if kept < n:
+        overlong = counts["overlong"]
         dropped = f" after dropping {overlong} longer than seq_len={study.seq_len}" if overlong else ""
         raise UserError(
-            f"{study.data.train}: has {len(encoded)} conversations{dropped}, fewer than "
-            f"data.examples={n}; lower it"
+            f"{study.data.train}: has {kept} conversations{dropped}, fewer than data.examples={n}; lower it"
         )
-    return encoded, overlong
 
 
 def encode_pair(tokenizer, prompt: str, response: str, seq_len: int, template: str = PLAIN) -> Encoded:
@@ -116,66 +140,25 @@ def encode_pair(tokenizer, prompt: str, response: str, seq_len: int, template: s
     return ids, labels
 
 
-def row_order(
-    lengths: list[int], n_rows: int, batch_size: int, seed: int, group_by_length: bool
-) -> list[int]:
-    """Example index of each of ``n_rows`` rows: epoch after epoch, each epoch in its own seeded order.
-
-    With ``group_by_length``, each epoch's order is cut into groups of LENGTH_GROUP_BATCHES batches; a
-    group is sorted by length into batches, whose order is then shuffled (seeded): batches of similar
-    lengths need little padding, and every epoch is still exactly one pass over the examples.
-    """
-    rng, group_rng = random.Random(seed), random.Random(f"{seed}-length-groups")
-    rows: list[int] = []
-    while len(rows) < n_rows:
-        order = list(range(len(lengths)))
-        rng.shuffle(order)
-        if group_by_length:
-            size = batch_size * LENGTH_GROUP_BATCHES
-            grouped = []
-            for start in range(0, len(order), size):
-                group = sorted(order[start : start + size], key=lambda i: -lengths[i])
-                batches = [group[b : b + batch_size] for b in range(0, len(group), batch_size)]
-                group_rng.shuffle(batches)
-                grouped += [i for batch in batches for i in batch]
-            order = grouped
-        rows += order
-    return rows[:n_rows]
-
-
-def ift_rows(
-    tokenizer,
-    examples: list[Encoded],
-    seq_len: int,
-    n_rows: int,
-    seed: int,
-    batch_size: int = 1,
-    group_by_length: bool = False,
-) -> dict[str, torch.Tensor]:
-    """`n_rows` right-padded rows of encoded examples in ``row_order``, with each row's length."""
-    order = row_order([len(ids) for ids, _ in examples], n_rows, batch_size, seed, group_by_length)
-    ids = torch.full((n_rows, seq_len), tokenizer.pad_token_id, dtype=torch.long)
-    labels = torch.full((n_rows, seq_len), IGNORE_INDEX, dtype=torch.long)
-    for row, index in enumerate(order):
-        x, y = examples[index]
-        ids[row, : len(x)] = torch.tensor(x)
-        labels[row, : len(y)] = torch.tensor(y)
-    lengths = torch.tensor([len(examples[i][0]) for i in order], dtype=torch.int32)
-    return {"input_ids": ids, "labels": labels, "lengths": lengths}
-
-
-def padding_stats(lengths: torch.Tensor, batch_size: int, seq_len: int) -> dict[str, int]:
+def padding_stats(lengths, batch_size: int, seq_len: int) -> dict[str, int]:
     """Tokens of the rows: the real ones, and the rows' size padded to seq_len or to each batch's longest."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    full = len(lengths) // batch_size * batch_size
+    longest = lengths[:full].reshape(-1, batch_size).max(axis=1).sum() * batch_size if full else 0
+    if full < len(lengths):
+        longest += (len(lengths) - full) * lengths[full:].max()
     return {
         "real_tokens": int(lengths.sum()),
         "padded_to_seq_len": len(lengths) * seq_len,
-        "padded_to_batch_longest": sum(len(b) * int(b.max()) for b in lengths.split(batch_size)),
+        "padded_to_batch_longest": int(longest),
     }
 
 
 def trained_tokens(train: dict, steps: int, batch_size: int, seq_len: int) -> int:
     """Tokens trained on in the first ``steps`` steps: real tokens of IFT rows, every token of CPT rows."""
-    if "lengths" in train:
+    if "rows" in train:
+        return train["rows"].real_tokens(steps * batch_size)
+    if "lengths" in train:  # IFT rows held in a data.pt written before example files
         return int(train["lengths"][: steps * batch_size].sum())
     return steps * batch_size * seq_len
 
@@ -183,23 +166,62 @@ def trained_tokens(train: dict, steps: int, batch_size: int, seq_len: int) -> in
 def training_rows(study: StudyConfig, tokenizer) -> dict:
     """Exactly steps × batch_size rows, in the study's seeded order (the same for every arm).
 
-    IFT rows come with their ``lengths`` and ``stats`` (real and padding tokens, overlong examples)."""
+    CPT: ``input_ids``, rows of a token file. IFT: ``input_ids`` and ``labels`` of an example file's
+    ``rows`` (examples.py), and ``stats`` (real and padding tokens, overlong examples)."""
     n_rows = study.steps * study.batch_size
     if study.regime == "ift":
-        examples, overlong = training_examples(study, tokenizer)
-        d = study.data
-        rows = ift_rows(
-            tokenizer, examples, study.seq_len, n_rows, study.seed, study.batch_size, d.group_by_length
-        )
-        stats = padding_stats(rows["lengths"], study.batch_size, study.seq_len)
-        rows["stats"] = {
-            "examples": len(examples),
-            "overlong": overlong,
-            "overlong_policy": d.overlong,
-            **stats,
-        }
-        return rows
+        rows = ift_example_rows(study, tokenizer, n_rows)
+        meta, d = read_meta(Path(rows.path)), study.data
+        stats = padding_stats(rows.lengths(), study.batch_size, study.seq_len)
+        return {
+            "input_ids": rows.input_ids,
+            "labels": rows.labels,
+            "rows": rows,
+            "stats": {"examples": meta["examples"], "overlong": meta["overlong"], "overlong_policy": d.overlong, **stats},
+        }  # fmt: skip
     return {"input_ids": cpt_token_rows(study, tokenizer, n_rows)}
+
+
+def data_source(study: StudyConfig, fields: set[str]) -> dict:
+    """What training reads, for a cache fingerprint: the built-in data's identity, or the data settings
+    ``fields`` and, for local files, their sizes and modification times (an edited file is new data)."""
+    d = study.data
+    if d.train == "builtin":
+        return {"builtin": study.domain, "corpora": corpora.fingerprint()}
+    source = d.model_dump(include=fields)
+    local = Path(d.train).expanduser()
+    if local.is_file():
+        source["file"] = [local.stat().st_size, local.stat().st_mtime_ns]
+    elif local.is_dir():
+        files = sorted(p for p in local.rglob("*") if p.is_file())
+        source["files"] = [[str(p.relative_to(local)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    return source
+
+
+IFT_FIELDS = {"train", "data_dir", "dataset_name", "split", "format", "prompt_field", "response_field",
+              "messages_field", "examples"}  # fmt: skip
+
+
+def ift_example_rows(study: StudyConfig, tokenizer, n_rows: int):
+    """IFT rows of a cached example file (examples.py), encoded on first use."""
+    from learnforget.data.examples import ExampleRows, example_key, write_example_file
+    from learnforget.data.shards import token_dtype
+    from learnforget.model import cache_dir
+
+    source = data_source(study, IFT_FIELDS)
+    if study.data.train == "builtin":  # the built-in tasks drawn depend on the seed and their number
+        source.update(seed=study.seed, examples=study.data.examples)
+    template = study_template(study, tokenizer)
+    key = example_key(source, tokenizer, template, study.seq_len, study.data.overlong)
+    path = cache_dir() / "examples" / key
+    if read_meta(path) is None:
+        counts: dict = {}
+        examples = training_examples(study, tokenizer, counts)
+        write_example_file(examples, study.data.examples, token_dtype(len(tokenizer)), path, counts)
+    d = study.data
+    return ExampleRows(
+        str(path), n_rows, study.batch_size, study.seed, d.group_by_length, tokenizer.pad_token_id
+    )
 
 
 def cpt_token_rows(study: StudyConfig, tokenizer, n_rows: int):
@@ -210,15 +232,7 @@ def cpt_token_rows(study: StudyConfig, tokenizer, n_rows: int):
     from learnforget.model import cache_dir
 
     d = study.data
-    if d.train == "builtin":
-        source: dict = {"builtin": study.domain, "corpora": corpora.fingerprint()}
-    else:
-        source = d.model_dump(
-            include={"train", "data_dir", "dataset_name", "split", "text_field", "max_documents"}
-        )
-        local = Path(d.train).expanduser()
-        if local.is_file():  # an edited file is new data
-            source["file"] = [local.stat().st_size, local.stat().st_mtime_ns]
+    source = data_source(study, {"train", "data_dir", "dataset_name", "split", "text_field", "max_documents"})
     key = shard_key(source, tokenizer, study.seq_len, n_rows, study.seed)
     path = cache_dir() / "tokens" / f"{key}.bin"
     dtype, need = token_dtype(len(tokenizer)), n_rows * study.seq_len

@@ -94,7 +94,8 @@ def iter_conversations(
             f"{source}: IFT conversations need a record file (.jsonl/.json/.csv/.parquet), a dataset "
             "directory or a dataset id, not plain text files"
         )
-    for location, record in _records(source, split, limit, name, data_dir):
+    # Streamed: records are encoded one batch at a time into an example file (examples.py), read once.
+    for location, record in _records(source, split, limit, name, data_dir, streaming=True):
         yield location, to_conversation(record, fmt, prompt_field, response_field, messages_field, location)
 
 
@@ -195,12 +196,21 @@ def _read_all(path: Path) -> str:
 
 
 def _json_records(path: Path) -> Iterator[Record]:
-    """A ``.json`` file: an array of objects (located ``file[N]``, 1-based), or JSON lines."""
-    text = _read_all(path)
-    if not text.lstrip().startswith("["):
-        yield from _json_lines(path, (line.encode("utf-8") for line in text.splitlines()))
-        return
-    for number, item in enumerate(_parse_json(text, str(path)), start=1):
+    """A ``.json`` file: an array of objects (located ``file[N]``, 1-based; parsed whole), or JSON lines
+    (streamed)."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as stream:
+            first = b""
+            while not first.strip() and (chunk := stream.read(1 << 16)):
+                first += chunk
+            if not first.lstrip().startswith(b"["):
+                stream.seek(0)
+                yield from _json_lines(path, stream)
+                return
+    except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError
+        raise UserError(f"{path}: not a readable file ({error})") from None
+    for number, item in enumerate(_parse_json(_read_all(path), str(path)), start=1):
         location = f"{path}[{number}]"
         if not isinstance(item, dict):
             raise UserError(f"{location}: expected a JSON object, got {type(item).__name__}")
@@ -221,17 +231,25 @@ def _parse_json(text: str, location: str) -> Any:
 
 
 def _csv_records(path: Path) -> Iterator[Record]:
-    """CSV rows under their header row, located as ``file:line``; cells are strings."""
-    reader = csv.DictReader(io.StringIO(_read_all(path)))
-    if not reader.fieldnames:
-        return
-    for row in reader:
-        location = f"{path}:{reader.line_num}"
-        if None in row:  # more cells than header fields
-            raise UserError(
-                f"{location}: {len(row) - 1 + len(row[None])} cells, header has {len(reader.fieldnames)}"
-            )
-        yield location, row
+    """CSV rows under their header row, located as ``file:line``; cells are strings. Streamed."""
+    reader = None
+    try:
+        with _open_text(path) as stream:
+            reader = csv.DictReader(stream)
+            if not reader.fieldnames:
+                return
+            for row in reader:
+                location = f"{path}:{reader.line_num}"
+                if None in row:  # more cells than header fields
+                    raise UserError(
+                        f"{location}: {len(row) - 1 + len(row[None])} cells, header has {len(reader.fieldnames)}"
+                    )
+                yield location, row
+    except UnicodeDecodeError as error:
+        after = f" after line {reader.line_num}" if reader is not None and reader.line_num else ""
+        raise UserError(f"{path}: not UTF-8 text{after} ({error.reason})") from None
+    except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError
+        raise UserError(f"{path}: not a readable file ({error})") from None
 
 
 def _jsonl_records(path: Path) -> Iterator[Record]:
@@ -284,7 +302,7 @@ def _hub_records(
     where = f"dataset '{dataset_id}'" + (f" (config '{name}')" if name else "")
     try:
         # Streamed when only the first records are wanted (a 20B-token corpus is not downloaded) or when
-        # they are read once in order (CPT packing).
+        # they are read once in order (CPT packing, IFT example files).
         dataset = datasets.load_dataset(dataset_id, name, split=split, data_dir=data_dir, streaming=streaming)
     except (ConnectionError, datasets.exceptions.DatasetNotFoundError, FileNotFoundError) as error:
         raise UserError(

@@ -1,4 +1,5 @@
-"""Tokenizing CPT text on every core, the packed stream unchanged token for token.
+"""Tokenizing on every core, the result unchanged token for token: CPT text packed into a stream, and
+IFT conversations encoded in batches (``conversation_encoder``).
 
 Two ways: the fast tokenizer's own (Rust) threads, which the CLI turns off elsewhere
 (TOKENIZERS_PARALLELISM=false) and packing turns back on; or a pool of processes, each tokenizing batches
@@ -21,21 +22,24 @@ from multiprocessing import get_context
 
 import numpy as np
 
+from learnforget.data.templates import encode_conversations
 from learnforget.data.tokens import BYTES_PER_TOKEN_BOUND, text_batch
 
 PARALLEL_BATCH_BYTES = 1_000_000  # text a worker tokenizes per task
 PARALLEL_MIN_TOKENS = 5_000_000  # below this, starting a pool costs more than it saves
+PARALLEL_MIN_EXAMPLES = 20_000  # the same for IFT examples (a few hundred tokens each)
 POOL_MIN_CORES = 8
 MAX_WORKERS = 16
 
 _tokenizer = None
+_encoding: tuple = ()  # a worker's (template, seq_len, prefix) for IFT conversations
 
 
-def tokenize_workers(need: int) -> int:
-    """Processes to tokenize ``need`` tokens with: one (and the tokenizer's threads) for small jobs and
-    few cores, else the cores this process may use."""
+def tokenize_workers(need: int, minimum: int = PARALLEL_MIN_TOKENS) -> int:
+    """Processes to tokenize ``need`` tokens (or examples, with ``minimum`` PARALLEL_MIN_EXAMPLES) with:
+    one (and the tokenizer's threads) for small jobs and few cores, else the cores this process may use."""
     cores = len(os.sched_getaffinity(0))
-    if need < PARALLEL_MIN_TOKENS or cores < POOL_MIN_CORES:
+    if need < minimum or cores < POOL_MIN_CORES:
         return 1
     return min(cores, MAX_WORKERS)
 
@@ -100,3 +104,33 @@ def parallel_pack_texts(
                     yield piece
             if done == before:
                 raise ValueError("no documents to pack")
+
+
+def _start_conversations(tokenizer, template: str, seq_len: int, prefix: list[int]) -> None:
+    global _encoding
+    _start(tokenizer)
+    _encoding = (template, seq_len, prefix)
+
+
+def _encode_conversations(conversations: list) -> list:
+    return encode_conversations(_tokenizer, conversations, *_encoding)
+
+
+@contextmanager
+def conversation_encoder(tokenizer, template: str, seq_len: int, prefix: list[int], workers: int):
+    """``submit(conversations)``, giving a function that returns their ``encode_conversations``: computed
+    at once in this process with the tokenizer's threads on (one worker), else by a pool of ``workers``
+    processes, so that several batches can be in flight and are read back in order."""
+    if workers <= 1:
+
+        def submit(batch: list):
+            done = encode_conversations(tokenizer, batch, template, seq_len, prefix)
+            return lambda: done
+
+        with tokenizer_threads():
+            yield submit
+        return
+    with get_context("fork").Pool(
+        workers, initializer=_start_conversations, initargs=(tokenizer, template, seq_len, prefix)
+    ) as pool:
+        yield lambda batch: pool.apply_async(_encode_conversations, (batch,)).get

@@ -66,35 +66,39 @@ def write_token_file(pieces: Iterable, n_tokens: int, dtype: str, path: Path) ->
 
 
 @contextmanager
-def token_progress(n_tokens: int):
-    """``advance(done)``: a rich progress bar with tokens/s on a terminal, else a log line every ~10%."""
+def token_progress(total: int, unit: str = "tokens"):
+    """``advance(done, tokens=done)``: ``done`` of ``total`` tokens (or other ``unit``) with tokens/s, as a
+    rich progress bar on a terminal, else a log line every ~10%."""
     started = time.perf_counter()
+
+    def rate(tokens: int) -> str:
+        return f"{tokens / max(time.perf_counter() - started, 1e-9):,.0f}"
+
     if sys.stderr.isatty():
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-        columns = (TextColumn("tokenizing"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+        columns = (TextColumn("tokenizing"), BarColumn(), TextColumn(f"{{task.completed:,.0f}}/{{task.total:,.0f}} {unit}"),
                    TextColumn("{task.fields[rate]} tokens/s"), TimeRemainingColumn())  # fmt: skip
         with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-            task = progress.add_task("tokenizing", total=n_tokens, rate="–")
+            task = progress.add_task("tokenizing", total=total, rate="–")
 
             shown = [0]
 
-            def advance(done: int) -> None:
-                if done - shown[0] >= n_tokens // 1000 or done == n_tokens:  # at most ~1000 redraws
-                    shown[0], rate = done, f"{done / max(time.perf_counter() - started, 1e-9):,.0f}"
-                    progress.update(task, completed=done, rate=rate)
+            def advance(done: int, tokens: int | None = None) -> None:
+                if done - shown[0] >= total // 1000 or done == total:  # at most ~1000 redraws
+                    shown[0] = done
+                    progress.update(task, completed=done, rate=rate(done if tokens is None else tokens))
 
             yield advance
         return
-    step, next_report = max(1, n_tokens // 10), [max(1, n_tokens // 10)]
+    step, next_report = max(1, total // 10), [max(1, total // 10)]
 
-    def advance(done: int) -> None:
-        if done >= next_report[0] or done == n_tokens:
+    def advance(done: int, tokens: int | None = None) -> None:
+        if done >= next_report[0] or done == total:
             next_report[0] = (done // step + 1) * step
-            rate = done / max(time.perf_counter() - started, 1e-9)
-            print(f"tokenizing: {done:,}/{n_tokens:,} tokens ({100 * done // n_tokens}%), {rate:,.0f} tokens/s",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(f"tokenizing: {done:,}/{total:,} {unit} ({100 * done // total}%), "
+                  f"{rate(done if tokens is None else tokens)} tokens/s", file=sys.stderr, flush=True)  # fmt: skip
 
     yield advance
 

@@ -77,10 +77,40 @@ def encode_conversation(
     ``prefix`` is ``special_prefix(tokenizer)`` (computed here when not given). A conversation longer than
     ``seq_len`` is cut: a single exchange keeps its BOS and its response (up to ``seq_len - 1`` tokens)
     and cuts its prompt from the left; a longer conversation keeps its first ``seq_len`` tokens (the
-    first exchange that way if nothing learnable would remain).
+    first exchange that way if nothing learnable would remain). A conversation with nothing to learn is a
+    ValueError.
     """
-    segments = _segments(tokenizer, turns, template)
+    (result,) = encode_conversations(tokenizer, [turns], template, seq_len, prefix)
+    if isinstance(result, str):
+        raise ValueError(result)
+    return result
+
+
+def encode_conversations(
+    tokenizer, conversations: list[Conversation], template: str, seq_len: int, prefix: list[int] | None = None
+) -> list[tuple[list[int], list[int], bool] | str]:
+    """``encode_conversation`` of each conversation, or the reason it has nothing to learn (a string).
+    Every text of the batch goes through one tokenizer call: a fast tokenizer spreads it over its
+    threads, with the ids of each text as if encoded alone."""
     prefix = special_prefix(tokenizer) if prefix is None else prefix
+    texts = [_segment_texts(tokenizer, turns, template) for turns in conversations]
+    flat = [text for pieces in texts for text, _, _ in pieces]
+    ids = iter(tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else [])
+    results: list[tuple[list[int], list[int], bool] | str] = []
+    for pieces in texts:
+        segments = [(next(ids) + [tokenizer.eos_token_id] * eos, learn) for _, learn, eos in pieces]
+        try:
+            results.append(_fit([(part, learn) for part, learn in segments if part], seq_len, prefix))
+        except ValueError as error:
+            results.append(str(error))
+    return results
+
+
+def _fit(
+    segments: list[tuple[list[int], bool]], seq_len: int, prefix: list[int]
+) -> tuple[list[int], list[int], bool]:
+    """(input ids, labels, was cut) of a conversation's (token ids, carries loss) pieces: BOS added as the
+    tokenizer's configuration says, cut to ``seq_len`` (see ``encode_conversation``)."""
     first = segments[0][0] if segments else []
     kept = []  # the BOS, kept when the prompt is cut
     if prefix and first[: len(prefix)] != prefix:  # a chat template may already render the BOS
@@ -108,11 +138,11 @@ def encode_conversation(
     return prompt + response, [IGNORE_INDEX] * len(prompt) + response, True
 
 
-def _segments(tokenizer, turns: Conversation, template: str) -> list[tuple[list[int], bool]]:
-    """(token ids, carries loss) pieces of a conversation, in order."""
-    texts: list[tuple[str, bool]] = []
+def _segment_texts(tokenizer, turns: Conversation, template: str) -> list[tuple[str, bool, bool]]:
+    """(text, carries loss, EOS follows) pieces of a conversation, in order; empty pieces are dropped
+    once tokenized."""
     if template == CHAT:
-        rendered = ""
+        texts, rendered = [], ""
         for n, (role, _) in enumerate(turns):
             if role != "assistant":
                 continue
@@ -123,22 +153,18 @@ def _segments(tokenizer, turns: Conversation, template: str) -> list[tuple[list[
                     "the tokenizer's chat template does not render a conversation turn by turn (it rewrites "
                     "earlier turns), so assistant turns cannot be located; set data.prompt_template"
                 )
-            texts += [(before[len(rendered) :], False), (through[len(before) :], True)]
+            texts += [(before[len(rendered) :], False, False), (through[len(before) :], True, False)]
             rendered = through
-        return [(_ids(tokenizer, text), learn) for text, learn in texts if text]
-    segments = []
+        return texts
+    pieces = []
     for role, text in turns:
         if role == "system":
-            segments.append((_ids(tokenizer, f"{text}\n\n"), False))
+            pieces.append((f"{text}\n\n", False, False))
         elif role == "user":
-            segments.append((_ids(tokenizer, template.replace("{prompt}", text)), False))
+            pieces.append((template.replace("{prompt}", text), False, False))
         else:
-            segments.append((_ids(tokenizer, text) + [tokenizer.eos_token_id], True))
-    return [(ids, learn) for ids, learn in segments if ids]
-
-
-def _ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+            pieces.append((text, True, True))
+    return pieces
 
 
 def _apply_chat(tokenizer, turns: Conversation, generation_prompt: bool) -> str:

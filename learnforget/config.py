@@ -422,8 +422,10 @@ class StudyConfig(Strict):
     """'builtin' (pretrained by the toolkit from `base`, cached), a local HF model directory, or a hub id."""
     base: BaseRecipe = BaseRecipe()
     """Recipe of the built-in base model (ignored for other base models)."""
-    domain: Literal["code", "math"] = "code"
-    """Target domain: what the arms learn."""
+    domain: Literal["code", "math"] = "math"
+    """Target domain: what the arms learn. Default math: on the built-in base, 131k tokens of code CPT stay
+    within noise of the base (its code loss moves by less than ±0.03 nats at every learning rate tried),
+    while math is learned within the budget."""
     regime: Literal["cpt", "ift"] = "cpt"
     """'cpt' = continued pretraining on packed raw text; 'ift' = instruction finetuning on
     prompt/response pairs, loss on response tokens only."""
@@ -444,8 +446,8 @@ class StudyConfig(Strict):
     epochs: int | None = Field(None, ge=1, le=10_000)
     """IFT: train this many epochs over `data.examples` (replaces budget_tokens; one milestone per epoch)."""
     arms: list[ArmSpec] = [
-        ArmSpec(method="full", learning_rate=5e-4),
-        ArmSpec(method="lora", rank=[1, 4, 16], learning_rate=5e-3),
+        ArmSpec(method="full", learning_rate=2e-4),
+        ArmSpec(method="lora", rank=[1, 4, 16], learning_rate=2e-3),
     ]
     """Arms (grids) to train. Defaults: full finetuning, and LoRA at three ranks scaled to the model
     (the paper's 16/64/256 of 4096 are 1/256..1/16 of the width), all linear layers, LR 10x full."""

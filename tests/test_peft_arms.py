@@ -20,8 +20,11 @@ def arms_of(*specs: dict):
 
 
 def test_paper_lora_arms_keep_their_names_and_identities():
-    # Identities of the default study as computed before peft arms existed: results and resumes stay valid.
-    arms = expand_arms(load_study(None))
+    # Identities of `method: lora` arms as computed before peft arms existed: results and resumes stay valid.
+    arms = arms_of(
+        {"method": "full", "learning_rate": 5e-4},
+        {"method": "lora", "rank": [1, 4, 16], "learning_rate": 5e-3},
+    )
     assert [(a.name, a.id) for a in arms] == [
         ("full-lr5e-4-s0", "1e675ace6df2"), ("lora-r1-all-lr5e-3-s0", "2ea56ea0ac7d"),
         ("lora-r4-all-lr5e-3-s0", "db8044fded61"), ("lora-r16-all-lr5e-3-s0", "7f137e2b8198"),
@@ -208,12 +211,14 @@ def test_peft_methods_study_matches_trainable_budgets_where_the_method_allows():
     assert all(len(v) == 4 for v in by_method.values())  # 2 learning rates × 2 seeds each
     config = base_config(study)
     trainable = {a.method: arm_size(config, a)[0] for a in arms}
-    matched = 8 * 11_776  # LoRA r8 on every linear layer of the built-in base
+    h, f, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    matched = 8 * layers * (4 * (h + h) + 2 * (h + f) + (f + h))  # LoRA r8 on q k v o, gate up, down
     assert {m: trainable[m] for m in ("lora", "rslora", "pissa", "loha")} == dict.fromkeys(
         ("lora", "rslora", "pissa", "loha"), matched
     )
-    assert trainable["dora"] == matched + 6_656  # + the magnitude vectors (one per output feature)
-    assert (trainable["vera"], trainable["ia3"]) == (13_824, 3_072)  # as the config's header states
+    assert trainable["dora"] == matched + layers * (5 * h + 2 * f)  # + one magnitude per output feature
+    assert trainable["vera"] == layers * 7 * 256 + layers * (5 * h + 2 * f)  # r per layer + one per output
+    assert trainable["ia3"] == layers * (2 * h + f)  # one vector per adapted layer: k, v outputs; down input
 
 
 def test_qlora_dry_run_on_cpu_exits_with_one_line(tmp_path, capsys):

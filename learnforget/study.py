@@ -125,10 +125,12 @@ def prepare_data(study: StudyConfig, study_dir: Path, base_path: str) -> dict:
     return data
 
 
-def evaluate_model(model, tokenizer, study: StudyConfig, data: dict) -> dict[str, float]:
+def evaluate_model(
+    model, tokenizer, study: StudyConfig, data: dict, timings: dict[str, float] | None = None
+) -> dict[str, float]:
     """Every milestone metric of one model (deterministic; does not touch the training RNG), under the
     study's precision, so a milestone measures the model as it trains. A sharded model is evaluated by
-    every process together, in lockstep on identical inputs."""
+    every process together, in lockstep on identical inputs. `timings` receives seconds per suite."""
     from learnforget.evaluate.device import forked_rng, model_device
     from learnforget.evaluate.suites import evaluate_suites
     from learnforget.precision import autocast
@@ -137,7 +139,7 @@ def evaluate_model(model, tokenizer, study: StudyConfig, data: dict) -> dict[str
     device = model_device(model)
     with forked_rng(device), evaluating(model):
         with autocast(study.precision, device):
-            return evaluate_suites(model, tokenizer, study, data["eval"])
+            return evaluate_suites(model, tokenizer, study, data["eval"], timings)
 
 
 # ---------------------------------------------------------------------------------------------------

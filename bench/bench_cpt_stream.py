@@ -38,11 +38,11 @@ def corpus_pass(seed: int = 0):
     return one_pass
 
 
-def bench_tokenizer():
+def bench_tokenizer(sample_bytes: int = 2_000_000, vocab_size: int = 4000):
     from learnforget.data.corpora import documents
     from learnforget.data.tokens import sample_text, train_tokenizer
 
-    return train_tokenizer(sample_text(documents("code", "finetune"), 2_000_000, 0), 4000)
+    return train_tokenizer(sample_text(documents("code", "finetune"), sample_bytes, 0), vocab_size)
 
 
 def peak_mb() -> tuple[float, float]:
@@ -150,6 +150,46 @@ def speed(n_tokens: int) -> None:
         f"{threads / baseline:.2f}x (threads), {pool / baseline:.2f}x ({cores} processes)",
         flush=True,
     )
+
+
+def quiet(fn, *args):
+    """fn(*args) without its progress lines on stderr."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        return fn(*args)
+
+
+def run(quick: bool = False) -> list:
+    """`python -m bench`'s row: tokenizing + writing the token file (1 process, as the tokenizer threads
+    are off) vs the plain datasets.map pipeline, alternating (1M tokens, 3 repeats; quick: 20k, 1)."""
+    import datasets
+
+    from bench.common import Row, alternate
+
+    datasets.disable_progress_bars()
+    n_tokens, repeats = (20_000, 1) if quick else (1_000_000, 3)
+    tokenizer = bench_tokenizer(200_000, 1000) if quick else bench_tokenizer()
+    parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+            ours, theirs, _, _ = alternate(
+                lambda: n_tokens / quiet(pack_to_file, tokenizer, n_tokens, 1, Path(tmp) / "tokens.bin"),
+                lambda: n_tokens / datasets_map_rate(tokenizer, n_tokens),  # seconds for n_tokens at its rate
+                repeats,
+                self_timed=True,
+            )
+    finally:
+        if parallelism is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM")
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = parallelism
+    note = (
+        f"{n_tokens:,} tokens of the built-in code corpus, 1 process, byte-level BPE {len(tokenizer)} tokens"
+    )
+    return [Row("tokenising + token file", ours, theirs, "datasets.map", note=note)]
 
 
 if __name__ == "__main__":

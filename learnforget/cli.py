@@ -271,6 +271,13 @@ def _run_study(study, study_dir: Path, shard: str | None) -> list[tuple[str, str
             stored = store.arm(result["arm"]) or {}
             failures.append((result["arm"], result.get("failed") or stored.get("error") or "failed"))
     html = write_report(study_dir, store, study, out_console)
+    from learnforget.stage_times import stage_summary
+
+    lines = stage_summary(store)
+    if lines:
+        console.print("Time per stage, summed over arms and worker processes:", highlight=False)
+        for line in lines:
+            console.print(f"  {line}", highlight=False)
     console.print(f"Done in {time.time() - started:.0f} s. Results: {study_dir}/summary.md")
     console.print(f"Open the report: {html.resolve().as_uri()}", highlight=False, soft_wrap=True)
     return failures

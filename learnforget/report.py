@@ -113,6 +113,24 @@ def _data_line(store: Store) -> str:
     return describe_stats(stats) + "; tokens in the tables count real tokens only."
 
 
+def _stage_section(store: Store) -> list[str]:
+    """summary.md's table of seconds per arm and stage (empty for a study stored before stages were timed)."""
+    from learnforget.stage_times import stage_table
+
+    header, rows = stage_table(store)
+    if not rows:
+        return []
+    cells = [[r[0], *(_fmt(v, 1) for v in r[1:])] for r in rows]
+    return ["## Time per stage (seconds)", "", markdown_table(header, cells), "", STAGE_NOTE, ""]
+
+
+STAGE_NOTE = (
+    "Summed over milestones; eval/<suite> = one evaluation suite, checkpoint = the resumable checkpoint at "
+    "each milestone, save = the final weights and model card, other = the arm's wall time no stage accounts "
+    "for (loading the model and data, writing the store)."
+)
+
+
 def write_summary(study_dir: Path, store: Store, study: StudyConfig) -> Path:
     """summary.md: settings, a table of arms, and one table of milestones per arm."""
     learn, _ = learning_metric(study)
@@ -139,6 +157,7 @@ def write_summary(study_dir: Path, store: Store, study: StudyConfig) -> Path:
         "ΔW rank (90%): median over the linear layers of the rank explaining 90% of ΔW's variance, as a "
         "fraction of min(m, n) (a Gaussian random matrix needs about 0.5).",
         "",
+        *_stage_section(store),
         f"![learning vs forgetting]({PLOT_NAME})",
         "",
         f"![ΔW rank along training]({SPECTRUM_PLOT_NAME})"

@@ -419,6 +419,18 @@ def methods_section(study_dir: Path, prefix: str = "") -> list[str]:
     ]
 
 
+def stage_section(store, prefix: str = "") -> list[str]:
+    """Seconds per arm and stage (nothing for a study stored before stages were timed)."""
+    from learnforget.report import STAGE_NOTE
+    from learnforget.stage_times import stage_table
+
+    header, rows = stage_table(store)
+    if not rows:
+        return []
+    return [f"<h3 id='{prefix}stages'>Time per stage (seconds)</h3>", f"<p>{_esc(STAGE_NOTE)}</p>",
+            table(f"{prefix}stages-table", header, rows)]  # fmt: skip
+
+
 def claims_table(table_id: str, claims: list[dict]) -> str:
     from learnforget.analysis.claims import FACTOR
 
@@ -484,6 +496,7 @@ def study_sections(study_dir: Path, store, study, prefix: str = "", curves: bool
     parts += [
         f"<h2 id='{prefix}arms'>Arms</h2>",
         arms_table(f"{prefix}arms-table", store, learn, forget, base),
+        *stage_section(store, prefix),
     ]
     parts += methods_section(study_dir, prefix) if pts else []
     if pts:

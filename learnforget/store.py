@@ -21,7 +21,8 @@ Schema of every part and of the snapshot (query it with any SQLite client, e.g. 
          tokens_per_s, peak_memory_mb, train_seconds, error,
          arm_id,                                       -- hash of all the arm's settings (`Arm.id`)
          peft, quantization,                           -- a peft arm's type and keywords (JSON), QLoRA's bits
-         registered, updated)                          -- times; the merge keeps the latest update
+         registered, updated,                          -- times; the merge keeps the latest update
+         wall_seconds)                                 -- the arm's wall time, over every process that ran it
     metrics(arm, step, tokens, metric, value,          -- one row per arm x milestone x metric
             PRIMARY KEY (arm, tokens, metric))
     matrices(arm, tokens, name, rank_delta, rank_base, rank_random, min_dim, delta_fro,
@@ -30,6 +31,8 @@ Schema of every part and of the snapshot (query it with any SQLite client, e.g. 
     starts(arm, arm_id, host, pid, started)            -- one row each time a process starts training an arm
     steps(arm, step, loss, learning_rate, grad_norm,   -- one row per arm x optimizer step (training curves)
           PRIMARY KEY (arm, step))
+    stage_times(arm, step, stage, seconds,             -- seconds per arm x milestone x stage: 'train',
+                PRIMARY KEY (arm, step, stage))        -- 'eval/<suite>', 'spectra', 'checkpoint', 'save'
 
 Metric names are '<domain>/<measure>', e.g. 'code/loss', 'english/loss', 'english/mc_acc_norm'.
 Every write is one transaction, so a killed process never leaves half a milestone. Clocks of
@@ -61,7 +64,7 @@ CREATE TABLE IF NOT EXISTS arms (
     learning_rate REAL, weight_decay REAL, dropout REAL, train_embeddings INTEGER, optimizer TEXT,
     seed INTEGER, trainable_params INTEGER, total_params INTEGER, status TEXT DEFAULT 'pending',
     tokens_per_s REAL, peak_memory_mb REAL, train_seconds REAL, error TEXT,
-    arm_id TEXT, registered REAL, updated REAL, peft TEXT, quantization TEXT);
+    arm_id TEXT, registered REAL, updated REAL, peft TEXT, quantization TEXT, wall_seconds REAL);
 CREATE TABLE IF NOT EXISTS metrics (
     arm TEXT, step INTEGER, tokens INTEGER, metric TEXT, value REAL, PRIMARY KEY (arm, tokens, metric));
 CREATE TABLE IF NOT EXISTS matrices (
@@ -73,6 +76,8 @@ CREATE TABLE IF NOT EXISTS starts (
     arm TEXT, arm_id TEXT, host TEXT, pid INTEGER, started REAL, PRIMARY KEY (arm, host, pid, started));
 CREATE TABLE IF NOT EXISTS steps (
     arm TEXT, step INTEGER, loss REAL, learning_rate REAL, grad_norm REAL, PRIMARY KEY (arm, step));
+CREATE TABLE IF NOT EXISTS stage_times (
+    arm TEXT, step INTEGER, stage TEXT, seconds REAL, PRIMARY KEY (arm, step, stage));
 """
 
 ARM_COLUMNS = (
@@ -81,7 +86,7 @@ ARM_COLUMNS = (
 )  # fmt: skip
 ALL_ARM_COLUMNS = ("name", *ARM_COLUMNS) + (
     "trainable_params", "total_params", "status", "tokens_per_s", "peak_memory_mb", "train_seconds",
-    "error", "arm_id", "registered", "updated", "peft", "quantization",
+    "error", "arm_id", "registered", "updated", "peft", "quantization", "wall_seconds",
 )  # fmt: skip
 # Columns added since the first schema: older stores get them on migration.
 ADDED_ARM_COLUMNS = {
@@ -90,13 +95,14 @@ ADDED_ARM_COLUMNS = {
     "updated": "REAL",
     "peft": "TEXT",
     "quantization": "TEXT",
+    "wall_seconds": "REAL",
 }
 # Arm settings stored as JSON text (the peft keywords), read back as they were given.
 JSON_ARM_COLUMNS = ("peft",)
 # The snapshot is refreshed at most this often by one process (and whenever `refresh_snapshot` is called).
 SNAPSHOT_SECONDS = 1.0
 _last_snapshot: dict[str, float] = {}
-ROW_TABLES = ("study", "metrics", "matrices", "files", "starts", "steps")
+ROW_TABLES = ("study", "metrics", "matrices", "files", "starts", "steps", "stage_times")
 
 
 def store_error(path: Path, error: Exception) -> UserError:
@@ -323,6 +329,21 @@ class Store:
             " a.dropout, a.train_embeddings, a.seed, a.peft, a.trainable_params, m.step, m.tokens AS milestone, m.metric, m.value"
             " FROM metrics m JOIN arms a ON a.name = m.arm ORDER BY a.rowid, m.tokens, m.metric"
         )
+
+    def add_stage_times(self, arm: str, step: int, seconds: dict[str, float]) -> None:
+        """Seconds per stage of one milestone (a redone milestone replaces its rows), in one transaction."""
+        rows = [(arm, step, stage, float(value)) for stage, value in seconds.items()]
+        self._write("INSERT OR REPLACE INTO stage_times VALUES (?, ?, ?, ?)", rows)
+
+    def stage_totals(self) -> dict[str, dict[str, float]]:
+        """arm -> stage -> seconds summed over milestones (stages in the order first recorded)."""
+        totals: dict[str, dict[str, float]] = {}
+        rows = self._read(
+            "SELECT arm, stage, SUM(seconds) AS seconds FROM stage_times GROUP BY arm, stage ORDER BY MIN(rowid)"
+        )
+        for row in rows:
+            totals.setdefault(row["arm"], {})[row["stage"]] = row["seconds"]
+        return totals
 
     # --- checksums and training starts -------------------------------------------------------------
     def record_file(self, path: str, sha256: str, size: int) -> None:

@@ -133,10 +133,12 @@ def training_file_present(path: str) -> bool:
     return Path(path).is_file() or read_meta(Path(path)) is not None
 
 
-def evaluate_model(model, tokenizer, study: StudyConfig, data: dict) -> dict[str, float]:
+def evaluate_model(
+    model, tokenizer, study: StudyConfig, data: dict, timings: dict[str, float] | None = None
+) -> dict[str, float]:
     """Every milestone metric of one model (deterministic; does not touch the training RNG), under the
     study's precision, so a milestone measures the model as it trains. A sharded model is evaluated by
-    every process together, in lockstep on identical inputs."""
+    every process together, in lockstep on identical inputs. `timings` receives seconds per suite."""
     from learnforget.evaluate.device import forked_rng, model_device
     from learnforget.evaluate.suites import evaluate_suites
     from learnforget.precision import autocast
@@ -145,7 +147,7 @@ def evaluate_model(model, tokenizer, study: StudyConfig, data: dict) -> dict[str
     device = model_device(model)
     with forked_rng(device), evaluating(model):
         with autocast(study.precision, device):
-            return evaluate_suites(model, tokenizer, study, data["eval"])
+            return evaluate_suites(model, tokenizer, study, data["eval"], timings)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -178,9 +180,15 @@ def _evaluate_base(study: StudyConfig, study_dir: Path, base_path: str) -> dict[
 
     model = load_causal_lm(base_path, study.precision, study.attn_implementation).to(device())
     trainable, total = 0, sum(p.numel() for p in model.parameters())
-    metrics = evaluate_model(model, load_tokenizer(base_path), study, data)
+    suites: dict[str, float] = {}
+    started = time.perf_counter()
+    metrics = evaluate_model(model, load_tokenizer(base_path), study, data, suites)
     store.add_metrics("base", 0, 0, metrics)
-    store.update_arm("base", trainable_params=trainable, total_params=total, status="done")
+    store.add_stage_times("base", 0, {f"eval/{name}": seconds for name, seconds in suites.items()})
+    store.update_arm(
+        "base", trainable_params=trainable, total_params=total, status="done",
+        wall_seconds=time.perf_counter() - started,
+    )  # fmt: skip
     store.refresh_snapshot()
     return metrics
 
@@ -197,6 +205,7 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
         train_steps,
     )
 
+    arm_started = time.perf_counter()
     warnings.filterwarnings("ignore", category=FutureWarning)  # spawned workers start with default filters
     study = StudyConfig.model_validate_json(study_json)
     arm = Arm.model_validate_json(arm_json)
@@ -244,9 +253,10 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
     quantized_base = (
         {k: v.clone() for k, v in merged_weights(model).items()} if arm.quantization and main else None
     )
-    step = 0
+    step, earlier_wall = 0, 0.0
     if checkpoint_path.exists():
         step = restore_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler)
+        earlier_wall = (store.arm(arm.name) or {}).get("wall_seconds") or 0.0  # the processes before this one
     accelerator, trained = None, model
     if sharded:
         accelerator = sharding.Collective()
@@ -273,22 +283,31 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
                 accelerator=accelerator, micro_batch_size=study.micro_batch_size, precision=study.precision,
                 scaler=scaler, on_record=step_log.record,
             )  # fmt: skip
-            train_seconds += time.perf_counter() - started
+            stages = {"train": time.perf_counter() - started}
+            train_seconds += stages["train"]
             trained_tokens_count += tokens_at(milestone) - tokens_at(step)
             step = milestone
-            metrics = evaluate_model(model, tokenizer, study, data) if main or sharded else {}
+            suites: dict[str, float] = {}
+            metrics = evaluate_model(model, tokenizer, study, data, suites) if main or sharded else {}
+            stages.update({f"eval/{name}": seconds for name, seconds in suites.items()})
             gathered = sharding.gather(model, optimizer) if sharded else None  # every process takes part
             if main:
                 if study.eval.spectra:
+                    started = time.perf_counter()
                     base_weights = base_weights or load_base_weights(base_path, study)
                     weights = merged_weights(model, gathered and gathered["model"])
                     metrics.update(record_spectra(store, arm.name, tokens_at(step), base_weights, weights))
+                    stages["spectra"] = time.perf_counter() - started
                 store.add_metrics(arm.name, step, tokens_at(step), metrics)
                 step_log.milestone(step, metrics)
+                started = time.perf_counter()
                 atomic_save(
                     checkpoint_state(model, optimizer, scheduler, step, scaler, gathered), checkpoint_path,
                     recorder(store, study_dir, checkpoint_path),
                 )  # fmt: skip
+                stages["checkpoint"] = time.perf_counter() - started
+                store.add_stage_times(arm.name, step, stages)
+                store.update_arm(arm.name, wall_seconds=earlier_wall + time.perf_counter() - arm_started)
                 tell("milestone", arm.name, tokens_at(step), metrics)
             distributed.wait_for_everyone()
     except FloatingPointError as e:
@@ -302,8 +321,10 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
     final_weights = sharding.full_state_dict(model) if sharded else None
     if not main:
         return {"arm": arm.name}
+    started = time.perf_counter()
     save_final(model, tokenizer, arm_dir(study_dir, arm.name), base_path, final_weights, initial_adapter)
     write_model_card(arm_dir(study_dir, arm.name), study, arm, base_path, store)
+    store.add_stage_times(arm.name, step, {"save": time.perf_counter() - started})
     tokens_per_s = trained_tokens_count / train_seconds if train_seconds else None
     store.update_arm(
         arm.name,
@@ -311,6 +332,7 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
         tokens_per_s=tokens_per_s,
         peak_memory_mb=peak_memory_mb(),
         train_seconds=train_seconds,
+        wall_seconds=earlier_wall + time.perf_counter() - arm_started,
     )
     checkpoint_path.unlink(missing_ok=True)  # the final weights are saved; optimizer state is not needed
     tell("done", arm.name)

@@ -57,7 +57,9 @@ def make_optimizer(
 
         opt = Lion(groups, lr=learning_rate, betas=BETAS)
     else:
-        opt = torch.optim.AdamW(groups, lr=learning_rate, betas=BETAS)
+        # foreach: one kernel per operation over all tensors instead of one per tensor (the default on
+        # CPUs); the same arithmetic, so the same numbers.
+        opt = torch.optim.AdamW(groups, lr=learning_rate, betas=BETAS, foreach=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warmup_steps, total_steps))
     return opt, scheduler
 
@@ -77,6 +79,7 @@ def train_steps(
     precision: str = "fp32",
     scaler: torch.amp.GradScaler | None = None,
     on_record: Callable[[dict], None] | None = None,
+    fused_loss: bool = True,
 ) -> float:
     """Run optimizer steps [start_step, end_step) on rows[step*bs:(step+1)*bs]; return the last loss.
 
@@ -87,8 +90,11 @@ def train_steps(
     `micro_batch_size` splits each process's batch into forward/backward passes of that many rows.
     `precision` sets the forward pass's autocast (see precision.py); `scaler` scales fp16 losses.
     `on_record` receives {step, loss, learning_rate, grad_norm} after each step (grad_norm before clipping).
+    `fused_loss`: compute the loss without full-vocabulary logits where the model allows (fused_loss.py;
+    fp32 in one process); same loss up to float rounding.
     """
     from learnforget.evaluate.device import model_device
+    from learnforget.fused_loss import causal_lm_loss, fused_loss_parts
     from learnforget.precision import autocast
 
     model.train()
@@ -96,6 +102,7 @@ def train_steps(
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     trainable = [p for p in model.parameters() if p.requires_grad]
     loss_value = float("nan")
+    fused = fused_loss and accelerator is None and precision == "fp32" and fused_loss_parts(model)
     for step in range(start_step, end_step):
         batch = rows[step * batch_size : (step + 1) * batch_size][rank::world]
         target = batch if labels is None else labels[step * batch_size : (step + 1) * batch_size][rank::world]
@@ -104,9 +111,12 @@ def train_steps(
         loss = torch.zeros((), device=device)
         for start in chunks:  # gradient accumulation: the mean of the micro-batches' mean losses
             ids, part_labels = trim_padding(batch[start : start + micro], target[start : start + micro])
-            with autocast(precision, device):
-                part = model(input_ids=ids.to(device), labels=part_labels.to(device))
-            scaled = part.loss.float() / len(chunks)
+            if fused:
+                part_loss = causal_lm_loss(fused, ids.to(device), part_labels.to(device))
+            else:
+                with autocast(precision, device):
+                    part_loss = model(input_ids=ids.to(device), labels=part_labels.to(device)).loss
+            scaled = part_loss.float() / len(chunks)
             backward = scaler.scale(scaled) if scaler is not None else scaled
             if accelerator is None:
                 backward.backward()

@@ -53,9 +53,39 @@ def test_micro_study_writes_report_plot_and_every_number(micro_run):
 
 
 def test_same_config_and_seed_give_identical_numbers(micro_run, micro_config, tmp_path, capsys):
-    code, _, _ = run_cli(["run", str(micro_config), "--out", str(tmp_path / "again")], capsys)
+    code, out, err = run_cli(["run", str(micro_config), "--out", str(tmp_path / "again")], capsys)
     assert code == 0
     assert metric_table(tmp_path / "again") == metric_table(micro_run)
+    printed = out + err  # the run ends with one line per stage
+    assert "Time per stage" in printed and all(
+        f"  {stage} " in printed for stage in ("train", "eval/loss", "save")
+    )
+
+
+def test_every_arm_records_seconds_per_stage_within_its_wall_time(micro_run):
+    from learnforget.stage_times import stage_summary, stage_table
+    from learnforget.store import Store
+
+    store = Store(micro_run)
+    totals = store.stage_totals()
+    suites = {"eval/loss", "eval/choice", "eval/reference", "eval/generation", "eval/diversity"}
+    assert set(totals["base"]) == suites
+    for arm in ("full-lr1e-3-s0", "lora-r2-all-lr1e-2-s0"):
+        assert set(totals[arm]) == suites | {"train", "spectra", "checkpoint", "save"}
+        assert all(seconds > 0 for seconds in totals[arm].values())
+        wall = store.arm(arm)["wall_seconds"]
+        assert sum(totals[arm].values()) <= wall
+        assert totals[arm]["train"] == pytest.approx(store.arm(arm)["train_seconds"])
+        # One row per milestone for the per-milestone stages, one for the final save.
+        rows = store._read("SELECT step, stage FROM stage_times WHERE arm = ?", (arm,))
+        assert sorted(r["step"] for r in rows if r["stage"] == "train") == [4, 8, 12]
+        assert [r["step"] for r in rows if r["stage"] == "save"] == [12]
+    header, rows = stage_table(store)
+    assert header[0] == "arm" and header[1] == "train" and header[-2:] == ["other", "wall"]
+    assert len(rows) == 3 and all(r[-1] >= sum(v or 0 for v in r[1:-1]) - 1e-9 for r in rows)
+    assert [line.split()[0] for line in stage_summary(store)] == header[1:-1]
+    assert "## Time per stage (seconds)" in (micro_run / "summary.md").read_text()
+    assert "stages-table" in (micro_run / "report.html").read_text()
 
 
 def test_compare_json_lists_every_metric_with_arm_settings(micro_run, capsys):

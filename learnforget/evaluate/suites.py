@@ -16,6 +16,8 @@ Which metrics are the study's learning and forgetting axes is decided by `learni
 
 from __future__ import annotations
 
+import time
+
 from learnforget.config import StudyConfig
 from learnforget.data.datasets import CODE_STOP, MATH_STOP, SOURCE_DOMAIN
 from learnforget.data.templates import PLAIN, render_prompt, resolve_template
@@ -24,32 +26,58 @@ from learnforget.evaluate.likelihood import completion_nll, mean_token_loss
 LOWER_IS_BETTER = ("loss", "nll", "rank")
 
 
-def evaluate_suites(model, tokenizer, study: StudyConfig, eval_sets: dict) -> dict[str, float]:
-    """Every metric of one model on the study's evaluation sets."""
+def evaluate_suites(
+    model, tokenizer, study: StudyConfig, eval_sets: dict, timings: dict[str, float] | None = None
+) -> dict[str, float]:
+    """Every metric of one model on the study's evaluation sets. `timings`, if given, receives the
+    seconds each suite took (loss, choice, reference, generation, diversity, harness)."""
     ev, domain = study.eval, study.domain
     # Prompts go through the training template; a data.pt from before templates were saved gets the
     # template of that time (chat template if any, else the prompt as is).
     template = eval_sets.get("template") or resolve_template(None, tokenizer, builtin_data=True)
-    metrics = {}
-    for corpus, rows in eval_sets["loss"].items():
-        metrics[f"{corpus}/loss"] = mean_token_loss(model, rows, ev.batch_size)
+    metrics: dict[str, float] = {}
+    timings = {} if timings is None else timings
+
+    def suite(name: str, measure) -> None:
+        started = time.perf_counter()
+        metrics.update(measure())
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - started
+
+    suite(
+        "loss",
+        lambda: {
+            f"{c}/loss": mean_token_loss(model, rows, ev.batch_size) for c, rows in eval_sets["loss"].items()
+        },
+    )
     if eval_sets.get("choice"):
         from learnforget.evaluate.choice import score_choices
 
-        scores = score_choices(model, tokenizer, eval_sets["choice"], ev.batch_size)
-        metrics[f"{SOURCE_DOMAIN}/mc_acc"] = scores["acc"]
-        metrics[f"{SOURCE_DOMAIN}/mc_acc_norm"] = scores["acc_norm"]
+        def choice() -> dict[str, float]:
+            scores = score_choices(model, tokenizer, eval_sets["choice"], ev.batch_size)
+            return {
+                f"{SOURCE_DOMAIN}/mc_acc": scores["acc"],
+                f"{SOURCE_DOMAIN}/mc_acc_norm": scores["acc_norm"],
+            }
+
+        suite("choice", choice)
     if eval_sets.get("reference"):
         pairs = [
             (render_prompt(tokenizer, p["prompt"], template), p["reference"]) for p in eval_sets["reference"]
         ]
-        metrics[f"{domain}/ref_nll"] = completion_nll(model, tokenizer, pairs, ev.batch_size)
+        suite(
+            "reference", lambda: {f"{domain}/ref_nll": completion_nll(model, tokenizer, pairs, ev.batch_size)}
+        )
     if eval_sets.get("generation"):
-        metrics.update(generation_metrics(model, tokenizer, study, eval_sets["generation"], template))
+        suite(
+            "generation",
+            lambda: generation_metrics(model, tokenizer, study, eval_sets["generation"], template),
+        )
     if eval_sets.get("diversity"):
-        metrics.update(diversity_metrics(model, tokenizer, study, eval_sets["diversity"], template))
+        suite(
+            "diversity", lambda: diversity_metrics(model, tokenizer, study, eval_sets["diversity"], template)
+        )
     if ev.harness_tasks:
-        metrics.update(harness_metrics(model, tokenizer, study))
+        suite("harness", lambda: harness_metrics(model, tokenizer, study))
     return metrics
 
 

@@ -1,0 +1,151 @@
+"""Training speed: learnforget's loop vs a plain Hugging Face `Trainer` + peft, full finetuning and LoRA.
+
+    python bench/bench_train.py              # the built-in base's architecture, 24 steps of 8×256, 3 repeats
+    python bench/bench_train.py --quick      # a tiny Llama, 2 steps, 1 repeat
+
+Both train the same model (random weights of the built-in base's architecture, saved once and loaded
+afresh for every run) on the same random token rows for the same steps, with the same optimizer
+settings (AdamW, β = 0.9/0.95, warm-up then cosine to 10%, clipping at 1.0), on one thread, in one
+process, alternating. Timed: building the optimizer (or the Trainer) and training; not loading the model.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` and `learnforget` as a script too
+
+import torch
+
+from bench.common import Row, alternate, format_table
+
+LEARNING_RATE = {"full": 5e-4, "lora": 5e-3}  # the default study's
+FULL = dict(
+    hidden=128, layers=4, heads=4, intermediate=512, vocab=4096, seq_len=256, batch=8, steps=24, repeats=3
+)
+QUICK = dict(
+    hidden=32, layers=2, heads=2, intermediate=64, vocab=512, seq_len=64, batch=4, steps=2, repeats=1
+)
+
+
+def tiny_base(directory: Path, size: dict) -> str:
+    """A randomly initialised Llama of the given size, saved as a model directory."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=size["vocab"], hidden_size=size["hidden"], num_hidden_layers=size["layers"],
+        num_attention_heads=size["heads"], num_key_value_heads=size["heads"],
+        intermediate_size=size["intermediate"], max_position_embeddings=size["seq_len"], tie_word_embeddings=True,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(directory)
+    return str(directory)
+
+
+def arm_for(method: str):
+    from learnforget.config import StudyConfig, expand_arms
+
+    settings = {"method": method, "learning_rate": LEARNING_RATE[method]}
+    if method == "lora":
+        settings["rank"] = 16
+    return expand_arms(StudyConfig(arms=[settings]))[0]
+
+
+def ours(base: str, method: str, rows: torch.Tensor, size: dict) -> float:
+    """Seconds of learnforget's loop (as `run_arm` sets an arm up and trains it)."""
+    from learnforget.train import load_arm_model, make_optimizer, train_steps
+
+    arm = arm_for(method)
+    torch.manual_seed(0)
+    model = load_arm_model(base, arm)
+    started = time.perf_counter()
+    steps = size["steps"]
+    optimizer, scheduler = make_optimizer(
+        model, arm.learning_rate, arm.weight_decay, steps // 10, steps, "adamw"
+    )
+    train_steps(model, optimizer, scheduler, rows, size["batch"], 0, steps)
+    return time.perf_counter() - started
+
+
+class _Rows(torch.utils.data.Dataset):
+    def __init__(self, rows: torch.Tensor):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.rows[i], "labels": self.rows[i]}
+
+
+def hf_trainer(base: str, method: str, rows: torch.Tensor, size: dict, output_dir: str) -> float:
+    """Seconds of `transformers.Trainer` (+ peft's `get_peft_model` for LoRA) on the same work."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, PrinterCallback, Trainer, TrainingArguments
+
+    from learnforget.targets import resolve_targets
+
+    arm = arm_for(method)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    if method == "lora":
+        lora = LoraConfig(r=arm.rank, lora_alpha=arm.alpha, lora_dropout=arm.dropout,
+                          target_modules=resolve_targets(model, arm.target_modules), bias="none")  # fmt: skip
+        model = get_peft_model(model, lora)
+    steps = size["steps"]
+    args = TrainingArguments(
+        output_dir=output_dir, per_device_train_batch_size=size["batch"], max_steps=steps,
+        learning_rate=arm.learning_rate, weight_decay=arm.weight_decay, adam_beta1=0.9, adam_beta2=0.95,
+        warmup_steps=steps // 10, lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1},
+        max_grad_norm=1.0, use_cpu=True, report_to="none", save_strategy="no", logging_strategy="no",
+        disable_tqdm=True, dataloader_pin_memory=False, seed=0,
+    )  # fmt: skip
+    started = time.perf_counter()
+    trainer = Trainer(model=model, args=args, train_dataset=_Rows(rows))
+    trainer.remove_callback(PrinterCallback)  # it prints the final metrics dict
+    trainer.train()
+    return time.perf_counter() - started
+
+
+def run(quick: bool = False) -> list[Row]:
+    """One row per method: learnforget's loop vs Trainer + peft."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    size = QUICK if quick else FULL
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows_out = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            base = tiny_base(Path(tmp) / "base", size)
+            gen = torch.Generator().manual_seed(0)
+            rows = torch.randint(
+                0, size["vocab"], (size["steps"] * size["batch"], size["seq_len"]), generator=gen
+            )
+            for method in ("full", "lora"):
+                cand, baseline, _, _ = alternate(
+                    lambda m=method: ours(base, m, rows, size),
+                    lambda m=method: hf_trainer(base, m, rows, size, f"{tmp}/trainer"),
+                    size["repeats"],
+                    self_timed=True,
+                )
+                name = f"training, {'LoRA r16' if method == 'lora' else 'full finetuning'}"
+                note = _describe(size) if method == "full" else ""
+                rows_out.append(Row(name, cand, baseline, "HF Trainer + peft", note=note))
+    finally:
+        torch.set_num_threads(threads)
+    return rows_out
+
+
+def _describe(size: dict) -> str:
+    return (f"Llama hidden {size['hidden']}, {size['layers']} layers, vocab {size['vocab']}; {size['steps']} steps "
+            f"of {size['batch']}×{size['seq_len']} tokens, 1 thread")  # fmt: skip
+
+
+if __name__ == "__main__":
+    print(format_table(run(quick="--quick" in sys.argv)))

@@ -79,8 +79,18 @@ def arm_memory(config, study: StudyConfig, arm: Arm, trainable: int, total: int,
         embedding_params=embedding_params, sequences=sequences, seq_len=study.seq_len,
         precision=study.precision, optimizer=arm.optimizer, gradient_checkpointing=study.gradient_checkpointing,
         attn_implementation=study.attn_implementation, sharding=study.sharding, world_size=world_size,
-        adapted=adapted_linears(config, arm),
+        adapted=adapted_linears(config, arm), fused_loss=uses_fused_loss(config, study, world_size),
     )  # fmt: skip
+
+
+def uses_fused_loss(config, study: StudyConfig, world_size: int) -> bool:
+    """Whether `train.train_steps` computes this arm's loss without full logits (fused_loss.py)."""
+    from learnforget.fused_loss import FUSED_MODEL_TYPES
+
+    one_process = world_size == 1
+    return (
+        study.precision == "fp32" and one_process and getattr(config, "model_type", None) in FUSED_MODEL_TYPES
+    )
 
 
 def adapted_linears(config, arm: Arm) -> list[str]:

@@ -96,6 +96,7 @@ def activation_bytes(
     gradient_checkpointing: bool = False,
     attn_implementation: str = "sdpa",
     adapted: Sequence[str] = (),
+    fused_loss: bool = False,
 ) -> int:
     """Bytes of activations one micro-batch of `tokens` tokens keeps for backward, logits included.
 
@@ -104,6 +105,8 @@ def activation_bytes(
     time is recomputed in full. The final norm keeps one norm's share; the loss LOGITS_BYTES_PER_TOKEN.
     `adapted`: the LoRA-adapted linear layers (q_proj, ...), each adding LORA_INPUT_BYTES per input
     element (under autocast only for inputs that are not already bf16: o_proj's and down_proj's are).
+    `fused_loss` (fused_loss.py): no logits for every token; instead the gradient of the last hidden state,
+    the head's weight gradient and one chunk's logits (twice: they and a temporary).
     """
     kind = _compute_kind(precision)
     per_h, per_i = LAYER_BYTES_PER_TOKEN[kind]
@@ -118,6 +121,11 @@ def activation_bytes(
     residual = 2 if kind == "bf16" else 4
     kept_layers = layer + layers * hidden * residual if gradient_checkpointing else layers * layer
     final_norm = 3 * hidden * residual
+    if fused_loss:
+        from learnforget.fused_loss import CHUNK_TOKENS
+
+        fused = 4 * (tokens * hidden + vocab * hidden + 2 * min(tokens, CHUNK_TOKENS) * vocab)
+        return tokens * (kept_layers + final_norm) + fused
     logits = LOGITS_BYTES_PER_TOKEN[kind] * vocab
     return tokens * (kept_layers + final_norm + logits)
 
@@ -141,12 +149,14 @@ def estimate_memory(
     sharding: str = "none",
     world_size: int = 1,
     adapted: Sequence[str] = (),
+    fused_loss: bool = False,
 ) -> MemoryEstimate:
     """Peak training memory per device of one arm.
 
     `sequences` is what one device runs through one forward pass (micro_batch_size, or its share of
     batch_size). `embedding_params` are the input embedding's (no matmul, so no autocast copy).
-    `adapted` names the linear layers LoRA adapts (empty for full finetuning).
+    `adapted` names the linear layers LoRA adapts (empty for full finetuning). `fused_loss`: the training
+    loop's loss without full-vocabulary logits applies (see `activation_bytes`).
 
     - weights: frozen × STORAGE_BYTES + trainable × the trainable's bytes: STORAGE_BYTES, but 4 for LoRA
       adapters under 'bf16' (peft keeps adapter weights in float32 on a bf16 model).
@@ -171,7 +181,7 @@ def estimate_memory(
         hidden=hidden, intermediate=intermediate, layers=layers, heads=heads, vocab=vocab,
         tokens=sequences * seq_len, seq_len=seq_len, precision=precision,
         gradient_checkpointing=gradient_checkpointing, attn_implementation=attn_implementation,
-        adapted=adapted,
+        adapted=adapted, fused_loss=fused_loss,
     )  # fmt: skip
     compute_bytes = 4 if precision == "fp32" else 2
     if sharding == "fsdp" and shards > 1:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from learnforget.errors import UserError
 
 BUILTIN_CONFIG_DIR = Path(__file__).parent / "configs"
+DEFAULT_STUDY_PATH = BUILTIN_CONFIG_DIR / "default.yaml"
 
 # Named sets of linear layers LoRA adapts, resolved from each model's structure (learnforget/targets.py).
 TargetGroup = Literal["all", "attention", "mlp", "paper-all", "paper-mlp"]
@@ -422,10 +423,8 @@ class StudyConfig(Strict):
     """'builtin' (pretrained by the toolkit from `base`, cached), a local HF model directory, or a hub id."""
     base: BaseRecipe = BaseRecipe()
     """Recipe of the built-in base model (ignored for other base models)."""
-    domain: Literal["code", "math"] = "math"
-    """Target domain: what the arms learn. Default math: on the built-in base, 131k tokens of code CPT stay
-    within noise of the base (its code loss moves by less than ±0.03 nats at every learning rate tried),
-    while math is learned within the budget."""
+    domain: Literal["code", "math"] = "code"
+    """Target domain: what the arms learn."""
     regime: Literal["cpt", "ift"] = "cpt"
     """'cpt' = continued pretraining on packed raw text; 'ift' = instruction finetuning on
     prompt/response pairs, loss on response tokens only."""
@@ -446,8 +445,8 @@ class StudyConfig(Strict):
     epochs: int | None = Field(None, ge=1, le=10_000)
     """IFT: train this many epochs over `data.examples` (replaces budget_tokens; one milestone per epoch)."""
     arms: list[ArmSpec] = [
-        ArmSpec(method="full", learning_rate=2e-4),
-        ArmSpec(method="lora", rank=[1, 4, 16], learning_rate=2e-3),
+        ArmSpec(method="full", learning_rate=5e-4),
+        ArmSpec(method="lora", rank=[1, 4, 16], learning_rate=5e-3),
     ]
     """Arms (grids) to train. Defaults: full finetuning, and LoRA at three ranks scaled to the model
     (the paper's 16/64/256 of 4096 are 1/256..1/16 of the width), all linear layers, LR 10x full."""
@@ -779,8 +778,8 @@ def load_studies(config: str | None = None, overrides: list[str] = ()) -> list[t
     Its studies are named '<name>-<setting>' and stored in sub-directories named after the setting.
     """
     path = resolve_config_path(config)
-    if path is None:
-        return [("", _validate({}, list(overrides), "default study"))]
+    if path is None:  # the default study is the built-in `default` (configs/default.yaml)
+        return [("", _validate(_read_yaml(DEFAULT_STUDY_PATH), list(overrides), "default study"))]
     data = _read_yaml(path)
     settings = data.pop("settings", None)
     if settings is None:

@@ -90,4 +90,4 @@ def test_spectrum_of_adapter_against_base(tiny_checkpoints, tmp_path, capsys):
 def test_dry_run_prints_arms_with_trainable_parameters(capsys):
     code, out, err = run_cli(["run", "--dry-run"], capsys)
     assert code == 0, err
-    assert "lora-r16-all-lr5e-3-s0" in out and "full-lr5e-4-s0" in out
+    assert "lora-r16-all-lr2e-3-s0" in out and "full-lr2e-4-s0" in out

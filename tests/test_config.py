@@ -71,8 +71,8 @@ def test_arms_are_identified_by_all_their_settings_and_names_never_collide():
     assert again[1].id == arms[1].id and again[0].id != arms[1].id
     # Names of plain values are as they always were.
     names = [a.name for a in expand_arms(load_study(None, ["arms.0.weight_decay=[0, 1, 0.1234567]"]))]
-    assert names[:3] == ["full-lr5e-4-s0", "full-lr5e-4-wd1-s0", "full-lr5e-4-wd0.1234567-s0"]
-    assert "lora-r16-all-lr5e-3-s0" in names
+    assert names[:3] == ["full-lr2e-4-s0", "full-lr2e-4-wd1-s0", "full-lr2e-4-wd0.1234567-s0"]
+    assert "lora-r16-all-lr2e-3-s0" in names
     lora = expand_arms(load_study(None, ["arms.1.learning_rate=[1.23456789e-3, 1.23456788e-3]"]))
     assert len({a.name for a in lora}) == len(lora) == 7
 
@@ -100,13 +100,15 @@ def test_arms_are_identified_by_all_their_settings_and_names_never_collide():
 )
 def test_values_that_would_train_nonsense_are_refused_in_one_line(override, expected):
     with pytest.raises(UserError) as err:
-        load_study(None, [override])
+        load_study(None, ["domain=code", override])
     assert expected in str(err.value) and "\n" not in str(err.value)
     assert len(str(err.value)) < 400, "the message must not dump the whole config"
 
 
 def test_valid_metric_names_and_pass_k_within_the_samples_are_accepted():
-    study = load_study(None, ["eval.pass_k=[1, 5]", "eval.learning_metric=code/sampled_pass@5"])
+    study = load_study(
+        None, ["domain=code", "eval.pass_k=[1, 5]", "eval.learning_metric=code/sampled_pass@5"]
+    )
     assert study.eval.learning_metric == "code/sampled_pass@5"
     harness = load_study(
         None, ["eval.harness_tasks=[hellaswag]", "eval.forgetting_metric=harness/paper_forgetting"]

@@ -199,7 +199,7 @@ def test_config_metric_names_match_what_the_suites_record():
     from learnforget.config import load_study
     from learnforget.evaluate.metric_names import produced_metrics
 
-    study = load_study(None, ["eval.pass_k=[1, 3]", "eval.diversity_samples=3"])
+    study = load_study(None, ["domain=code", "eval.pass_k=[1, 3]", "eval.diversity_samples=3"])
     names = produced_metrics(study)
     assert {"code/loss", "english/loss", "code/ref_nll", "code/pass@1", "code/sampled_pass@3"} <= names
     math = load_study(None, ["domain=math", "eval.choice_items=0", "eval.spectra=false"])

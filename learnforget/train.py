@@ -116,15 +116,21 @@ def train_steps(
             raise ValueError(f"step {step}: rows {first}..{stop} leave process {rank} of {world} none")
         micro = micro_batch_size or len(batch)
         chunks = range(0, len(batch), micro)
+        # Rows split unevenly (a short batch): every process runs as many passes as the one with the
+        # most rows, since FSDP's all-gathers and DDP's all-reduces must meet; the extra passes carry no
+        # loss (weight 0).
+        most = -(-(stop - first) // world)
+        passes = max(len(chunks), -(-most // (micro_batch_size or most)))
         loss = torch.zeros((), device=device)
-        for start in chunks:  # gradient accumulation: the mean of the micro-batches' mean losses
+        for n in range(passes):  # gradient accumulation: the mean of the micro-batches' mean losses
+            start = chunks[n] if n < len(chunks) else 0
             ids, part_labels = trim_padding(batch[start : start + micro], target[start : start + micro])
             if fused:
                 part_loss = causal_lm_loss(fused, ids.to(device), part_labels.to(device))
             else:
                 with autocast(precision, device):
                     part_loss = model(input_ids=ids.to(device), labels=part_labels.to(device)).loss
-            scaled = part_loss.float() / len(chunks)
+            scaled = part_loss.float() / len(chunks) * (n < len(chunks))
             backward = scaler.scale(scaled) if scaler is not None else scaled
             if accelerator is None:
                 backward.backward()

@@ -55,7 +55,7 @@ def main(examples: int = 2000, epochs: int = 4, timing: bool = False) -> None:
                 data={"examples": examples, "group_by_length": grouped},
             )
             rows = training_rows(study, tokenizer)
-            stats = padding_stats(rows["rows"].lengths(), study.batch_size, study.seq_len)
+            stats = padding_stats(rows["rows"].lengths(), study.batch_size, study.seq_len, study.epoch_rows)
             real, full, trimmed = (
                 stats["real_tokens"],
                 stats["padded_to_seq_len"],

@@ -65,8 +65,9 @@ def one(n: int, source: str) -> None:
     optimizer, scheduler = make_optimizer(model, 1e-3, 0.0, 0, study.steps, "adamw")
     last = study.steps - STEPS
     loss = train_steps(
-        model, optimizer, scheduler, train["input_ids"], BATCH, last, study.steps, labels=train["labels"]
-    )
+        model, optimizer, scheduler, train["input_ids"], BATCH, last, study.steps, labels=train["labels"],
+        epoch_rows=rows.epoch_rows,
+    )  # fmt: skip
     print(
         f"{n:>9,} examples, {stats['real_tokens']:>12,} tokens ({stats['overlong']:,} overlong), "
         f"{stats['real_tokens'] / seconds:,.0f} tokens/s encoded, example file {size_mb:,.0f} MB; peak RSS: "

@@ -194,6 +194,7 @@ def _run_study(study, study_dir: Path, shard: str | None) -> list[tuple[str, str
     from learnforget.tracking import check_trackers
 
     check_trackers(study.log_with)
+    study.check_last_batch(distributed.world_size())
     main_process = distributed.is_main_process()
     with distributed.main_process_first():  # under accelerate launch: pretrain, prepare and check once
         store = Store(study_dir)

@@ -516,8 +516,29 @@ class StudyConfig(Strict):
 
     @property
     def steps_per_epoch(self) -> int:
-        """IFT: steps per pass over the training pairs."""
+        """IFT: steps per pass over the training pairs (the last one takes the rows left over)."""
         return -(-self.data.examples // self.batch_size)
+
+    @property
+    def epoch_rows(self) -> int | None:
+        """IFT with `epochs`: rows of one epoch (each example once); None when steps are all full batches."""
+        return self.data.examples if self.epochs is not None else None
+
+    @property
+    def train_rows(self) -> int:
+        """Training rows of the whole run: whole epochs, or steps × batch_size."""
+        return self.epochs * self.data.examples if self.epochs is not None else self.steps * self.batch_size
+
+    def check_last_batch(self, world_size: int) -> None:
+        """Refuse an epoch's short last batch with fewer rows than processes: every process must take at
+        least one row of every step (its backward pass is part of the gradient's all-reduce)."""
+        left = self.data.examples % self.batch_size if self.epochs is not None else 0
+        if world_size > 1 and 0 < left < world_size:
+            raise UserError(
+                f"data.examples={self.data.examples}: each epoch ends with a batch of {left} row{'s' * (left > 1)}, "
+                f"fewer than the {world_size} processes; make data.examples a multiple of batch_size={self.batch_size} "
+                f"or leave at least {world_size} rows over"
+            )
 
     @property
     def tokens_per_step(self) -> int:

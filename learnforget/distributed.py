@@ -16,9 +16,14 @@ from functools import cache
 import torch
 
 
+def world_size() -> int:
+    """Processes launched per arm (accelerate launch / torchrun set WORLD_SIZE), else 1."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def is_distributed() -> bool:
     """Launched as several processes (accelerate launch / torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return world_size() > 1
 
 
 @cache

@@ -117,6 +117,7 @@ def print_dry_run(
     from learnforget.targets import check_targets
 
     world_size = world_size or default_world_size()
+    study.check_last_batch(world_size)
     config = base_config(study)
     check_targets(config, arms)  # every arm's targets and dropout, before the table
     check_arms_fit(arms, config.to_dict())
@@ -180,17 +181,17 @@ def data_plan(study: StudyConfig, vocab_size: int | None = None) -> str:
         if study.epochs
         else f"a budget of {study.budget_tokens:,} padded tokens"
     )
-    n_rows = study.steps * study.batch_size
-    extra = study.steps_per_epoch * study.batch_size - d.examples
-    ahead = (
-        f" (an epoch's {study.steps_per_epoch:,} steps hold {extra:,} rows more than its examples: milestone e "
-        f"comes e × {extra:,} rows into the next epoch)"
-        if study.epochs and extra
+    n_rows = study.train_rows
+    left = d.examples % study.batch_size
+    exact = (
+        f" (the last of an epoch's {study.steps_per_epoch:,} steps takes the {left:,} rows left over: "
+        "epochs are exact)"
+        if study.epochs and left
         else ""
     )
     return (
         f"Data: {source}, {fields}; {d.examples:,} examples × {budget} = {study.steps:,} steps of "
-        f"{study.batch_size} rows{ahead} of at most {study.seq_len} tokens, each batch padded to its longest row"
+        f"{study.batch_size} rows{exact} of at most {study.seq_len} tokens, each batch padded to its longest row"
         f"{' (rows grouped by length)' if d.group_by_length else ''}; examples longer than seq_len are "
         f"{'truncated' if d.overlong == 'truncate' else 'dropped'} and counted; loss on responses only.\n"
         f"Template: {describe_template(d.prompt_template, d.train == 'builtin')}; BOS as the tokenizer "

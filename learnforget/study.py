@@ -209,6 +209,7 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
     warnings.filterwarnings("ignore", category=FutureWarning)  # spawned workers start with default filters
     study = StudyConfig.model_validate_json(study_json)
     arm = Arm.model_validate_json(arm_json)
+    study.check_last_batch(distributed.world_size())
     study_dir = Path(study_dir)
     torch.set_num_threads(study.threads_per_worker)
     store = Store(study_dir)
@@ -235,7 +236,7 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
     if sharded:
         distributed.accelerator()  # the process group (gloo on the CPU)
         sharding.shard_model(model, study.precision)
-    from learnforget.data.datasets import trained_tokens
+    from learnforget.data.datasets import epoch_rows, trained_tokens
 
     steps = study.steps
 
@@ -281,7 +282,7 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
                 trained, optimizer, scheduler, data["train"]["input_ids"], study.batch_size, step, milestone,
                 labels=data["train"].get("labels"), on_step=lambda s, loss: tell("step", arm.name, s + 1, steps, loss),
                 accelerator=accelerator, micro_batch_size=study.micro_batch_size, precision=study.precision,
-                scaler=scaler, on_record=step_log.record,
+                scaler=scaler, on_record=step_log.record, epoch_rows=epoch_rows(data["train"]),
             )  # fmt: skip
             stages = {"train": time.perf_counter() - started}
             train_seconds += stages["train"]

@@ -80,19 +80,24 @@ def train_steps(
     scaler: torch.amp.GradScaler | None = None,
     on_record: Callable[[dict], None] | None = None,
     fused_loss: bool = True,
+    epoch_rows: int | None = None,
 ) -> float:
     """Run optimizer steps [start_step, end_step) on rows[step*bs:(step+1)*bs]; return the last loss.
+    `epoch_rows`: exact epochs of that many rows, whose last step takes the rows left over
+    (`examples.step_rows`); its loss is normalised over its own tokens, as every batch's.
 
     `labels` defaults to the inputs (loss on every token); -100 marks tokens without loss, and columns
     after the last one with a loss are not computed (`trim_padding`). With an
     Accelerate `accelerator` (several processes), each process takes rows rank::world of the batch and
     gradients are averaged across processes; the reported loss is the mean over processes.
-    `micro_batch_size` splits each process's batch into forward/backward passes of that many rows.
+    `micro_batch_size` splits each process's batch into forward/backward passes of that many rows
+    (a short batch into fewer). Every process needs at least one row (`StudyConfig.check_last_batch`).
     `precision` sets the forward pass's autocast (see precision.py); `scaler` scales fp16 losses.
     `on_record` receives {step, loss, learning_rate, grad_norm} after each step (grad_norm before clipping).
     `fused_loss`: compute the loss without full-vocabulary logits where the model allows (fused_loss.py;
     fp32 in one process); same loss up to float rounding.
     """
+    from learnforget.data.examples import step_rows
     from learnforget.evaluate.device import model_device
     from learnforget.fused_loss import causal_lm_loss, fused_loss_parts
     from learnforget.precision import autocast
@@ -104,19 +109,28 @@ def train_steps(
     loss_value = float("nan")
     fused = fused_loss and accelerator is None and precision == "fp32" and fused_loss_parts(model)
     for step in range(start_step, end_step):
-        batch = rows[step * batch_size : (step + 1) * batch_size][rank::world]
-        target = batch if labels is None else labels[step * batch_size : (step + 1) * batch_size][rank::world]
+        first, stop = step_rows(step, batch_size, epoch_rows)
+        batch = rows[first:stop][rank::world]
+        target = batch if labels is None else labels[first:stop][rank::world]
+        if len(batch) == 0:
+            raise ValueError(f"step {step}: rows {first}..{stop} leave process {rank} of {world} none")
         micro = micro_batch_size or len(batch)
         chunks = range(0, len(batch), micro)
+        # Rows split unevenly (a short batch): every process runs as many passes as the one with the
+        # most rows, since FSDP's all-gathers and DDP's all-reduces must meet; the extra passes carry no
+        # loss (weight 0).
+        most = -(-(stop - first) // world)
+        passes = max(len(chunks), -(-most // (micro_batch_size or most)))
         loss = torch.zeros((), device=device)
-        for start in chunks:  # gradient accumulation: the mean of the micro-batches' mean losses
+        for n in range(passes):  # gradient accumulation: the mean of the micro-batches' mean losses
+            start = chunks[n] if n < len(chunks) else 0
             ids, part_labels = trim_padding(batch[start : start + micro], target[start : start + micro])
             if fused:
                 part_loss = causal_lm_loss(fused, ids.to(device), part_labels.to(device))
             else:
                 with autocast(precision, device):
                     part_loss = model(input_ids=ids.to(device), labels=part_labels.to(device)).loss
-            scaled = part_loss.float() / len(chunks)
+            scaled = part_loss.float() / len(chunks) * (n < len(chunks))
             backward = scaler.scale(scaled) if scaler is not None else scaled
             if accelerator is None:
                 backward.backward()

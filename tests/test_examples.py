@@ -15,7 +15,7 @@ import torch
 
 from learnforget.config import StudyConfig
 from learnforget.data.datasets import builtin_pairs, encode_pair, training_rows
-from learnforget.data.examples import ExampleRows
+from learnforget.data.examples import ExampleRows, step_rows
 from learnforget.data.templates import IGNORE_INDEX
 from learnforget.data.tokens import train_tokenizer
 from learnforget.errors import UserError
@@ -74,9 +74,10 @@ def math_study(**update) -> StudyConfig:
 def test_example_file_rows_equal_the_in_memory_rows_and_data_pt_is_a_descriptor(
     tokenizer, cache, tmp_path, domain
 ):
-    study = math_study(domain=domain)  # 60 examples in 8 steps an epoch: rows wrap into the next epoch
+    # 64 examples, a multiple of the batch: exact epochs read the rows the in-memory path read.
+    study = math_study(domain=domain, data={"examples": 64})
     train = training_rows(study, tokenizer)
-    pairs = builtin_pairs(domain, "train", 60, 2)
+    pairs = builtin_pairs(domain, "train", 64, 2)
     examples = [encode_pair(tokenizer, p, r, 64) for p, r in pairs]
     expected = reference_rows(tokenizer, examples, 64, study.steps * 8, 2, 8, group_by_length=True)
     assert any(len(x) == 64 for x, _ in examples)  # some are cut
@@ -90,6 +91,9 @@ def test_example_file_rows_equal_the_in_memory_rows_and_data_pt_is_a_descriptor(
         assert torch.equal(ids, expected["input_ids"][a:b, :width])
         assert torch.equal(labels, expected["labels"][a:b, :width])
     assert (rows.lengths() == expected["lengths"].numpy()).all()
+    assert [step_rows(step, 8, rows.epoch_rows) for step in range(study.steps)] == [
+        (8 * step, 8 * step + 8) for step in range(study.steps)
+    ]
     assert rows.real_tokens(40) == int(expected["lengths"][:40].sum())
     total = sum(len(x) for x, _ in examples)
     sizes = {
@@ -99,9 +103,9 @@ def test_example_file_rows_equal_the_in_memory_rows_and_data_pt_is_a_descriptor(
     assert sizes == {
         "tokens.bin": 2 * total,
         "loss.bin": total,
-        "offsets.bin": 8 * 61,
+        "offsets.bin": 8 * 65,
     }  # uint16, 1 byte, int64
-    assert train["stats"]["examples"] == 60 and train["stats"]["real_tokens"] == int(
+    assert train["stats"]["examples"] == 64 and train["stats"]["real_tokens"] == int(
         expected["lengths"].sum()
     )
     # data.pt pickles a descriptor: no tokens, no row order.
@@ -156,15 +160,17 @@ def test_resuming_from_a_step_reads_the_same_rows_and_gives_the_same_weights(tok
         torch.manual_seed(0)
         model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
                                              num_attention_heads=2, intermediate_size=64, max_position_embeddings=64))  # fmt: skip
-        return model, *make_optimizer(model, 1e-3, 0.0, 1, 6, "adamw")
+        return model, *make_optimizer(model, 1e-3, 0.0, 1, 12, "adamw")
 
     def steps(model, optimizer, scheduler, data, start, end):
-        train_steps(model, optimizer, scheduler, data["input_ids"], 8, start, end, labels=data["labels"])
+        train_steps(model, optimizer, scheduler, data["input_ids"], 8, start, end, labels=data["labels"],
+                    epoch_rows=data["rows"].epoch_rows)  # fmt: skip
 
+    # 60 examples: step 7 is epoch 1's short batch of 4 rows; resuming mid-epoch 1 runs through it.
     straight = fresh()
-    steps(*straight, train, 0, 6)
+    steps(*straight, train, 0, 12)
     first = fresh()
-    steps(*first, train, 0, 3)
+    steps(*first, train, 0, 5)
     torch.save({"model": first[0].state_dict(), "optimizer": first[1].state_dict(), "scheduler": first[2].state_dict(),
                 "data": train}, tmp_path / "state.pt")  # fmt: skip
     state = torch.load(tmp_path / "state.pt", weights_only=False)  # as a new process would: order recomputed
@@ -172,7 +178,7 @@ def test_resuming_from_a_step_reads_the_same_rows_and_gives_the_same_weights(tok
     resumed[0].load_state_dict(state["model"])
     resumed[1].load_state_dict(state["optimizer"])
     resumed[2].load_state_dict(state["scheduler"])
-    steps(*resumed, state["data"], 3, 6)
+    steps(*resumed, state["data"], 5, 12)
     for a, b in zip(straight[0].parameters(), resumed[0].parameters(), strict=True):
         assert torch.equal(a, b)
 
@@ -246,3 +252,70 @@ def test_data_pt_names_the_example_file_and_a_cleared_cache_is_rebuilt(tokenizer
     shutil.rmtree(data["train"]["rows"].path)  # the cache was cleared: the file is encoded again
     again = prepare_data(study, tmp_path / "study", str(tmp_path / "base"))
     assert torch.equal(again["train"]["labels"][0:8], first)
+
+
+@pytest.mark.parametrize("group_by_length", [True, False])
+def test_exact_epochs_take_every_example_once_ending_with_a_short_batch(tokenizer, cache, group_by_length):
+    from learnforget.data.datasets import trained_tokens
+    from learnforget.data.examples import rows_before
+
+    study = math_study(data={"group_by_length": group_by_length})  # 60 examples, batch 8: 7 full + 4 rows
+    train = training_rows(study, tokenizer)
+    rows, order = train["rows"], train["rows"].order
+    assert study.steps == 24 and study.milestone_steps() == [8, 16, 24] and len(rows) == 180
+    lengths = np.diff(rows.offsets)
+    for epoch in range(3):
+        bounds = [step_rows(step, 8, rows.epoch_rows) for step in range(8 * epoch, 8 * (epoch + 1))]
+        assert [b - a for a, b in bounds] == [8] * 7 + [4]
+        assert bounds[0][0] == 60 * epoch and bounds[-1][1] == 60 * (epoch + 1)  # milestone = whole passes
+        taken = np.concatenate([order[a:b] for a, b in bounds])
+        assert sorted(taken.tolist()) == list(range(60))  # every example exactly once
+        a, b = bounds[-1]
+        ids = train["input_ids"][a:b]
+        assert ids.shape == (4, int(lengths[order[a:b]].max()))  # the short batch, padded to its longest
+    # Tokens count the real rows: a milestone after e epochs has trained on e × every example's tokens.
+    assert [trained_tokens(train, m, 8, 64) for m in study.milestone_steps()] == [
+        int(lengths.sum()) * e for e in (1, 2, 3)
+    ]
+    assert train["stats"]["real_tokens"] == 3 * int(lengths.sum())
+    assert rows_before(9, 8, 60) == 68 and rows_before(9, 8) == 72
+
+
+def test_a_short_batch_averages_its_own_tokens_and_accumulates(tokenizer, cache):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from learnforget.train import make_optimizer, train_steps, trim_padding
+
+    train = training_rows(math_study(), tokenizer)
+    ids, labels = train["input_ids"][56:60], train["labels"][56:60]  # step 7: epoch 1's last 4 rows
+    for micro, parts in ((None, [(0, 4)]), (3, [(0, 3), (3, 4)])):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, intermediate_size=64, max_position_embeddings=64))  # fmt: skip
+
+        def part_loss(a, b, model=model):
+            part_ids, part_labels = trim_padding(ids[a:b], labels[a:b])
+            with torch.no_grad():
+                return float(model(input_ids=part_ids, labels=part_labels).loss)
+
+        # Per token within each micro-batch, then the mean of the micro-batches: as for full batches.
+        expected = sum(part_loss(a, b) for a, b in parts) / len(parts)
+        loss = train_steps(model, *make_optimizer(model, 1e-3, 0.0, 0, 1), train["input_ids"], 8, 7, 8,
+                           labels=train["labels"], micro_batch_size=micro, epoch_rows=60)  # fmt: skip
+        assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_short_batch_with_fewer_rows_than_processes_is_refused_at_load():
+    from learnforget.dryrun import data_plan
+
+    study = math_study()  # each epoch ends with 60 % 8 = 4 rows
+    study.check_last_batch(4)  # 4 processes take one row each; 8 rows split unevenly over 3
+    study.check_last_batch(3)
+    with pytest.raises(
+        UserError,
+        match=r"data.examples=60: each epoch ends with a batch of 4 rows, fewer than the 5 processes",
+    ):
+        study.check_last_batch(5)
+    math_study(data={"examples": 64}).check_last_batch(16)  # no short batch
+    math_study(epochs=None, budget_tokens=4096).check_last_batch(16)  # a token budget: whole batches
+    assert "the last of an epoch's 8 steps takes the 4 rows left over: epochs are exact" in data_plan(study)

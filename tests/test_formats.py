@@ -162,7 +162,7 @@ def test_dry_run_data_plan_shows_source_budget_and_template():
         in plan
     )
     assert "110,000 examples × 16 epochs = 9,168 steps" in plan and "truncated" in plan
-    assert "an epoch's 573 steps hold 16 rows more than its examples: milestone e comes e × 16 rows" in plan
+    assert "the last of an epoch's 573 steps takes the 176 rows left over: epochs are exact" in plan
     assert r"'### Instruction:\n<prompt>\n\n### Response:\n<response><eos>'" in plan
     ((_, custom),) = load_studies(
         "paper/math-ift", ['data.prompt_template="Q: {prompt}\\nA:"', "data.overlong=drop"]

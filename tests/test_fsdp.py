@@ -168,6 +168,39 @@ def test_gradient_clipping_sees_the_whole_gradient_across_two_shards(tmp_path):
     mp.spawn(_clipping_worker, args=(str(tmp_path / "init"),), nprocs=2)
 
 
+def test_a_short_batch_split_unevenly_over_two_shards_trains_with_micro_batches(tmp_path):
+    """Two processes (gloo): an epoch of 11 rows at batch 4 ends with 3 rows, 2 on one process and 1 on
+    the other; with micro-batches of 1 both still run the same passes (their collectives meet) and the
+    loss is the mean of the processes' losses."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_short_batch_worker, args=(str(tmp_path / "init"),), nprocs=2)
+
+
+def _short_batch_worker(rank: int, init_file: str) -> None:
+    from learnforget import sharding
+    from learnforget.train import make_optimizer, train_steps
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        rows = torch.randint(0, LLAMA["vocab_size"], (22, 16), generator=torch.Generator().manual_seed(1))
+        plain = tiny_llama(False)
+        with torch.no_grad():
+            short = rows[8:11]
+            expected = sum(float(plain(input_ids=short[r::2], labels=short[r::2]).loss) for r in (0, 1)) / 2
+        sharded = sharding.shard_model(tiny_llama(False))
+        opt, sched = make_optimizer(sharded, 1e-2, 0.1, 0, 6)
+        collective = sharding.Collective()
+        loss = train_steps(sharded, opt, sched, rows, 4, 2, 3, accelerator=collective, micro_batch_size=1,
+                           epoch_rows=11)  # fmt: skip
+        assert loss == pytest.approx(expected, abs=1e-5)
+        after = train_steps(sharded, opt, sched, rows, 4, 3, 6, accelerator=collective, micro_batch_size=1,
+                            epoch_rows=11)  # fmt: skip
+        assert after < loss  # the next epoch, short batch included, trains on
+    finally:
+        dist.destroy_process_group()
+
+
 def _word_tokenizer():
     from tokenizers import Tokenizer, models
 

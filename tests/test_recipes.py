@@ -159,6 +159,12 @@ def test_paper_recipe_dry_runs_through_the_cli(capsys):
     code, out, err = run_cli(["run", "paper/code-ift", "--dry-run", "--set", one_arm], capsys)
     assert code == 0, err
     assert "lora-r16-all-lr2e-4-lion-s0" in out and "39,976,960" in out
+    # An epoch of 110,000 pairs ends with 176 rows: too few for 256 processes to take one each.
+    code, out, err = run_cli(
+        ["run", "paper/code-ift", "--dry-run", "--world-size", "256", "--set", one_arm], capsys
+    )
+    assert code == 2 and "each epoch ends with a batch of 176 rows, fewer than the 256 processes" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ import torch
 
 from learnforget.config import StudyConfig
 from learnforget.data import corpora
-from learnforget.data.examples import read_meta
+from learnforget.data.examples import read_meta, rows_before
 from learnforget.data.formats import Conversation, pair
 from learnforget.data.templates import (
     PLAIN,
@@ -140,9 +140,14 @@ def encode_pair(tokenizer, prompt: str, response: str, seq_len: int, template: s
     return ids, labels
 
 
-def padding_stats(lengths, batch_size: int, seq_len: int) -> dict[str, int]:
-    """Tokens of the rows: the real ones, and the rows' size padded to seq_len or to each batch's longest."""
+def padding_stats(lengths, batch_size: int, seq_len: int, epoch_rows: int | None = None) -> dict[str, int]:
+    """Tokens of the rows: the real ones, and the rows' size padded to seq_len or to each batch's longest.
+    ``epoch_rows``: exact epochs of that many rows, each ending with its own short batch."""
     lengths = np.asarray(lengths, dtype=np.int64)
+    if epoch_rows is not None and len(lengths) > epoch_rows:
+        epochs = [padding_stats(lengths[a : a + epoch_rows], batch_size, seq_len)
+                  for a in range(0, len(lengths), epoch_rows)]  # fmt: skip
+        return {key: sum(e[key] for e in epochs) for key in epochs[0]}
     full = len(lengths) // batch_size * batch_size
     longest = lengths[:full].reshape(-1, batch_size).max(axis=1).sum() * batch_size if full else 0
     if full < len(lengths):
@@ -154,25 +159,31 @@ def padding_stats(lengths, batch_size: int, seq_len: int) -> dict[str, int]:
     }
 
 
+def epoch_rows(train: dict) -> int | None:
+    """Rows of one exact epoch of these training rows (examples.py), or None: steps of whole batches."""
+    return getattr(train.get("rows"), "epoch_rows", None)
+
+
 def trained_tokens(train: dict, steps: int, batch_size: int, seq_len: int) -> int:
     """Tokens trained on in the first ``steps`` steps: real tokens of IFT rows, every token of CPT rows."""
     if "rows" in train:
-        return train["rows"].real_tokens(steps * batch_size)
+        return train["rows"].real_tokens(rows_before(steps, batch_size, epoch_rows(train)))
     if "lengths" in train:  # IFT rows held in a data.pt written before example files
         return int(train["lengths"][: steps * batch_size].sum())
     return steps * batch_size * seq_len
 
 
 def training_rows(study: StudyConfig, tokenizer) -> dict:
-    """Exactly steps × batch_size rows, in the study's seeded order (the same for every arm).
+    """Exactly ``study.train_rows`` rows (whole epochs, or steps × batch_size), in the study's seeded
+    order (the same for every arm).
 
     CPT: ``input_ids``, rows of a token file. IFT: ``input_ids`` and ``labels`` of an example file's
     ``rows`` (examples.py), and ``stats`` (real and padding tokens, overlong examples)."""
-    n_rows = study.steps * study.batch_size
+    n_rows = study.train_rows
     if study.regime == "ift":
         rows = ift_example_rows(study, tokenizer, n_rows)
         meta, d = read_meta(Path(rows.path)), study.data
-        stats = padding_stats(rows.lengths(), study.batch_size, study.seq_len)
+        stats = padding_stats(rows.lengths(), study.batch_size, study.seq_len, study.epoch_rows)
         return {
             "input_ids": rows.input_ids,
             "labels": rows.labels,
@@ -220,8 +231,9 @@ def ift_example_rows(study: StudyConfig, tokenizer, n_rows: int):
         write_example_file(examples, study.data.examples, token_dtype(len(tokenizer)), path, counts)
     d = study.data
     return ExampleRows(
-        str(path), n_rows, study.batch_size, study.seed, d.group_by_length, tokenizer.pad_token_id
-    )
+        str(path), n_rows, study.batch_size, study.seed, d.group_by_length, tokenizer.pad_token_id,
+        study.epoch_rows,
+    )  # fmt: skip
 
 
 def cpt_token_rows(study: StudyConfig, tokenizer, n_rows: int):

@@ -13,7 +13,8 @@ every arm, process and later study with the same data shares the file, and ``dat
 small descriptor (``ExampleRows``). The row order (epochs of seeded shuffles, grouped by length) is
 computed from the stored lengths alone; ``rows.input_ids[a:b]`` and ``rows.labels[a:b]`` read the rows at
 positions a..b from the file, padded to the longest of them. The step stays the data position, so
-resuming is exact.
+resuming is exact: ``step_rows`` gives a step's positions. With exact epochs (``epoch_rows``), the last
+step of each epoch takes only the rows left over, so every epoch is exactly one pass.
 """
 
 from __future__ import annotations
@@ -90,12 +91,30 @@ def read_meta(path: Path) -> dict | None:
         return None
 
 
-def row_order(lengths, n_rows: int, batch_size: int, seed: int, group_by_length: bool) -> np.ndarray:
+def rows_before(step: int, batch_size: int, epoch_rows: int | None = None) -> int:
+    """Rows taken by the first ``step`` steps: ``step`` full batches, or with exact epochs of
+    ``epoch_rows`` rows, whole epochs plus full batches of the current one (its last step is short)."""
+    if epoch_rows is None:
+        return step * batch_size
+    per_epoch = -(-epoch_rows // batch_size)
+    return step // per_epoch * epoch_rows + min(step % per_epoch * batch_size, epoch_rows)
+
+
+def step_rows(step: int, batch_size: int, epoch_rows: int | None = None) -> tuple[int, int]:
+    """Row positions (start, stop) of one step."""
+    return rows_before(step, batch_size, epoch_rows), rows_before(step + 1, batch_size, epoch_rows)
+
+
+def row_order(
+    lengths, n_rows: int, batch_size: int, seed: int, group_by_length: bool, short_batch_last: bool = False
+) -> np.ndarray:
     """Example index of each of ``n_rows`` rows: epoch after epoch, each epoch in its own seeded order.
 
     With ``group_by_length``, each epoch's order is cut into groups of LENGTH_GROUP_BATCHES batches; a
     group is sorted by length into batches, whose order is then shuffled (seeded): batches of similar
     lengths need little padding, and every epoch is still exactly one pass over the examples.
+    ``short_batch_last`` (exact epochs): a group's short batch (the epoch's last group, when the
+    examples are no multiple of the batch) stays at its end, so it is the epoch's short last step.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     rng, group_rng = random.Random(seed), random.Random(f"{seed}-length-groups")
@@ -109,8 +128,10 @@ def row_order(lengths, n_rows: int, batch_size: int, seed: int, group_by_length:
             for start in range(0, len(order), size):
                 group = order[start : start + size]
                 group = group[np.argsort(-lengths[group], kind="stable")]  # longest first, ties in order
-                batches = list(range(-(-len(group) // batch_size)))
+                full = len(group) // batch_size if short_batch_last else -(-len(group) // batch_size)
+                batches = list(range(full))
                 group_rng.shuffle(batches)
+                batches += list(range(full, -(-len(group) // batch_size)))
                 order[start : start + size] = np.concatenate(
                     [group[b * batch_size : (b + 1) * batch_size] for b in batches]
                 )
@@ -123,23 +144,25 @@ def row_order(lengths, n_rows: int, batch_size: int, seed: int, group_by_length:
 class ExampleRows:
     """``n_rows`` training rows of an example file in ``row_order``: ``input_ids[a:b]`` and ``labels[a:b]``
     are the rows at positions a..b, right-padded to the longest of them (labels -100 on padding).
+    ``epoch_rows``: exact epochs of that many rows (``step_rows``); None, steps of whole batches.
 
     Rows are read with plain reads, not a memory map (see ``shards.TokenRows``): resident memory holds the
     offsets (8 bytes an example) and the row order (8 bytes a row), not the tokens."""
 
     def __init__(
-        self, path: str, n_rows: int, batch_size: int, seed: int, group_by_length: bool, pad_id: int
-    ):
+        self, path: str, n_rows: int, batch_size: int, seed: int, group_by_length: bool, pad_id: int,
+        epoch_rows: int | None = None,
+    ):  # fmt: skip
         self.path, self.n_rows, self.batch_size, self.seed = path, n_rows, batch_size, seed
-        self.group_by_length, self.pad_id = group_by_length, pad_id
+        self.group_by_length, self.pad_id, self.epoch_rows = group_by_length, pad_id, epoch_rows
         self.dtype = read_meta(Path(path))["dtype"]
         self._cache: dict = {}
 
     def __getstate__(self) -> dict:  # data.pt holds the descriptor; each process recomputes the order
         return {k: v for k, v in self.__dict__.items() if k != "_cache"}
 
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _cache={})
+    def __setstate__(self, state: dict) -> None:  # descriptors saved before exact epochs had none
+        self.__dict__.update({"epoch_rows": None, **state}, _cache={})
 
     def __len__(self) -> int:
         return self.n_rows
@@ -155,8 +178,9 @@ class ExampleRows:
         if "order" not in self._cache:
             lengths = np.diff(self.offsets)
             self._cache["order"] = row_order(
-                lengths, self.n_rows, self.batch_size, self.seed, self.group_by_length
-            )
+                lengths, self.n_rows, self.batch_size, self.seed, self.group_by_length,
+                short_batch_last=self.epoch_rows is not None,
+            )  # fmt: skip
         return self._cache["order"]
 
     def lengths(self) -> np.ndarray:

@@ -68,9 +68,39 @@ def test_verdict_rule():
     assert verdict(-0.3, 0.1)[0] == "contradicted"
     assert verdict(5.0, None) == (
         "inconclusive",
-        "seed spread unknown: needs ≥2 seeds of a compared configuration",
+        "seed spread unknown: needs ≥2 seeds of a compared configuration whose results vary with the seed",
     )
     assert verdict(0.0, 0.0)[0] == "inconclusive"
+
+
+def test_configurations_that_repeat_exactly_across_seeds_give_no_noise_estimate():
+    # Full finetuning and LoRA both repeat exactly across two seeds (deterministic initialisations), and
+    # nothing else in the study varies with the seed: a spread of zero measures nothing, so a large
+    # difference is inconclusive, not "≥ 3× the noise".
+    rows = base_rows()
+    rows += seeded("full-lr1e-3", {1: point(2.0, 2.5)}, {}, lr=1e-3)
+    rows += seeded("lora-r8-lr1e-2", {1: point(2.5, 2.2)}, {}, rank=8, lr=1e-2)
+    claims = judge(rows)
+    assert claims["4.1"]["verdict"] == claims["4.2"]["verdict"] == "inconclusive"
+    assert "vary with the seed" in claims["4.1"]["evidence"]
+    # With LoRA's seeds spread by 0.01, the same differences are far outside 3x the noise.
+    rows = base_rows()
+    rows += seeded("full-lr1e-3", {1: point(2.0, 2.5)}, {}, lr=1e-3)
+    rows += seeded(
+        "lora-r8-lr1e-2", {1: point(2.5, 2.2)}, {"code/loss": 0.01, "english/loss": 0.01}, rank=8, lr=1e-2
+    )
+    claims = judge(rows)
+    assert claims["4.1"]["verdict"] == claims["4.2"]["verdict"] == "supported"
+    # Deterministic full finetuning and a deterministic LoRA, with a third, seed-sensitive configuration
+    # whose spread (0.2) stands in: the 0.5 / 0.3 differences are then within 3x that spread.
+    rows = base_rows()
+    rows += seeded("full-lr1e-3", {1: point(2.0, 2.5)}, {}, lr=1e-3)
+    rows += seeded("lora-r8-lr1e-2", {1: point(2.5, 2.2)}, {}, rank=8, lr=1e-2)
+    rows += seeded(
+        "lora-r2-lr1e-2", {1: point(2.6, 2.1)}, {"code/loss": 0.2, "english/loss": 0.2}, rank=2, lr=1e-2
+    )
+    claims = judge(rows)
+    assert claims["4.1"]["verdict"] == "inconclusive" and "(0.6)" in claims["4.1"]["evidence"]
 
 
 def test_every_claim_cites_its_section_and_ours_are_apart():

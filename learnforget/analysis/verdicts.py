@@ -5,7 +5,8 @@
 - `StudyPoints`: one study's paper arms, seeds averaged per (configuration, milestone), with the noise of
   any compared point: its own seed spread (half-range across seeds) when it ran ≥2 seeds, else the pooled
   spread of comparable configurations (`pooled_spreads`: replicated, stable, same method family, same
-  milestone).
+  milestone); where every compared configuration repeats exactly across seeds, the pooled non-zero spread
+  of the study's other configurations.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ def verdict(effect: float | None, noise: float | None) -> tuple[str, str]:
     if effect is None:
         return "inconclusive", "no effect measurable"
     if noise is None:
-        return "inconclusive", "seed spread unknown: needs ≥2 seeds of a compared configuration"
+        return "inconclusive", (
+            "seed spread unknown: needs ≥2 seeds of a compared configuration whose results vary with the seed"
+        )
     threshold = FACTOR * noise * (1 - 1e-9)  # exactly 3x counts, whatever the float rounding
     if effect > 0 and effect >= threshold:
         return "supported", f"effect ≥ 3× seed spread ({FACTOR * noise:.4g})"
@@ -80,7 +83,9 @@ def family(p: dict) -> tuple[str, bool]:
 
 def pooled_spreads(avg: list[dict], base: dict | None, learning: Axis) -> dict[tuple, float]:
     """(method, dropout on, milestone, metric) -> root mean square of the seed spreads of the replicated,
-    stable configurations there (stable: learns at least as well as the base; every one without a base)."""
+    stable configurations there (stable: learns at least as well as the base; every one without a base).
+    ("any", milestone, metric) pools the non-zero spreads of every family: the stand-in for configurations
+    that repeat exactly across seeds (`StudyPoints.noise`)."""
     spreads: dict[tuple, list[float]] = defaultdict(list)
     for p in avg:
         if p["method"] == "base" or p["seeds"] < 2:
@@ -90,6 +95,8 @@ def pooled_spreads(avg: list[dict], base: dict | None, learning: Axis) -> dict[t
         for metric in ("learning", "forgetting", *p["spreads"]):
             if (s := spread(p, metric)) is not None:
                 spreads[(*family(p), p["milestone"], metric)].append(s)
+                if s > 0:
+                    spreads[("any", p["milestone"], metric)].append(s)
     return {key: math.sqrt(mean(s * s for s in values)) for key, values in spreads.items()}
 
 
@@ -149,11 +156,21 @@ class StudyPoints:
         return own if own is not None else self.pooled.get((*family(p), p["milestone"], metric))
 
     def noise(self, compared: list[dict], metric: str) -> float | None:
-        """Largest noise among the compared points (the base model's evaluation is taken as exact)."""
-        known = [
-            n for p in compared if p["method"] != "base" and (n := self.point_noise(p, metric)) is not None
-        ]
-        return max(known) if known else None
+        """Largest noise among the compared points (the base model's evaluation is taken as exact).
+
+        When every compared configuration repeats exactly across seeds (a deterministic initialisation:
+        full finetuning without dropout, PiSSA, VeRA, IA³ see the same rows whatever their seed), a spread
+        of zero measures nothing and would let any difference count as 3× the noise: the pooled non-zero
+        spread of the study's other replicated configurations at the same milestone stands in, and the
+        noise is unknown when there is none."""
+        trained = [p for p in compared if p["method"] != "base"]
+        known = [n for p in trained if (n := self.point_noise(p, metric)) is not None]
+        if not known:
+            return None
+        if max(known) > 0:
+            return max(known)
+        stand_in = [n for p in trained if (n := self.pooled.get(("any", p["milestone"], metric)))]
+        return max(stand_in) if stand_in else None
 
 
 def study_points(rows: list[dict], matrices: list[dict], learning: Axis, forgetting: Axis) -> StudyPoints:

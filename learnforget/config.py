@@ -719,7 +719,7 @@ def apply_override(data: dict, text: str) -> None:
 def resolve_config_path(config: str | None) -> Path | None:
     """A path, or the name of a built-in study (e.g. 'grid-tiny'); None means the default study."""
     if config is None or config == "default":
-        return None
+        return DEFAULT_STUDY_PATH
     path = Path(config)
     if path.exists():
         return path
@@ -799,12 +799,11 @@ def load_studies(config: str | None = None, overrides: list[str] = ()) -> list[t
     Its studies are named '<name>-<setting>' and stored in sub-directories named after the setting.
     """
     path = resolve_config_path(config)
-    if path is None:  # the default study is the built-in `default` (configs/default.yaml)
-        return [("", _validate(_read_yaml(DEFAULT_STUDY_PATH), list(overrides), "default study"))]
     data = _read_yaml(path)
     settings = data.pop("settings", None)
     if settings is None:
-        return [("", _validate(data, list(overrides), str(path)))]
+        label = "default study" if path == DEFAULT_STUDY_PATH else str(path)
+        return [("", _validate(data, list(overrides), label))]
     if (
         not isinstance(settings, dict)
         or not settings

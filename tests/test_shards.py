@@ -139,5 +139,5 @@ def test_dry_run_data_plan_gives_token_file_size_and_memory(tmp_path, monkeypatc
         "(2 bytes (uint16: vocabulary 32,000) + a 1-byte loss mask) + 8-byte offsets = at most 1.1 GB" in plan
     )
     assert f"{tmp_path}/examples/ (10.0 GB free there)" in plan and "(and seed" in plan
-    assert "395,001 offsets and 6,322,176 row indices (8 bytes each: 51.2 MB)" in plan
+    assert "395,001 offsets and 6,320,000 row indices (8 bytes each: 51.2 MB)" in plan
     assert "a step reads its 192 rows (at most 3.0 MB" in plan

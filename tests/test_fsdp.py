@@ -313,7 +313,9 @@ def test_fsdp_saved_arms_load_in_plain_transformers(studies):
     assert models["two"][0].config.architectures == ["LlamaForCausalLM"]
     with torch.no_grad():
         for one, two in zip(models["one"], models["two"], strict=True):
-            assert torch.allclose(two(rows[:4]).logits, one(rows[:4]).logits, atol=1e-5)
+            # One process trains with the chunked LM head + loss (fused_loss.py), two sharded processes with
+            # transformers' loss: the same sums in another order, so the trained weights differ by rounding.
+            assert torch.allclose(two(rows[:4]).logits, one(rows[:4]).logits, atol=1e-4)
     assert mean_token_loss(models["two"][0], rows, 32) == recorded[0]  # exactly what the study recorded
 
 

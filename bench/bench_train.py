@@ -22,9 +22,9 @@ import torch
 
 from bench.common import Row, alternate, format_table
 
-LEARNING_RATE = {"full": 5e-4, "lora": 5e-3}  # the default study's
-FULL = dict(
-    hidden=128, layers=4, heads=4, intermediate=512, vocab=4096, seq_len=256, batch=8, steps=24, repeats=3
+LEARNING_RATE = {"full": 2e-4, "lora": 2e-3}  # the default study's
+FULL = dict(  # the shipped built-in base (learnforget/builtin_base/config.json), at studies' seq_len
+    hidden=64, layers=4, heads=4, intermediate=256, vocab=512, seq_len=256, batch=8, steps=24, repeats=3
 )
 QUICK = dict(
     hidden=32, layers=2, heads=2, intermediate=64, vocab=512, seq_len=64, batch=4, steps=2, repeats=1

@@ -148,6 +148,10 @@ def run(
             print_dry_run(study, expand_arms(study), out_console, world_size)
         return
     started = time.time()
+    if any(study.workers > 1 for _, study in studies) and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        from learnforget import workers
+
+        workers.start_early()  # the workers' imports overlap this process's start-up
     failures: list[tuple[str, str]] = []
     if len(studies) == 1:
         failures += _run_study(studies[0][1], out or Path("runs") / studies[0][1].name, shard)
@@ -208,12 +212,15 @@ def _run_study(study, study_dir: Path, shard: str | None) -> list[tuple[str, str
             store.set_info("environment", environment())
         store.register_arms([(arm.name, arm.model_dump(), arm.id) for arm in arms])
         study_mod.prepare_data(study, study_dir, base_path)
+        mine = study_mod.shard_arms(arms, _parse_shard(shard))
+        # With worker processes, one of them evaluates the base while the others train.
+        base_in_pool = main_process and study_mod.uses_pool(study, mine)
         if main_process:
             console.print(
                 f"Study [bold]{study.name}[/]: {len(arms)} arms, {study.budget_tokens:,} tokens each → {study_dir}"
             )
-            study_mod.run_base(study, study_dir, base_path)
-    mine = study_mod.shard_arms(arms, _parse_shard(shard))
+            if not base_in_pool:
+                study_mod.run_base(study, study_dir, base_path)
     from learnforget.progress import StudyClock
 
     resumed = {
@@ -262,7 +269,7 @@ def _run_study(study, study_dir: Path, shard: str | None) -> list[tuple[str, str
                     write_study_html(study_dir, store, study)
                     refreshed[0] = time.monotonic()
 
-        results = study_mod.run_arms(study, study_dir, base_path, mine, on_message)
+        results = study_mod.run_arms(study, study_dir, base_path, mine, on_message, base_in_pool)
     if not main_process:
         return []
     store.refresh_snapshot()

@@ -18,11 +18,9 @@ import json
 import os
 import resource
 import sys
-import threading
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from multiprocessing.managers import SyncManager
 from pathlib import Path
 
@@ -162,9 +160,12 @@ def run_base(study: StudyConfig, study_dir: Path, base_path: str) -> dict[str, f
     lease = Lease(study_dir, "base")
     while not lease.acquire():
         time.sleep(POLL_SECONDS)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(study.threads_per_worker)  # as the arms: the same numbers in a worker or here
     try:
         return _evaluate_base(study, study_dir, base_path)
     finally:
+        torch.set_num_threads(threads)
         lease.release()
 
 
@@ -694,14 +695,28 @@ def shard_arms(arms: list[Arm], shard: tuple[int, int] | None) -> list[Arm]:
     return [a for i, a in enumerate(arms) if i % count == index]
 
 
-def run_arms(study: StudyConfig, study_dir: Path, base_path: str, arms: list[Arm], on_message) -> list[dict]:
-    """Train arms, in this process (workers = 1) or a pool of worker processes, relaying progress.
+def uses_pool(study: StudyConfig, arms: list[Arm]) -> bool:
+    """Whether `run_arms` trains these arms in a pool of worker processes (else in this process)."""
+    from learnforget.distributed import is_distributed
+
+    return study.workers > 1 and len(arms) > 1 and not is_distributed()
+
+
+def run_arms(
+    study: StudyConfig, study_dir: Path, base_path: str, arms: list[Arm], on_message, with_base: bool = False
+) -> list[dict]:
+    """Train arms, in this process (workers = 1) or a pool of worker processes, relaying progress;
+    `with_base`: the pool also evaluates the base (`run_base`), as its first job.
 
     Arms that another live process holds (its lease) are waited for, and taken over if their lease goes
     stale. Returns one result per arm (see `run_arm_safely`)."""
     store = Store(study_dir)
     results = dict(
-        zip([a.name for a in arms], _run_pass(study, study_dir, base_path, arms, on_message), strict=True)
+        zip(
+            [a.name for a in arms],
+            _run_pass(study, study_dir, base_path, arms, on_message, with_base),
+            strict=True,
+        )
     )
     waiting = [a for a in arms if results[a.name].get("claimed")]
     from learnforget.lease import Lease
@@ -723,13 +738,13 @@ def run_arms(study: StudyConfig, study_dir: Path, base_path: str, arms: list[Arm
 POLL_SECONDS = 2.0
 
 
-def _run_pass(study: StudyConfig, study_dir: Path, base_path: str, arms: list[Arm], on_message) -> list[dict]:
-    from learnforget.distributed import is_distributed
-
+def _run_pass(
+    study: StudyConfig, study_dir: Path, base_path: str, arms: list[Arm], on_message, with_base: bool = False
+) -> list[dict]:
     if not arms:
         return []
     study_json = study.model_dump_json()
-    if study.workers == 1 or len(arms) == 1 or is_distributed():  # launched processes each run every arm
+    if not uses_pool(study, arms):  # launched processes each run every arm
         threads = torch.get_num_threads()
         try:
             return [
@@ -740,16 +755,19 @@ def _run_pass(study: StudyConfig, study_dir: Path, base_path: str, arms: list[Ar
             ]
         finally:
             torch.set_num_threads(threads)
-    ctx = get_context("spawn")
+    from learnforget import workers
+
+    ctx = workers.context()
     manager = SyncManager(ctx=ctx)
-    manager.start(exit_with_parent, (os.getpid(),))
+    manager.start(workers.exit_with, (os.getpid(),))
     results = []
     with manager:
         queue = manager.Queue()
         with ProcessPoolExecutor(
             max_workers=min(study.workers, len(arms)), mp_context=ctx,
-            initializer=exit_with_parent, initargs=(os.getpid(),),
+            initializer=workers.initialize, initargs=workers.initializer_args(),
         ) as pool:  # fmt: skip
+            base = pool.submit(run_base, study, study_dir, base_path) if with_base else None
             futures = [
                 pool.submit(run_arm_safely, study_json, a.model_dump_json(), str(study_dir), base_path, queue)
                 for a in arms
@@ -765,19 +783,11 @@ def _run_pass(study: StudyConfig, study_dir: Path, base_path: str, arms: list[Ar
                     Store(study_dir).update_arm(arm.name, status="failed", error=reason)
                     on_message(("failed", arm.name, reason))
                     results.append({"arm": arm.name, "failed": reason})
+            if base is not None:
+                base.result()  # raises what failed the base's evaluation, now that the arms are safe
     return results
 
 
-def exit_with_parent(parent_pid: int) -> None:
-    """Worker initializer: exit once the parent is gone. A SIGKILLed `learnforget run` must not leave
-    workers training and writing the study behind the back of the rerun that resumes it."""
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
 
 
 class _Relay:

@@ -347,6 +347,7 @@ def test_sharded_large_or_mismatched_arms_evaluate_the_adapter_model(eval_setup,
     arm, model, _, _ = train_arm(path, MERGED_EVAL_ARMS["lora"], steps=0)
     assert unmerged_reason(model, arm, study, sharded=False) is None
     assert unmerged_reason(model, arm, study, sharded=True) == "sharded"
+    assert not ArmEvaluator(model, arm, study, str(path), sharded=True).merge
     assert unmerged_reason(model.get_base_model(), arm, study, sharded=False) == "a plain model already"
     bf16 = StudyConfig.model_validate({"precision": "bf16-mixed"})
     assert unmerged_reason(model, arm, bf16, sharded=False) == "precision bf16-mixed"

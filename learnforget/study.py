@@ -197,6 +197,7 @@ def _evaluate_base(study: StudyConfig, study_dir: Path, base_path: str) -> dict[
 def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queue=None) -> dict:
     """Train one arm through its milestones (resuming from its checkpoint) and record everything."""
     from learnforget import distributed, sharding
+    from learnforget.eval_model import ArmEvaluator
     from learnforget.model import load_tokenizer
     from learnforget.train import (
         count_parameters,
@@ -267,6 +268,7 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
         accelerator = distributed.accelerator()
         trained, optimizer = accelerator.prepare(model, optimizer)
     base_weights = quantized_base
+    evaluator = ArmEvaluator(model, arm, study, base_path, sharded)
     trained_tokens_count, train_seconds = 0, 0.0
     from learnforget.tracking import StepLog, hyperparameters
 
@@ -290,14 +292,14 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
             trained_tokens_count += tokens_at(milestone) - tokens_at(step)
             step = milestone
             suites: dict[str, float] = {}
-            metrics = evaluate_model(model, tokenizer, study, data, suites) if main or sharded else {}
+            metrics = evaluator.evaluate(tokenizer, data, suites) if main or sharded else {}
             stages.update({f"eval/{name}": seconds for name, seconds in suites.items()})
             gathered = sharding.gather(model, optimizer) if sharded else None  # every process takes part
             if main:
                 if study.eval.spectra:
                     started = time.perf_counter()
                     base_weights = base_weights or load_base_weights(base_path, study)
-                    weights = merged_weights(model, gathered and gathered["model"])
+                    weights = evaluator.weights(gathered and gathered["model"])
                     metrics.update(record_spectra(store, arm.name, tokens_at(step), base_weights, weights))
                     stages["spectra"] = time.perf_counter() - started
                 store.add_metrics(arm.name, step, tokens_at(step), metrics)

@@ -277,6 +277,7 @@ def merged_weights(
     if not hasattr(model, "get_base_model"):
         return {n: t.detach() for n, t in state.items()}
     from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import ModulesToSaveWrapper
 
     prefix = "base_model.model."  # peft's names for the wrapped model's tensors
     inner = {n.removeprefix(prefix): t.detach() for n, t in state.items() if n.startswith(prefix)}
@@ -287,9 +288,20 @@ def merged_weights(
             merged.update(
                 {f"{name}.{k}": v for k, v in _merged_module(module, name, inner, gathered).items()}
             )
+    # modules_to_save: the trained copy stands for the module (under its base name), the original is dropped.
+    saved = [
+        name + "."
+        for name, m in model.get_base_model().named_modules()
+        if isinstance(m, ModulesToSaveWrapper)
+    ]
     for name, tensor in inner.items():
-        if not name.startswith(tuple(adapted)):
+        if name.startswith(tuple(adapted)):
+            continue
+        owner = next((s for s in saved if name.startswith(s)), None)
+        if owner is None:
             merged[name] = tensor
+        elif name.startswith(owner + "modules_to_save.default."):
+            merged[owner + name.removeprefix(owner + "modules_to_save.default.")] = tensor
     return merged
 
 

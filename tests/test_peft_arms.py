@@ -234,3 +234,153 @@ def test_qlora_dry_run_on_cpu_exits_with_one_line(tmp_path, capsys):
     assert "quantization 4bit (QLoRA) needs bitsandbytes on a CUDA GPU" in capsys.readouterr().err.replace(
         "\n", " "
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation through a plain copy holding the merged weights (eval_model.py)
+
+MERGED_EVAL_ARMS = {
+    **{m: {"method": "peft", "peft": METHODS[m]} for m in ("lora", "dora", "ia3", "pissa")},
+    "lora-embeddings": {"method": "lora", "rank": 4, "train_embeddings": True},
+    "lora-modules_to_save": {
+        "method": "peft",
+        "peft": {**METHODS["lora"], "modules_to_save": ["lm_head"]},
+        "train_embeddings": True,
+    },  # else set_embeddings_trainable freezes the head
+}
+
+
+@pytest.fixture(scope="module")
+def eval_setup(tmp_path_factory):
+    """A tiny Llama (untied head) with the built-in tokenizer, and a small study's evaluation sets."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from learnforget.data.datasets import evaluation_sets
+    from learnforget.model import SHIPPED_BASE, load_tokenizer
+
+    tokenizer = load_tokenizer(str(SHIPPED_BASE))
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                         vocab_size=len(tokenizer), max_position_embeddings=512)  # fmt: skip
+    path = tmp_path_factory.mktemp("evalbase")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    study = StudyConfig.model_validate(
+        {"eval": {"loss_tokens": 1024, "choice_items": 8, "generation_problems": 4, "reference_problems": 4,
+                  "diversity_prompts": 2, "diversity_samples": 3, "max_new_tokens": 16}}
+    )  # fmt: skip
+    return path, tokenizer, study, {"eval": evaluation_sets(study, tokenizer)}
+
+
+def train_arm(path, spec: dict, steps: int, start: int = 0, model=None, optimizer=None):
+    from learnforget.train import load_arm_model, make_optimizer, train_steps
+
+    (arm,) = arms_of({**spec, "learning_rate": 2e-2})
+    if model is None:
+        torch.manual_seed(0)
+        model = load_arm_model(str(path), arm)
+        optimizer = make_optimizer(model, arm.learning_rate, 0.0, 0, 8)
+    rows = torch.randint(0, 500, (4 * 8, 16), generator=torch.Generator().manual_seed(1))
+    loss = train_steps(model, *optimizer, rows, 4, start, start + steps)
+    return arm, model, optimizer, loss
+
+
+@pytest.mark.parametrize("name", list(MERGED_EVAL_ARMS))
+def test_merged_copy_evaluates_like_the_adapter_model_and_leaves_it_untouched(eval_setup, name):
+    from learnforget.eval_model import ArmEvaluator
+    from learnforget.study import evaluate_model
+    from learnforget.train import merged_weights
+
+    path, tokenizer, study, data = eval_setup
+    arm, model, _, _ = train_arm(path, MERGED_EVAL_ARMS[name], steps=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    evaluator = ArmEvaluator(model, arm, study, str(path), sharded=False)
+    timings: dict[str, float] = {}
+    merged = evaluator.evaluate(tokenizer, data, timings)
+    assert evaluator.merge and evaluator.plain is not None and "merge" in timings  # the copy was evaluated
+    assert torch.equal(torch.get_rng_state(), rng)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # bitwise
+    direct = evaluate_model(model, tokenizer, study, data)
+    assert set(merged) == set(direct) and len(merged) >= 8
+    for metric, value in direct.items():
+        if metric.endswith(("loss", "nll")):
+            assert abs(merged[metric] - value) <= 1e-5, (name, metric, merged[metric], value)
+        else:
+            assert merged[metric] == value, (name, metric)
+    # The spectra get the weights the evaluation used (no second merge), equal to merging now.
+    weights = evaluator.weights()
+    assert weights.keys() == merged_weights(model).keys() == evaluator.plain.state_dict().keys()
+    assert all(torch.equal(weights[k], v) for k, v in merged_weights(model).items())
+    if name.startswith("lora-"):  # the trained embeddings / head differ from the base's and were loaded
+        head = "lm_head.weight"
+        assert not torch.equal(weights[head], load_causal_lm_state(path)[head])
+        assert torch.equal(evaluator.plain.state_dict()[head], weights[head])
+
+
+def load_causal_lm_state(path):
+    from learnforget.model import load_causal_lm
+
+    return load_causal_lm(str(path)).state_dict()
+
+
+def test_training_goes_on_bit_for_bit_after_a_merged_evaluation(eval_setup):
+    from learnforget.eval_model import ArmEvaluator
+
+    path, tokenizer, study, data = eval_setup
+    spec = MERGED_EVAL_ARMS["lora"]
+    arm, model, optimizer, _ = train_arm(path, spec, steps=2)
+    ArmEvaluator(model, arm, study, str(path), sharded=False).evaluate(tokenizer, data, {})
+    evaluated = train_arm(path, spec, 2, start=2, model=model, optimizer=optimizer)[3]
+    _, model, optimizer, _ = train_arm(path, spec, steps=2)
+    assert evaluated == train_arm(path, spec, 2, start=2, model=model, optimizer=optimizer)[3]
+
+
+def test_sharded_large_or_mismatched_arms_evaluate_the_adapter_model(eval_setup, monkeypatch, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from learnforget import eval_model
+    from learnforget.eval_model import ArmEvaluator, unmerged_reason
+
+    path, tokenizer, study, data = eval_setup
+    arm, model, _, _ = train_arm(path, MERGED_EVAL_ARMS["lora"], steps=0)
+    assert unmerged_reason(model, arm, study, sharded=False) is None
+    assert unmerged_reason(model, arm, study, sharded=True) == "sharded"
+    assert not ArmEvaluator(model, arm, study, str(path), sharded=True).merge
+    assert unmerged_reason(model.get_base_model(), arm, study, sharded=False) == "a plain model already"
+    bf16 = StudyConfig.model_validate({"precision": "bf16-mixed"})
+    assert unmerged_reason(model, arm, bf16, sharded=False) == "precision bf16-mixed"
+    monkeypatch.setattr(eval_model, "MAX_MERGED_BYTES", 1000)
+    assert unmerged_reason(model, arm, study, sharded=False) == "0.0 GiB of weights"
+    evaluator = ArmEvaluator(model, arm, study, str(path), sharded=False)
+    assert not evaluator.merge
+    monkeypatch.undo()
+    # A base whose tensors do not take the merged weights: a warning, then the adapter model as before.
+    other = LlamaConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                        vocab_size=len(tokenizer))  # fmt: skip
+    LlamaForCausalLM(other).save_pretrained(tmp_path)
+    evaluator = ArmEvaluator(model, arm, study, str(tmp_path), sharded=False)
+    assert evaluator.merge
+    metrics = evaluator.evaluate(
+        tokenizer, {"eval": {"loss": data["eval"]["loss"]}}, {}
+    )  # the loss suite only
+    assert not evaluator.merge and evaluator.plain is None
+    assert set(metrics) == {"english/loss", f"{study.domain}/loss"}
+
+
+def test_a_head_trained_apart_from_its_tied_embeddings_evaluates_the_adapter_model(eval_setup, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from learnforget.eval_model import ArmEvaluator
+    from learnforget.study import evaluate_model
+
+    _, tokenizer, study, data = eval_setup
+    config = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                         vocab_size=len(tokenizer), tie_word_embeddings=True)  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    arm, model, _, _ = train_arm(tmp_path, MERGED_EVAL_ARMS["lora-modules_to_save"], steps=2)
+    evaluator = ArmEvaluator(model, arm, study, str(tmp_path), sharded=False)
+    loss_only = {"eval": {"loss": data["eval"]["loss"]}}
+    metrics = evaluator.evaluate(tokenizer, loss_only, {})
+    assert not evaluator.merge and metrics == evaluate_model(model, tokenizer, study, loss_only)

@@ -6,8 +6,8 @@ diversity) on one model, as a study measures it at every milestone (`study.evalu
 
 Full mode uses the built-in base if it is cached (`learnforget pretrain`), else a randomly initialised
 model of its architecture (which never emits a stop sequence, so every generation runs to max_new_tokens).
-Items: rows of held-out text (loss), choice items, reference solutions, greedy completions (generation)
-and sampled completions (diversity). One thread, as a study's worker processes run.
+Items: rows of held-out text (loss), choice items, reference solutions, greedy completions and sampled
+completions (generation: one decoding loop for both). One thread, as a study's worker processes run.
 """
 
 from __future__ import annotations
@@ -52,12 +52,15 @@ def model_and_tokenizer(study, quick: bool):
 
 
 def suite_items(study, sets: dict) -> dict[str, int]:
+    greedy = len(sets.get("generation") or [])
+    sampled = len(sets.get("diversity") or []) * study.eval.diversity_samples
     return {
         "loss": sum(len(rows) for rows in sets["loss"].values()),
         "choice": len(sets.get("choice") or []),
         "reference": len(sets.get("reference") or []),
-        "generation": len(sets.get("generation") or []),
-        "diversity": len(sets.get("diversity") or []) * study.eval.diversity_samples,
+        # Greedy completions and diversity samples are decoded together when both are measured.
+        "generation": greedy + sampled if greedy and sampled else greedy,
+        "diversity": sampled,
     }
 
 

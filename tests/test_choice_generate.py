@@ -264,6 +264,21 @@ def test_sampling_is_reproducible_and_varied(model, tokenizer):
     assert len(greedy[0]) == 3 and len(set(greedy[0])) == 1
 
 
+def test_greedy_rows_ride_along_with_sampled_ones(trained_model, tokenizer):
+    """Greedy prompts decoded in the same batches as sampled ones give exactly greedy decoding's text."""
+    greedy_alone = generate(trained_model, tokenizer, PROMPTS, max_new_tokens=12, batch_size=1)
+    prompts = PROMPTS + PROMPTS[:2]
+    run = dict(max_new_tokens=12, temperature=1.5, num_samples=4, batch_size=5, seed=3)
+    mixed = generate(trained_model, tokenizer, prompts, greedy=[True, True, True, False, False], **run)
+    assert mixed[:3] == [texts * 4 for texts in greedy_alone]
+    assert [len(samples) for samples in mixed[3:]] == [4, 4]
+    assert all(len(set(samples)) > 1 for samples in mixed[3:])  # sampled rows still sample
+    assert mixed[3][0] != greedy_alone[0][0] or mixed[4][0] != greedy_alone[1][0]
+    assert mixed == generate(trained_model, tokenizer, prompts, greedy=[True] * 3 + [False] * 2, **run)
+    with pytest.raises(UserError, match="2 greedy flags for 5 prompts"):
+        generate(trained_model, tokenizer, prompts, greedy=[True, False], **run)
+
+
 def test_works_with_a_peft_wrapped_model(model, tokenizer):
     from peft import LoraConfig, get_peft_model
 

@@ -5,6 +5,11 @@ left-padded (the tokenizer's pad token, else its EOS) so that every row's new to
 column; `model.generate` runs with the KV cache and transformers' `stop_strings`, so a batch stops as
 soon as every row has produced a stop string. Sampling is seeded per batch, so the same seed and
 batch_size give the same samples; the global torch RNG is left as it was.
+
+Greedy and sampled prompts can share batches (`greedy`): a small model's decoding step costs about the
+same for 8 rows as for 28, so the greedy benchmark rides along with the diversity samples. The batch is
+sampled, and a logits processor turns a greedy row's distribution into a point mass on its argmax
+before the temperature and nucleus warpers, so that row decodes exactly as greedy decoding would.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from learnforget.errors import UserError
 from learnforget.evaluate.choice import model_max_length
@@ -44,6 +50,17 @@ def _completion(tokenizer, prompt_ids: list[int], new_ids: list[int]) -> str:
     return tokenizer.decode(new_ids, skip_special_tokens=True)
 
 
+class _GreedyRows(LogitsProcessor):
+    """The rows marked greedy keep only their highest-scoring token."""
+
+    def __init__(self, rows: torch.Tensor):
+        self.rows = rows  # bool, one per row of the batch
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        point = torch.full_like(scores, float("-inf")).scatter_(-1, scores.argmax(-1, keepdim=True), 0.0)
+        return torch.where(self.rows.to(scores.device)[:, None], point, scores)
+
+
 def generate(
     model,
     tokenizer,
@@ -55,13 +72,15 @@ def generate(
     num_samples: int = 1,
     batch_size: int = 16,
     seed: int = 0,
+    greedy: Sequence[bool] | None = None,
 ) -> list[list[str]]:
     """Complete each prompt num_samples times; return the completions only, one list per prompt.
 
     temperature == 0 decodes greedily (computed once per prompt and repeated num_samples times);
-    otherwise samples with that temperature and nucleus top_p (no top-k cut). batch_size counts
-    sequences (prompt copies) generated together. Prompts are left-truncated so that prompt plus
-    max_new_tokens fit the model's window. Each completion ends before its first stop string.
+    otherwise samples with that temperature and nucleus top_p (no top-k cut). `greedy`, one flag per
+    prompt: those prompts are decoded greedily whatever the temperature (see the module's docstring).
+    batch_size counts sequences (prompt copies) generated together. Prompts are left-truncated so that
+    prompt plus max_new_tokens fit the model's window. Each completion ends before its first stop string.
     """
     if max_new_tokens < 1 or num_samples < 1 or batch_size < 1:
         raise UserError(
@@ -92,7 +111,10 @@ def generate(
             raise UserError(f"generate: prompt {number} encodes to no tokens; give every prompt some text")
         encoded.append(ids)
 
-    sampling = temperature > 0
+    greedy = [temperature == 0 or bool(flag) for flag in (greedy or [False] * len(prompts))]
+    if len(greedy) != len(prompts):
+        raise UserError(f"generate: {len(greedy)} greedy flags for {len(prompts)} prompts")
+    sampling = not all(greedy)
     options = {"max_new_tokens": max_new_tokens, "use_cache": True, "pad_token_id": pad_id}
     if sampling:
         options |= {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
@@ -103,7 +125,7 @@ def generate(
     if any(stop):
         options |= {"stop_strings": [s for s in stop if s], "tokenizer": tokenizer}
 
-    jobs = [number for number in range(len(prompts)) for _ in range(num_samples if sampling else 1)]
+    jobs = [number for number in range(len(prompts)) for _ in range(1 if greedy[number] else num_samples)]
     completions: list[list[str]] = [[] for _ in prompts]
     device = model_device(model)
     was_training = model.training
@@ -112,16 +134,23 @@ def generate(
         for batch_number, first in enumerate(range(0, len(jobs), batch_size)):
             rows = jobs[first : first + batch_size]
             input_ids, attention_mask = _left_pad([encoded[number] for number in rows], pad_id)
+            marked = torch.tensor([greedy[number] for number in rows])
+            extra = (
+                {"logits_processor": LogitsProcessorList([_GreedyRows(marked)])}
+                if sampling and marked.any()
+                else {}
+            )
             with forked_rng(device):  # sampling draws from the model's device's generator
                 torch.manual_seed(seed + batch_number)
                 output = model.generate(
-                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **options
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention_mask.to(device),
+                    **options,
+                    **extra,
                 )
             for number, new_ids in zip(rows, output[:, input_ids.shape[1] :].tolist(), strict=True):
                 text = _completion(tokenizer, encoded[number], new_ids)
                 completions[number].append(truncate_at_stop(text, stop))
     finally:
         model.train(was_training)
-    if not sampling:
-        completions = [texts * num_samples for texts in completions]
-    return completions
+    return [texts * num_samples if greedy[number] else texts for number, texts in enumerate(completions)]

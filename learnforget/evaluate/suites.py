@@ -10,6 +10,9 @@ Suites (metric names are '<domain>/<measure>'):
 - harness:    harness/<task>/<metric> through lm-evaluation-harness, and harness/paper_forgetting
               (mean of HellaSwag, ARC-Challenge, WinoGrande) when those three ran.
 
+Generation and diversity share one decoding loop when both are on (greedy rows ride along with the
+sampled ones, see generate.py); their time is then recorded under generation.
+
 Which metrics are the study's learning and forgetting axes is decided by `learning_metric` and
 `forgetting_metric` (configurable in `eval`).
 """
@@ -67,36 +70,36 @@ def evaluate_suites(
         suite(
             "reference", lambda: {f"{domain}/ref_nll": completion_nll(model, tokenizer, pairs, ev.batch_size)}
         )
-    if eval_sets.get("generation"):
+    greedy, sampled = eval_sets.get("generation"), eval_sets.get("diversity")
+    if greedy and sampled:  # one decoding loop for both (generate.py): timed as generation
         suite(
-            "generation",
-            lambda: generation_metrics(model, tokenizer, study, eval_sets["generation"], template),
+            "generation", lambda: generation_and_diversity(model, tokenizer, study, greedy, sampled, template)
         )
-    if eval_sets.get("diversity"):
-        suite(
-            "diversity", lambda: diversity_metrics(model, tokenizer, study, eval_sets["diversity"], template)
-        )
+    elif greedy:
+        suite("generation", lambda: generation_metrics(model, tokenizer, study, greedy, template))
+    elif sampled:
+        suite("diversity", lambda: diversity_metrics(model, tokenizer, study, sampled, template))
     if ev.harness_tasks:
         suite("harness", lambda: harness_metrics(model, tokenizer, study))
     return metrics
 
 
 def _completions(
-    model, tokenizer, study: StudyConfig, problems: list[dict], template: str, **sampling
-) -> list[list[str]]:
+    model, tokenizer, study: StudyConfig, greedy: list[dict], sampled: list[dict], template: str
+) -> tuple[list[list[str]], list[list[str]]]:
+    """Greedy completions of `greedy` problems and the diversity samples of `sampled` ones, decoded
+    together."""
     from learnforget.evaluate.generate import generate
 
+    ev = study.eval
     stop = CODE_STOP if study.domain == "code" else MATH_STOP
-    prompts = [render_prompt(tokenizer, p["prompt"], template) for p in problems]
-    return generate(
-        model,
-        tokenizer,
-        prompts,
-        study.eval.max_new_tokens,
-        stop=stop,
-        batch_size=study.eval.batch_size,
-        **sampling,
-    )
+    prompts = [render_prompt(tokenizer, p["prompt"], template) for p in greedy + sampled]
+    completions = generate(
+        model, tokenizer, prompts, ev.max_new_tokens, stop=stop, batch_size=ev.batch_size,
+        temperature=ev.diversity_temperature if sampled else 0.0, num_samples=ev.diversity_samples,
+        seed=study.seed, greedy=[True] * len(greedy) + [False] * len(sampled),
+    )  # fmt: skip
+    return [texts[:1] for texts in completions[: len(greedy)]], completions[len(greedy) :]
 
 
 def _score_code(problems: list[dict], completions: list[list[str]], ks: list[int]) -> dict:
@@ -110,11 +113,24 @@ def _score_code(problems: list[dict], completions: list[list[str]], ks: list[int
     return score_completions({p["task_id"]: p for p in problems}, samples, ks, workers=1)
 
 
-def generation_metrics(
-    model, tokenizer, study: StudyConfig, problems: list[dict], template: str = PLAIN
+def generation_and_diversity(
+    model, tokenizer, study: StudyConfig, greedy: list[dict], sampled: list[dict], template: str = PLAIN
 ) -> dict[str, float]:
-    """Greedy generation: pass@1 in the sandbox (code) or GSM8K strict/flexible match (math)."""
-    completions = _completions(model, tokenizer, study, problems, template)
+    """`generation_metrics` and `diversity_metrics`, from one decoding loop."""
+    greedy_outputs, samples = _completions(model, tokenizer, study, greedy, sampled, template)
+    return {
+        **generation_metrics(model, tokenizer, study, greedy, template, greedy_outputs),
+        **diversity_metrics(model, tokenizer, study, sampled, template, samples),
+    }
+
+
+def generation_metrics(
+    model, tokenizer, study: StudyConfig, problems: list[dict], template: str = PLAIN, completions=None
+) -> dict[str, float]:
+    """Greedy generation: pass@1 in the sandbox (code) or GSM8K strict/flexible match (math).
+    `completions`: the greedy completions, when already decoded."""
+    if completions is None:
+        completions, _ = _completions(model, tokenizer, study, problems, [], template)
     if study.domain == "code":
         return {"code/pass@1": _score_code(problems, completions, [1])["pass@1"]}
     from learnforget.evaluate.math_answers import score_generation
@@ -127,16 +143,15 @@ def generation_metrics(
 
 
 def diversity_metrics(
-    model, tokenizer, study: StudyConfig, problems: list[dict], template: str = PLAIN
+    model, tokenizer, study: StudyConfig, problems: list[dict], template: str = PLAIN, completions=None
 ) -> dict[str, float]:
-    """n samples per prompt at temperature T: distinct outputs (and pass@k from them, for code)."""
+    """n samples per prompt at temperature T: distinct outputs (and pass@k from them, for code).
+    `completions`: the samples, when already drawn."""
     from learnforget.analysis.diversity import diversity_report
 
     ev = study.eval
-    completions = _completions(
-        model, tokenizer, study, problems, template, temperature=ev.diversity_temperature, num_samples=ev.diversity_samples,
-        seed=study.seed,
-    )  # fmt: skip
+    if completions is None:
+        _, completions = _completions(model, tokenizer, study, [], problems, template)
     metrics = {f"{study.domain}/distinct_fraction": diversity_report(completions)["distinct_fraction"]}
     if study.domain == "code":
         ks = sorted({1, *(k for k in ev.pass_k if k <= ev.diversity_samples)})

@@ -7,7 +7,9 @@ diversity) on one model, as a study measures it at every milestone (`study.evalu
 Full mode uses the built-in base if it is cached (`learnforget pretrain`), else a randomly initialised
 model of its architecture (which never emits a stop sequence, so every generation runs to max_new_tokens).
 Items: rows of held-out text (loss), choice items, reference solutions, greedy completions (generation)
-and sampled completions (diversity). One thread, as a study's worker processes run.
+and sampled completions (diversity). One thread, as a study's worker processes run. A last row times
+choice scoring from shared contexts (each context run once, its KV cache repeated per choice) against
+one request per choice, on the same items, alternating (5 repeats; quick: 1).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` and `lea
 
 import torch
 
-from bench.common import Row, format_table
+from bench.common import Row, alternate, format_table
 
 QUICK_STUDY = {
     "base": {"vocab_size": 300, "tokenizer_bytes": 50_000, "hidden_size": 32, "num_layers": 2, "num_heads": 2,
@@ -61,8 +63,24 @@ def suite_items(study, sets: dict) -> dict[str, int]:
     }
 
 
+def choice_row(model, tokenizer, items: list[dict], batch_size: int, repeats: int) -> Row:
+    """Choice log-likelihoods from shared contexts vs one request per choice; notes their largest gap."""
+    from learnforget.evaluate.choice import choice_loglikelihoods
+
+    shared, per_request, ours, reference = alternate(
+        lambda: choice_loglikelihoods(model, tokenizer, items, batch_size),
+        lambda: choice_loglikelihoods(model, tokenizer, items, batch_size, share_contexts=False),
+        repeats,
+    )
+    gap = max(abs(a - b) for x, y in zip(ours, reference, strict=True) for a, b in zip(x, y, strict=True))
+    return Row(
+        "eval: choice, shared contexts", shared, per_request, baseline_name="one request per choice",
+        note=f"{len(items)} items, batch {batch_size}, 1 thread; max |Δ log-likelihood| {gap:.1e}",
+    )  # fmt: skip
+
+
 def run(quick: bool = False) -> list[Row]:
-    """One throughput row per suite (3 repeats; quick: 1)."""
+    """One throughput row per suite (3 repeats; quick: 1), then the choice-scoring row."""
     import transformers
 
     from learnforget.config import StudyConfig
@@ -83,11 +101,14 @@ def run(quick: bool = False) -> list[Row]:
             evaluate_model(model, tokenizer, study, data, timings)
             for name, value in timings.items():
                 seconds.setdefault(name, []).append(value)
+        choice = choice_row(
+            model, tokenizer, data["eval"]["choice"], study.eval.batch_size, 1 if quick else 5
+        )
     finally:
         torch.set_num_threads(threads)
     rows = [Row(f"eval: {name}", values, items=items[name]) for name, values in seconds.items()]
     rows[0].note = f"{which}; {study.domain} {study.regime.upper()} evaluation sets, 1 thread"
-    return rows
+    return rows + [choice]
 
 
 if __name__ == "__main__":

@@ -293,10 +293,11 @@ def test_shared_contexts_score_as_one_request_per_choice(architecture, model, to
     items = build_choice_items(
         SONNETS, tokenizer, n_items=8, context_tokens=10, continuation_tokens=5, seed=1
     )
+    items.append(dict(items[0], choices=items[0]["choices"][:3]))  # same context, 3 choices: its own group
     contexts = [encode_pair(tokenizer, item["context"], " " + item["choices"][0])[0] for item in items]
     assert len({len(ids) for ids in contexts}) > 1  # several context lengths: several groups
     reference = per_request(scored, tokenizer, items)
-    # batch_size 8: two items (8 rows) per forward; 3: one item, its 4 choices over two forwards.
+    # batch_size 8: two items (8 rows) per forward; 3: one item, 4 choices over two forwards (3 + 1).
     for batch_size in (8, 3):
         log = ForwardLog(scored)
         try:
@@ -307,7 +308,7 @@ def test_shared_contexts_score_as_one_request_per_choice(architecture, model, to
             assert got == pytest.approx(want, abs=1e-4)
         # Each context ran once, alone; the continuations ran on its cache, at most batch_size rows at a time.
         assert sorted(row.tolist() for batch in log.fresh for row in batch) == sorted(contexts)
-        assert sum(len(batch) for batch in log.cached) == 4 * len(items)
+        assert sum(len(batch) for batch in log.cached) == sum(len(item["choices"]) for item in items)
         assert max(len(batch) for batch in log.fresh + log.cached) <= batch_size
     if architecture == "lora":
         assert reference != per_request(model, tokenizer, items)  # the adapter is active

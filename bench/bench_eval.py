@@ -4,10 +4,12 @@ diversity) on one model, as a study measures it at every milestone (`study.evalu
     python bench/bench_eval.py            # the default study's evaluation sets on the cached built-in base
     python bench/bench_eval.py --quick    # a tiny random Llama and tiny sets
 
-Full mode uses the built-in base if it is cached (`learnforget pretrain`), else a randomly initialised
+Full mode uses the built-in base (shipped, or cached by `learnforget pretrain`), else a randomly initialised
 model of its architecture (which never emits a stop sequence, so every generation runs to max_new_tokens).
 Items: rows of held-out text (loss), choice items, reference solutions, greedy completions and sampled
-completions (generation: one decoding loop for both). One thread, as a study's worker processes run.
+completions (generation: one decoding loop for both). One thread, as a study's worker processes run. A
+last row times choice scoring from shared contexts (each context run once, its KV cache repeated per
+choice) against one request per choice, on the same items, alternating (5 repeats; quick: 1).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` and `lea
 
 import torch
 
-from bench.common import Row, format_table
+from bench.common import Row, alternate, format_table
 
 QUICK_STUDY = {
     "base": {"vocab_size": 300, "tokenizer_bytes": 50_000, "hidden_size": 32, "num_layers": 2, "num_heads": 2,
@@ -31,14 +33,21 @@ QUICK_STUDY = {
 
 
 def model_and_tokenizer(study, quick: bool):
-    """The cached built-in base (full mode, if there), else a random model of its architecture."""
+    """The built-in base (full mode: the shipped one, else a cached one), else a random model of its
+    architecture."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from learnforget.model import build_tokenizer, builtin_base_path, load_causal_lm, load_tokenizer
+    from learnforget.model import (
+        build_tokenizer,
+        builtin_base_path,
+        load_causal_lm,
+        load_tokenizer,
+        shipped_base,
+    )
 
-    path = builtin_base_path(study.base)
+    path = shipped_base(study.base) or builtin_base_path(study.base)
     if not quick and path.exists():
-        return load_causal_lm(str(path)), load_tokenizer(str(path)), "the cached built-in base"
+        return load_causal_lm(str(path)), load_tokenizer(str(path)), "the built-in base"
     tokenizer = build_tokenizer(study.base)
     recipe = study.base
     torch.manual_seed(0)
@@ -64,8 +73,24 @@ def suite_items(study, sets: dict) -> dict[str, int]:
     }
 
 
+def choice_row(model, tokenizer, items: list[dict], batch_size: int, repeats: int) -> Row:
+    """Choice log-likelihoods from shared contexts vs one request per choice; notes their largest gap."""
+    from learnforget.evaluate.choice import choice_loglikelihoods
+
+    shared, per_request, ours, reference = alternate(
+        lambda: choice_loglikelihoods(model, tokenizer, items, batch_size),
+        lambda: choice_loglikelihoods(model, tokenizer, items, batch_size, share_contexts=False),
+        repeats,
+    )
+    gap = max(abs(a - b) for x, y in zip(ours, reference, strict=True) for a, b in zip(x, y, strict=True))
+    return Row(
+        "eval: choice, shared contexts", shared, per_request, baseline_name="one request per choice",
+        note=f"{len(items)} items, batch {batch_size}, 1 thread; max |Δ log-likelihood| {gap:.1e}",
+    )  # fmt: skip
+
+
 def run(quick: bool = False) -> list[Row]:
-    """One throughput row per suite (3 repeats; quick: 1)."""
+    """One throughput row per suite (3 repeats; quick: 1), then the choice-scoring row."""
     import transformers
 
     from learnforget.config import StudyConfig
@@ -86,11 +111,14 @@ def run(quick: bool = False) -> list[Row]:
             evaluate_model(model, tokenizer, study, data, timings)
             for name, value in timings.items():
                 seconds.setdefault(name, []).append(value)
+        choice = choice_row(
+            model, tokenizer, data["eval"]["choice"], study.eval.batch_size, 1 if quick else 5
+        )
     finally:
         torch.set_num_threads(threads)
     rows = [Row(f"eval: {name}", values, items=items[name]) for name, values in seconds.items()]
     rows[0].note = f"{which}; {study.domain} {study.regime.upper()} evaluation sets, 1 thread"
-    return rows
+    return rows + [choice]
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from learnforget.analysis.diversity import (
     DIVERSITY_SAMPLES,
@@ -156,6 +157,15 @@ def test_encode_pair_matches_lm_eval(tokenizer):
     # The trailing space moves to the continuation; the split is at the context's own token length.
     assert context_ids == tokenizer("Shall I compare thee")["input_ids"]
     assert context_ids + continuation_ids == tokenizer(context + continuation)["input_ids"]
+    # Several continuations of one context: the same ids as one encode_pair each, empty context too.
+    continuations = [continuation, "and curse my fate", "\nThou art"]
+    for text in (context, "", "  "):
+        shared_ids, each = choice.encode_pairs(tokenizer, text, continuations)
+        assert [(shared_ids, ids) for ids in each] == [encode_pair(tokenizer, text, c) for c in continuations]
+    assert choice.encode_pairs(tokenizer, "", ["x"]) == (
+        [tokenizer.bos_token_id],
+        [tokenizer("x")["input_ids"]],
+    )
 
 
 def _unbatched_loglikelihood(model, tokenizer, context: str, choice_text: str) -> float:
@@ -212,6 +222,10 @@ def test_trained_model_beats_chance_and_untrained_does_not(model, trained_model,
     )
     trained = score_choices(trained_model, tokenizer, items, batch_size=8)
     untrained = score_choices(model, tokenizer, items, batch_size=8)
+    # A model that returns no KV cache is scored one request per choice: the same accuracies.
+    assert trained == score_choices(WithoutCache(trained_model), tokenizer, items, batch_size=8)
+    without_cache = choice_loglikelihoods(WithoutCache(trained_model), tokenizer, items[:4], batch_size=8)
+    assert without_cache == per_request(trained_model, tokenizer, items[:4], batch_size=8)
     assert trained["n"] == 24
     assert trained["acc"] >= 0.75 and trained["acc_norm"] >= 0.75  # chance is 0.25
     assert trained["acc"] > untrained["acc"]
@@ -220,6 +234,109 @@ def test_trained_model_beats_chance_and_untrained_does_not(model, trained_model,
 def test_bad_items_are_user_errors(model, tokenizer):
     with pytest.raises(UserError, match="item 0"):
         score_choices(model, tokenizer, [{"context": "a", "choices": ["b", "c"], "label": 2}])
+
+
+class WithoutCache(torch.nn.Module):
+    """A causal LM whose forward returns no KV cache: its items are scored one request per choice."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model, self.config = model, model.config
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        return CausalLMOutputWithPast(
+            logits=self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        )
+
+
+def per_request(model, tokenizer, items, batch_size: int = 5) -> list[list[float]]:
+    """The per-request scores (context + continuation each time), the reference for the shared contexts."""
+    return choice_loglikelihoods(model, tokenizer, items, batch_size=batch_size, share_contexts=False)
+
+
+class ForwardLog:
+    """Input ids of every forward of a model, split by whether it continued from a KV cache."""
+
+    def __init__(self, model) -> None:
+        self.fresh: list[torch.Tensor] = []
+        self.cached: list[torch.Tensor] = []
+        self.handle = model.register_forward_pre_hook(self.record, with_kwargs=True)
+
+    def record(self, module, args, kwargs) -> None:
+        (self.cached if kwargs.get("cache") is not None else self.fresh).append(kwargs["input_ids"])
+
+
+def tiny_gpt2(tokenizer) -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    config = GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=256, vocab_size=len(tokenizer), **special)
+    return GPT2LMHeadModel(config).eval()
+
+
+def lora_llama(tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(1)
+    # init_lora_weights=False draws B at random too: the adapter changes the scores.
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    return get_peft_model(tiny_llama(tokenizer), config).eval()
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2", "lora"])
+def test_shared_contexts_score_as_one_request_per_choice(architecture, model, tokenizer):
+    scorer = {
+        "llama": lambda: model,
+        "gpt2": lambda: tiny_gpt2(tokenizer),
+        "lora": lambda: lora_llama(tokenizer),
+    }
+    scored = scorer[architecture]()
+    items = build_choice_items(
+        SONNETS, tokenizer, n_items=8, context_tokens=10, continuation_tokens=5, seed=1
+    )
+    items.append(dict(items[0], choices=items[0]["choices"][:3]))  # same context, 3 choices: its own group
+    contexts = [encode_pair(tokenizer, item["context"], " " + item["choices"][0])[0] for item in items]
+    assert len({len(ids) for ids in contexts}) > 1  # several context lengths: several groups
+    reference = per_request(scored, tokenizer, items)
+    # batch_size 8: two items (8 rows) per forward; 3: one item, 4 choices over two forwards (3 + 1).
+    for batch_size in (8, 3):
+        log = ForwardLog(scored)
+        try:
+            shared = choice_loglikelihoods(scored, tokenizer, items, batch_size=batch_size)
+        finally:
+            log.handle.remove()
+        for got, want in zip(shared, reference, strict=True):
+            assert got == pytest.approx(want, abs=1e-4)
+        # Each context ran once, alone; the continuations ran on its cache, at most batch_size rows at a time.
+        assert sorted(row.tolist() for batch in log.fresh for row in batch) == sorted(contexts)
+        assert sum(len(batch) for batch in log.cached) == sum(len(item["choices"]) for item in items)
+        assert max(len(batch) for batch in log.fresh + log.cached) <= batch_size
+    if architecture == "lora":
+        assert reference != per_request(model, tokenizer, items)  # the adapter is active
+
+
+def test_items_that_need_truncation_take_the_per_request_path(tokenizer):
+    short_model = tiny_llama(tokenizer, max_positions=16)
+    # Context + continuation tokens: 17 and 12 (16 inputs: just fits), 18 (one too many), 60+ (far too many).
+    fits = {"context": "Shall", "choices": ["When in disgrace", "compare thee"], "label": 0}
+    over = {"context": "Shall", "choices": ["all alone beweep", "compare thee"], "label": 0}
+    long = {"context": SONNETS[0][:300], "choices": ["And summer's lease", "Rough winds"], "label": 0}
+    totals = [
+        sum(map(len, encode_pair(tokenizer, i["context"], " " + c)))
+        for i in (fits, over)
+        for c in i["choices"]
+    ]
+    assert totals == [17, 12, 18, 12]
+    items = [long, over, fits]
+    log = ForwardLog(short_model)
+    try:
+        scores = choice_loglikelihoods(short_model, tokenizer, items)
+    finally:
+        log.handle.remove()
+    for got, want in zip(scores, per_request(short_model, tokenizer, items), strict=True):
+        assert got == pytest.approx(want, abs=1e-4)
+    # Only `fits` shared its context (2 continuations on its cache); the others ran 4 requests of 16 inputs.
+    assert [batch.shape for batch in log.fresh] == [(1, len(tokenizer("Shall")["input_ids"])), (4, 16)]
+    assert [batch.shape[0] for batch in log.cached] == [2]
 
 
 # ---------------------------------------------------------------- generation

@@ -121,6 +121,29 @@ def test_sharded_arm_trains_gathers_checkpoints_and_saves_like_a_plain_one(proce
         assert torch.allclose(loaded(rows).logits, sharded(rows).logits, atol=1e-5)
 
 
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_sharded_model_scores_choices_from_shared_contexts_like_a_plain_one(process_group, lora):
+    """Choice scoring runs each context once and its continuations on the KV cache: under FSDP2 too."""
+    import copy
+
+    from learnforget import sharding
+    from learnforget.evaluate.choice import build_choice_items, choice_loglikelihoods
+    from tests.test_choice_generate import SONNETS, lora_llama, make_tokenizer
+    from tests.test_choice_generate import tiny_llama as sonnet_llama
+
+    tokenizer = make_tokenizer()
+    plain = lora_llama(tokenizer) if lora else sonnet_llama(tokenizer)
+    items = build_choice_items(SONNETS, tokenizer, n_items=4, context_tokens=10, continuation_tokens=5)
+    expected = choice_loglikelihoods(plain, tokenizer, items, batch_size=8)
+    sharded = sharding.shard_model(copy.deepcopy(plain))
+    with sharding.evaluating(sharded):
+        with torch.no_grad():  # FSDP's lazy init must not run under inference mode; in a study, training did it
+            sharded(input_ids=torch.tensor([[1, 2]]))
+        scores = choice_loglikelihoods(sharded, tokenizer, items, batch_size=8)
+    for got, want in zip(scores, expected, strict=True):
+        assert got == pytest.approx(want, abs=1e-5)
+
+
 class Stack(torch.nn.Module):
     """Two repeated blocks and a head: the smallest model with decoder layers to shard."""
 

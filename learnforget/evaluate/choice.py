@@ -10,6 +10,9 @@ module builds the same kind of task from held-out documents of that corpus:
 - choice_loglikelihoods: for each choice, the summed log-probability of its tokens given the context,
   tokenised exactly as lm-eval's `_encode_pair` does for causal models (encode context + continuation
   as one string, split at the context's token length), contexts left-truncated to the model's window.
+  Every choice shares its item's context tokens, so each context runs once and its KV cache is repeated
+  for the choices' continuations (items that need truncation, and models without a KV cache, run one
+  request per choice instead).
 - score_choices: `acc` (argmax of summed log-likelihood) and `acc_norm` (argmax of log-likelihood
   divided by the choice's length in characters), as lm-eval's multiple_choice `process_results`.
 
@@ -18,6 +21,8 @@ As in lm-eval's HellaSwag, each choice is scored as the continuation TARGET_DELI
 
 from __future__ import annotations
 
+import copy
+import inspect
 import random
 import re
 from bisect import bisect_left, bisect_right
@@ -197,16 +202,24 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     Trailing whitespace of the context moves to the continuation; the whole string is encoded once
     and split at the length of the encoded context. An empty context becomes the BOS (else EOS) token.
     """
+    context_ids, [continuation_ids] = encode_pairs(tokenizer, context, [continuation])
+    return context_ids, continuation_ids
+
+
+def encode_pairs(tokenizer, context: str, continuations: list[str]) -> tuple[list[int], list[list[int]]]:
+    """`encode_pair` for several continuations of one context, in one tokenizer call: the context's ids
+    (the same for every continuation) and each continuation's ids."""
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
-        continuation = context[-n_spaces:] + continuation
+        continuations = [context[-n_spaces:] + continuation for continuation in continuations]
         context = context[:-n_spaces]
     if not context:
         prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        return [prefix], tokenizer(continuation, add_special_tokens=False)["input_ids"]
-    whole = tokenizer(context + continuation)["input_ids"]
-    context_ids = tokenizer(context)["input_ids"]
-    return context_ids, whole[len(context_ids) :]
+        return [prefix], tokenizer(continuations, add_special_tokens=False)["input_ids"]
+    context_ids, *wholes = tokenizer([context] + [context + continuation for continuation in continuations])[
+        "input_ids"
+    ]
+    return context_ids, [whole[len(context_ids) :] for whole in wholes]
 
 
 def model_max_length(model, tokenizer) -> int:
@@ -235,51 +248,164 @@ def _check_items(items: list[dict]) -> None:
             raise UserError(f"choice item {number}: 'label' must be an index into its {len(choices)} choices")
 
 
-@torch.inference_mode()
-def choice_loglikelihoods(model, tokenizer, items: list[dict], batch_size: int = 16) -> list[list[float]]:
-    """Summed log-probability of each choice's tokens given its item's context, one list per item.
+Encoded = tuple[list[int], list[list[int]]]  # an item's context token ids and each choice's continuation ids
 
-    Requests are sorted by length and run in right-padded batches of `batch_size`; when context plus
-    continuation exceed the model's window, the context is truncated from the left (as lm-eval does).
-    """
-    _check_items(items)
-    max_length = model_max_length(model, tokenizer)
-    requests = []  # (item index, choice index, token ids of context + continuation, continuation length)
+
+def _encode_items(tokenizer, items: list[dict], max_length: int) -> list[Encoded]:
+    encoded = []
     for number, item in enumerate(items):
-        for choice_number, choice in enumerate(item["choices"]):
-            context_ids, continuation_ids = encode_pair(tokenizer, item["context"], TARGET_DELIMITER + choice)
-            if not continuation_ids or len(continuation_ids) > max_length:
+        continuations = [TARGET_DELIMITER + choice for choice in item["choices"]]
+        context_ids, continuation_ids = encode_pairs(tokenizer, item["context"], continuations)
+        for choice_number, ids in enumerate(continuation_ids):
+            if not ids or len(ids) > max_length:
                 raise UserError(
-                    f"choice item {number}, choice {choice_number}: encodes to {len(continuation_ids)} tokens; "
+                    f"choice item {number}, choice {choice_number}: encodes to {len(ids)} tokens; "
                     f"it must be between 1 and the model's window of {max_length}"
                 )
-            tokens = (context_ids + continuation_ids)[-(max_length + 1) :]
-            requests.append((number, choice_number, tokens, len(continuation_ids)))
-    requests.sort(key=lambda request: -len(request[2]))
+        encoded.append((context_ids, continuation_ids))
+    return encoded
 
+
+@torch.inference_mode()
+def choice_loglikelihoods(
+    model, tokenizer, items: list[dict], batch_size: int = 16, share_contexts: bool = True
+) -> list[list[float]]:
+    """Summed log-probability of each choice's tokens given its item's context, one list per item.
+
+    Each context runs once: items with as many context tokens and as many choices are batched, the KV
+    cache of each context is repeated once per choice, and the choices' continuations run on it (right-
+    padded). batch_size bounds the rows of every forward (contexts, or continuations).
+    An item whose context plus some continuation exceeds the model's window, and every item when the
+    model returns no KV cache, is scored per (item, choice) request instead: context + continuation with
+    the context truncated from the left (as lm-eval does), in right-padded batches sorted by length.
+    share_contexts=False scores every item that way (the reference the shared contexts must match).
+    The forwards run depend only on the items and the model, so sharded processes stay in lockstep.
+    """
+    _check_items(items)
+    if batch_size < 1:
+        raise UserError(f"choice_loglikelihoods: batch_size must be >= 1 (got {batch_size})")
+    max_length = model_max_length(model, tokenizer)
+    encoded = _encode_items(tokenizer, items, max_length)
+    fits = [
+        number
+        for number, (context, continuations) in enumerate(encoded)
+        if share_contexts and len(context) + max(map(len, continuations)) <= max_length + 1  # last: no input
+    ]
     device = model_device(model)
     was_training = model.training
     model.eval()
     loglikelihoods = [[0.0] * len(item["choices"]) for item in items]
     try:
-        for first in range(0, len(requests), batch_size):
-            batch = requests[first : first + batch_size]
-            width = max(len(tokens) - 1 for _, _, tokens, _ in batch)
-            input_ids = torch.zeros((len(batch), width), dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, (_, _, tokens, _) in enumerate(batch):
-                input_ids[row, : len(tokens) - 1] = torch.tensor(tokens[:-1])
-                attention_mask[row, : len(tokens) - 1] = 1
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-            for row, (number, choice_number, tokens, n_continuation) in enumerate(batch):
-                n_inputs = len(tokens) - 1
-                # Logits at position t predict token t + 1: the last n_continuation inputs predict the continuation.
-                logprobs = logits[row, n_inputs - n_continuation : n_inputs].float().log_softmax(-1)
-                targets = torch.tensor(tokens[-n_continuation:], device=logprobs.device)
-                loglikelihoods[number][choice_number] = logprobs.gather(-1, targets[:, None]).sum().item()
+        shared = _score_shared_contexts(model, encoded, fits, batch_size, device, loglikelihoods)
+        rest = [number for number in range(len(items)) if number not in shared]
+        _score_requests(model, encoded, rest, max_length, batch_size, device, loglikelihoods)
     finally:
         model.train(was_training)
     return loglikelihoods
+
+
+def _score_requests(model, encoded, numbers, max_length, batch_size, device, loglikelihoods) -> None:
+    """Score the items `numbers` one request per choice: context (left-truncated) + continuation."""
+    requests = []  # (item index, choice index, token ids of context + continuation, continuation length)
+    for number in numbers:
+        context_ids, continuations = encoded[number]
+        for choice_number, continuation_ids in enumerate(continuations):
+            tokens = (context_ids + continuation_ids)[-(max_length + 1) :]
+            requests.append((number, choice_number, tokens, len(continuation_ids)))
+    requests.sort(key=lambda request: -len(request[2]))
+    for first in range(0, len(requests), batch_size):
+        batch = requests[first : first + batch_size]
+        width = max(len(tokens) - 1 for _, _, tokens, _ in batch)
+        input_ids = torch.zeros((len(batch), width), dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (_, _, tokens, _) in enumerate(batch):
+            input_ids[row, : len(tokens) - 1] = torch.tensor(tokens[:-1])
+            attention_mask[row, : len(tokens) - 1] = 1
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+        for row, (number, choice_number, tokens, n_continuation) in enumerate(batch):
+            n_inputs = len(tokens) - 1
+            # Logits at position t predict token t + 1: the last n_continuation inputs predict the continuation.
+            logprobs = logits[row, n_inputs - n_continuation : n_inputs].float().log_softmax(-1)
+            targets = torch.tensor(tokens[-n_continuation:], device=logprobs.device)
+            loglikelihoods[number][choice_number] = logprobs.gather(-1, targets[:, None]).sum().item()
+
+
+def _repeatable(cache) -> bool:
+    """True for a KV cache whose every layer can repeat its rows (attention layers; not recurrent ones)."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(callable(getattr(layer, "batch_repeat_interleave", None)) for layer in layers)
+
+
+def _last_logits_only(model) -> dict:
+    """`logits_to_keep=1` where the model takes it: a context forward needs its last position's logits only."""
+    inner = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(inner.forward).parameters else {}
+
+
+def _score_shared_contexts(model, encoded, numbers, batch_size, device, loglikelihoods) -> set[int]:
+    """Score the items `numbers` from one context forward each; return them, or nothing without a KV cache."""
+    groups: dict[tuple[int, int], list[int]] = {}  # (context tokens, choices): contexts batch without padding
+    for number in numbers:
+        context, continuations = encoded[number]
+        groups.setdefault((len(context), len(continuations)), []).append(number)
+    keep_last = _last_logits_only(model)
+    for (length, n_choices), members in sorted(groups.items(), reverse=True):
+        items_per_forward = max(1, batch_size // n_choices)
+        choices_per_forward = min(n_choices, batch_size)  # below n_choices only for a lone item
+        for first in range(0, len(members), items_per_forward):
+            chunk = members[first : first + items_per_forward]
+            contexts = torch.tensor([encoded[number][0] for number in chunk])
+            outputs = model(input_ids=contexts.to(device), use_cache=True, **keep_last)
+            cache = getattr(outputs, "cache", None)
+            if not _repeatable(cache):
+                return set()  # decided by the model at its first forward, so on every process alike
+            # The last context position predicts each continuation's first token.
+            first_logprobs = outputs.logits[:, -1].float().log_softmax(-1)
+            for start in range(0, n_choices, choices_per_forward):
+                stop = min(start + choices_per_forward, n_choices)
+                part_cache = cache if stop == n_choices else copy.deepcopy(cache)
+                part_cache.batch_repeat_interleave(stop - start)
+                rows = [(number, choice) for number in chunk for choice in range(start, stop)]
+                totals = _continuation_loglikelihoods(
+                    model,
+                    encoded,
+                    rows,
+                    length,
+                    part_cache,
+                    first_logprobs.repeat_interleave(stop - start, 0),
+                    device,
+                )
+                for (number, choice), total in zip(rows, totals, strict=True):
+                    loglikelihoods[number][choice] = total
+    return set(numbers)
+
+
+def _continuation_loglikelihoods(
+    model, encoded, rows, context_length, cache, first_logprobs, device
+) -> list[float]:
+    """Summed log-probs of the continuations `rows` (item, choice), run right-padded on their contexts' cache."""
+    continuations = [encoded[number][1][choice] for number, choice in rows]
+    width = max(len(tokens) for tokens in continuations) - 1
+    firsts = torch.tensor([tokens[0] for tokens in continuations], device=first_logprobs.device)
+    totals = first_logprobs.gather(-1, firsts[:, None])[:, 0]
+    if width > 0:  # some continuation has more than one token
+        input_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        targets = torch.zeros((len(rows), width), dtype=torch.long)
+        attention_mask = torch.ones((len(rows), context_length + width), dtype=torch.long)
+        for row, tokens in enumerate(continuations):
+            input_ids[row, : len(tokens) - 1] = torch.tensor(tokens[:-1])
+            targets[row, : len(tokens) - 1] = torch.tensor(tokens[1:])
+            attention_mask[row, context_length + len(tokens) - 1 :] = 0
+        logits = model(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            cache=cache,
+            use_cache=True,
+        ).logits
+        logprobs = logits.float().log_softmax(-1).gather(-1, targets.to(logits.device)[..., None])[..., 0]
+        real = attention_mask[:, context_length:].bool().to(logits.device)
+        totals = totals + torch.where(real, logprobs, 0.0).sum(-1).to(totals.device)
+    return [total.item() for total in totals]
 
 
 def score_choices(model, tokenizer, items: list[dict], batch_size: int = 16) -> dict:

@@ -5,6 +5,10 @@ Python overhead); the same function as one plain matmul per layer costs less. At
 effective weights (`train.merged_weights`, which the ΔW spectra need anyway) are loaded into a plain
 model of the base architecture, built once per arm, and that copy is evaluated; the training model is
 only read. Where this is not cheap or not exact, the training model is evaluated as is (`unmerged_reason`).
+
+The weights are those peft's `merge_and_unload()` makes, bit for bit, so a saved adapter reloaded and
+merged reproduces the recorded metrics exactly (the arm's model card says which way it was measured, and
+`learnforget eval --adapter` merges by the same rule).
 """
 
 from __future__ import annotations
@@ -21,16 +25,21 @@ MAX_MERGED_BYTES = 2 * 2**30
 
 def unmerged_reason(model: torch.nn.Module, arm: Arm, study: StudyConfig, sharded: bool) -> str | None:
     """Why an arm is evaluated through its training model rather than a merged copy; None when merged."""
+    return merge_refusal(model, study.precision, bool(arm.quantization), sharded)
+
+
+def merge_refusal(model: torch.nn.Module, precision: str, quantized: bool, sharded: bool) -> str | None:
+    """Why a peft model is evaluated as it is rather than through its merged weights; None when merged."""
     if not hasattr(model, "get_base_model"):
         return "a plain model already"
     if sharded:
         return "sharded"
-    if arm.quantization:
+    if quantized:
         return "quantized base"
-    if study.precision != "fp32":
+    if precision != "fp32":
         # W + ΔW rounded to 16 bits (stored, or under autocast) loses a small update that the adapter's
         # separate path keeps: the copy would measure another model.
-        return f"precision {study.precision}"
+        return f"precision {precision}"
     size = sum(p.numel() * p.element_size() for p in model.get_base_model().parameters())
     if size > MAX_MERGED_BYTES:
         return f"{size / 2**30:.1f} GiB of weights"

@@ -327,7 +327,7 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
         return {"arm": arm.name}
     started = time.perf_counter()
     save_final(model, tokenizer, arm_dir(study_dir, arm.name), base_path, final_weights, initial_adapter)
-    write_model_card(arm_dir(study_dir, arm.name), study, arm, base_path, store)
+    write_model_card(arm_dir(study_dir, arm.name), study, arm, base_path, store, merged=evaluator.merge)
     store.add_stage_times(arm.name, step, {"save": time.perf_counter() - started})
     tokens_per_s = trained_tokens_count / train_seconds if train_seconds else None
     store.update_arm(
@@ -530,8 +530,11 @@ def save_final(
     tokenizer.save_pretrained(target)
 
 
-def write_model_card(directory: Path, study: StudyConfig, arm: Arm, base_path: str, store: Store) -> None:
-    """`README.md` in the arm directory: base, settings, budget and final metrics, for whoever finds it."""
+def write_model_card(
+    directory: Path, study: StudyConfig, arm: Arm, base_path: str, store: Store, merged: bool = False
+) -> None:
+    """`README.md` in the arm directory: base, settings, budget and final metrics, for whoever finds it.
+    `merged`: the metrics were measured on the adapter's merged weights (eval_model.py)."""
     rows = store.metrics(arm.name)
     final_tokens = max((r["tokens"] for r in rows), default=0)
     final = {r["metric"]: r["value"] for r in rows if r["tokens"] == final_tokens}
@@ -543,6 +546,8 @@ def write_model_card(directory: Path, study: StudyConfig, arm: Arm, base_path: s
         if artifact == "adapter"
         else f"from transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained('{directory / artifact}')"
     )  # fmt: skip
+    if merged:
+        load += ".merge_and_unload()  # the metrics below were measured on the merged weights"
     text = f"""# {arm.name}
 
 One arm of the learnforget study `{study.name}`: {study.domain} {study.regime.upper()}, finetuned from
@@ -788,8 +793,6 @@ def _run_pass(
             if base is not None:
                 base.result()  # raises what failed the base's evaluation, now that the arms are safe
     return results
-
-
 
 
 class _Relay:

@@ -47,7 +47,8 @@ def reload(directory, kind):
         return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
     from peft import AutoPeftModelForCausalLM
 
-    return AutoPeftModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    # fp32 adapter arms are measured on their merged weights, as the model card says to load them.
+    return AutoPeftModelForCausalLM.from_pretrained(directory, dtype=torch.float32).merge_and_unload()
 
 
 @pytest.mark.parametrize("arm", sorted(ARMS))
@@ -67,6 +68,26 @@ def test_reloaded_arm_reproduces_recorded_final_metrics_exactly(study_dir, arm):
     assert measured, "no metrics measured"
     for name, value in measured.items():
         assert value == recorded[name], f"{arm} {name}: reloaded {value!r}, recorded {recorded[name]!r}"
+
+
+def test_unmerged_adapters_measure_the_same_model(study_dir):
+    """The peft model itself, not merged, gives the recorded metrics up to float rounding."""
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    store = Store(study_dir)
+    study = StudyConfig.model_validate(store.info("config"))
+    data = torch.load(study_dir / "data.pt", weights_only=False)
+    for arm in ("lora-r2-all-lr1e-2-s0", "lora-r2-all-lr1e-2-emb-s0"):
+        rows = store.metrics(arm)
+        final = max(r["tokens"] for r in rows)
+        recorded = {r["metric"]: r["value"] for r in rows if r["tokens"] == final}
+        directory = study_dir / "arms" / arm / "adapter"
+        assert ".merge_and_unload()" in (study_dir / "arms" / arm / "README.md").read_text()
+        model = AutoPeftModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+        measured = evaluate_model(model, AutoTokenizer.from_pretrained(directory), study, data)
+        for name, value in measured.items():
+            assert value == pytest.approx(recorded[name], abs=1e-5), f"{arm} {name}"
 
 
 def test_embeddings_arm_saves_embeddings_and_plain_lora_does_not(study_dir):

@@ -137,7 +137,9 @@ def test_sharded_model_scores_choices_from_shared_contexts_like_a_plain_one(proc
     expected = choice_loglikelihoods(plain, tokenizer, items, batch_size=8)
     sharded = sharding.shard_model(copy.deepcopy(plain))
     with sharding.evaluating(sharded):
-        with torch.no_grad():  # FSDP's lazy init must not run under inference mode; in a study, training did it
+        with (
+            torch.no_grad()
+        ):  # FSDP's lazy init must not run under inference mode; in a study, training did it
             sharded(input_ids=torch.tensor([[1, 2]]))
         scores = choice_loglikelihoods(sharded, tokenizer, items, batch_size=8)
     for got, want in zip(scores, expected, strict=True):

@@ -40,6 +40,12 @@ def load_checkpoint(model: str, adapter: str | None = None, precision: str = "fp
         loaded = PeftModel.from_pretrained(loaded, adapter)
         if (Path(adapter) / "tokenizer_config.json").exists():
             tokenizer_source = adapter
+        from learnforget.eval_model import merge_refusal
+
+        if merge_refusal(loaded, precision, quantized=False, sharded=False) is None:
+            loaded = (
+                loaded.merge_and_unload()
+            )  # measured as a study measures its adapter arms (eval_model.py)
     loaded.eval()
     return loaded.to(device()), load_tokenizer(tokenizer_source)
 

@@ -228,7 +228,9 @@ def _run_study(study, study_dir: Path, shard: str | None) -> list[tuple[str, str
         for a in mine
     }  # fmt: skip
     clock = StudyClock(study.steps, study.milestone_steps(), study.workers, resumed)
-    refreshed = [float("-inf")]  # when report.html was last rewritten
+    # When report.html was last rewritten: first after HTML_REFRESH_SECONDS, so that a short study's
+    # workers do not share the cores with it.
+    refreshed = [time.monotonic()]
     with _progress() as progress:
         overall = progress.add_task(
             f"study ({len(mine)} arms × {study.milestones} milestones)", total=clock.total,

@@ -26,7 +26,8 @@ def stale_after() -> float:
     return float(os.environ.get("LEARNFORGET_LEASE_SECONDS", "120"))
 
 
-def _alive(pid: int) -> bool:
+def pid_exists(pid: int) -> bool:
+    """Whether a process with this id exists on this host (a zombie still counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -54,7 +55,7 @@ class Lease:
             return None
         if age > stale_after():
             return None
-        if owner.get("host") == self.owner["host"] and not _alive(int(owner.get("pid", 0))):
+        if owner.get("host") == self.owner["host"] and not pid_exists(int(owner.get("pid", 0))):
             return None
         return owner
 

@@ -18,6 +18,8 @@ import threading
 import time
 from multiprocessing import get_all_start_methods, get_context
 
+from learnforget.lease import pid_exists
+
 PRELOAD = ["learnforget.study", "learnforget.train", "learnforget.evaluate.suites", "transformers", "peft"]
 
 
@@ -71,10 +73,4 @@ def _running(pid: int) -> bool:
                 return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
         except (OSError, IndexError):
             return False
-    try:  # no /proc (macOS): whether the pid still exists
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_exists(pid)  # no /proc (macOS)

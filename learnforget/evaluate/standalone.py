@@ -42,10 +42,9 @@ def load_checkpoint(model: str, adapter: str | None = None, precision: str = "fp
             tokenizer_source = adapter
         from learnforget.eval_model import merge_refusal
 
+        # Measured as a study measures its adapter arms (eval_model.py).
         if merge_refusal(loaded, precision, quantized=False, sharded=False) is None:
-            loaded = (
-                loaded.merge_and_unload()
-            )  # measured as a study measures its adapter arms (eval_model.py)
+            loaded = loaded.merge_and_unload()
     loaded.eval()
     return loaded.to(device()), load_tokenizer(tokenizer_source)
 

@@ -6,7 +6,10 @@
 Both train the same model (random weights of the built-in base's architecture, saved once and loaded
 afresh for every run) on the same random token rows for the same steps, with the same optimizer
 settings (AdamW, β = 0.9/0.95, warm-up then cosine to 10%, clipping at 1.0), on one thread, in one
-process, alternating. Timed: building the optimizer (or the Trainer) and training; not loading the model.
+process, alternating. Timed: the steps after the first WARMUP_STEPS, on both sides (steady state: the
+first steps carry one-off costs, compiling above all, which are reported apart). Full mode also times
+`compile: true` (compiling.py) against the same baseline; quick mode leaves it out (a cold compile takes
+tens of seconds).
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ FULL = dict(  # the shipped built-in base (learnforget/builtin_base/config.json)
     hidden=64, layers=4, heads=4, intermediate=256, vocab=512, seq_len=256, batch=8, steps=24, repeats=3
 )
 QUICK = dict(
-    hidden=32, layers=2, heads=2, intermediate=64, vocab=512, seq_len=64, batch=4, steps=2, repeats=1
+    hidden=32, layers=2, heads=2, intermediate=64, vocab=512, seq_len=64, batch=4, steps=3, repeats=1
 )
+WARMUP_STEPS = 2  # untimed on both sides
 
 
 def tiny_base(directory: Path, size: dict) -> str:
@@ -54,20 +58,30 @@ def arm_for(method: str):
     return expand_arms(StudyConfig(arms=[settings]))[0]
 
 
-def ours(base: str, method: str, rows: torch.Tensor, size: dict) -> float:
-    """Seconds of learnforget's loop (as `run_arm` sets an arm up and trains it)."""
+def ours(
+    base: str, method: str, rows: torch.Tensor, size: dict, compiled: bool = False, warmups=None
+) -> float:
+    """Seconds of learnforget's loop after its warm-up steps (as `run_arm` sets an arm up and trains it);
+    `compiled`: with `compile: true`. The warm-up's seconds are appended to `warmups`."""
+    from learnforget.compiling import compile_layers
     from learnforget.train import load_arm_model, make_optimizer, train_steps
 
     arm = arm_for(method)
     torch.manual_seed(0)
     model = load_arm_model(base, arm)
-    started = time.perf_counter()
+    if compiled:
+        compile_layers(model)
     steps = size["steps"]
+    started = time.perf_counter()
     optimizer, scheduler = make_optimizer(
         model, arm.learning_rate, arm.weight_decay, steps // 10, steps, "adamw"
     )
-    train_steps(model, optimizer, scheduler, rows, size["batch"], 0, steps)
-    return time.perf_counter() - started
+    train_steps(model, optimizer, scheduler, rows, size["batch"], 0, WARMUP_STEPS)
+    warmed = time.perf_counter()
+    train_steps(model, optimizer, scheduler, rows, size["batch"], WARMUP_STEPS, steps)
+    if warmups is not None:
+        warmups.append(warmed - started)
+    return time.perf_counter() - warmed
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -84,7 +98,13 @@ class _Rows(torch.utils.data.Dataset):
 def hf_trainer(base: str, method: str, rows: torch.Tensor, size: dict, output_dir: str) -> float:
     """Seconds of `transformers.Trainer` (+ peft's `get_peft_model` for LoRA) on the same work."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, PrinterCallback, Trainer, TrainingArguments
+    from transformers import (
+        AutoModelForCausalLM,
+        PrinterCallback,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     from learnforget.targets import resolve_targets
 
@@ -103,11 +123,20 @@ def hf_trainer(base: str, method: str, rows: torch.Tensor, size: dict, output_di
         max_grad_norm=1.0, use_cpu=True, report_to="none", save_strategy="no", logging_strategy="no",
         disable_tqdm=True, dataloader_pin_memory=False, seed=0,
     )  # fmt: skip
-    started = time.perf_counter()
-    trainer = Trainer(model=model, args=args, train_dataset=_Rows(rows))
+
+    class StepClock(TrainerCallback):
+        """When the Trainer has finished its warm-up steps, and its last step."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == WARMUP_STEPS:
+                self.warmed = time.perf_counter()
+            self.ended = time.perf_counter()
+
+    clock = StepClock()
+    trainer = Trainer(model=model, args=args, train_dataset=_Rows(rows), callbacks=[clock])
     trainer.remove_callback(PrinterCallback)  # it prints the final metrics dict
     trainer.train()
-    return time.perf_counter() - started
+    return clock.ended - clock.warmed
 
 
 def run(quick: bool = False) -> list[Row]:
@@ -127,24 +156,30 @@ def run(quick: bool = False) -> list[Row]:
             rows = torch.randint(
                 0, size["vocab"], (size["steps"] * size["batch"], size["seq_len"]), generator=gen
             )
-            for method in ("full", "lora"):
-                cand, baseline, _, _ = alternate(
-                    lambda m=method: ours(base, m, rows, size),
-                    lambda m=method: hf_trainer(base, m, rows, size, f"{tmp}/trainer"),
-                    size["repeats"],
-                    self_timed=True,
-                )
-                name = f"training, {'LoRA r16' if method == 'lora' else 'full finetuning'}"
-                note = _describe(size) if method == "full" else ""
-                rows_out.append(Row(name, cand, baseline, "HF Trainer + peft", note=note))
+            for compiled in (False, True) if not quick else (False,):
+                for method in ("full", "lora"):
+                    warmups: list[float] = []
+                    cand, baseline, _, _ = alternate(
+                        lambda m=method, c=compiled, w=warmups: ours(base, m, rows, size, c, w),
+                        lambda m=method: hf_trainer(base, m, rows, size, f"{tmp}/trainer"),
+                        size["repeats"],
+                        self_timed=True,
+                    )
+                    name = f"training, {'LoRA r16' if method == 'lora' else 'full finetuning'}"
+                    note = _describe(size) if method == "full" and not compiled else ""
+                    if compiled:
+                        name += ", compile: true"
+                        note = (f"first {WARMUP_STEPS} steps with compiling (untimed): "
+                                f"{', '.join(f'{w:.1f}' for w in warmups)} s")  # fmt: skip
+                    rows_out.append(Row(name, cand, baseline, "HF Trainer + peft", note=note))
     finally:
         torch.set_num_threads(threads)
     return rows_out
 
 
 def _describe(size: dict) -> str:
-    return (f"Llama hidden {size['hidden']}, {size['layers']} layers, vocab {size['vocab']}; {size['steps']} steps "
-            f"of {size['batch']}×{size['seq_len']} tokens, 1 thread")  # fmt: skip
+    return (f"Llama hidden {size['hidden']}, {size['layers']} layers, vocab {size['vocab']}; steps "
+            f"{WARMUP_STEPS + 1}-{size['steps']} of {size['batch']}×{size['seq_len']} tokens timed, 1 thread")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -461,6 +461,10 @@ class StudyConfig(Strict):
     """Recompute activations in the backward pass (less memory, about a third more compute)."""
     attn_implementation: str = "sdpa"
     """Attention kernel passed to transformers ('sdpa', 'eager', 'flash_attention_2', ...)."""
+    compile: bool = False
+    """Train through decoder layers compiled with torch.compile (compiling.py); evaluation stays eager.
+    Compiling costs seconds per arm shape with a warm cache, tens of seconds cold, so it pays off for arms
+    of a few hundred steps or more."""
     sharding: Literal["none", "fsdp"] = "none"
     """'fsdp': under a multi-process launcher (torchrun / accelerate launch), shard each arm's weights,
     gradients and optimizer states across processes with FSDP2 (`fully_shard` per decoder layer and at

@@ -137,13 +137,14 @@ def evaluate_model(
     """Every milestone metric of one model (deterministic; does not touch the training RNG), under the
     study's precision, so a milestone measures the model as it trains. A sharded model is evaluated by
     every process together, in lockstep on identical inputs. `timings` receives seconds per suite."""
+    from learnforget.compiling import eager
     from learnforget.evaluate.device import forked_rng, model_device
     from learnforget.evaluate.suites import evaluate_suites
     from learnforget.precision import autocast
     from learnforget.sharding import evaluating
 
     device = model_device(model)
-    with forked_rng(device), evaluating(model):
+    with forked_rng(device), evaluating(model), eager():
         with autocast(study.precision, device):
             return evaluate_suites(model, tokenizer, study, data["eval"], timings)
 
@@ -238,6 +239,10 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
     if sharded:
         distributed.accelerator()  # the process group (gloo on the CPU)
         sharding.shard_model(model, study.precision)
+    if study.compile:
+        from learnforget.compiling import compile_layers
+
+        compile_layers(model)
     from learnforget.data.datasets import epoch_rows, trained_tokens
 
     steps = study.steps

@@ -372,3 +372,18 @@ def test_killed_fsdp_study_resumes_with_the_same_numbers(studies):
     assert done.returncode == 0, done.stderr[-3000:]
     everything = "SELECT arm, tokens, metric, value FROM metrics WHERE metric NOT LIKE 'harness/%'"
     assert query(out, everything) == query(root / "two", everything)
+
+
+@pytest.mark.slow
+def test_fsdp_study_with_compiled_layers_matches_single_process(studies):
+    """`compile: true` on sharded arms: layers compiled after `fully_shard` train to the eager
+    single-process numbers within float rounding. (Without the lm-eval task, for time.)"""
+    root, _, env = studies
+    out = root / "compiled"
+    command = torchrun(root / "no-harness.yaml", out) + ["--set", "compile=true"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    one, compiled = loss_metrics(root / "one"), loss_metrics(out)
+    assert compiled.keys() == one.keys()
+    for key in one:
+        assert compiled[key] == pytest.approx(one[key], abs=1e-4), key

@@ -87,7 +87,7 @@ def proportions_table(props: dict) -> Table:
 def heldout_losses(path: str | Path) -> dict[str, float]:
     """Mean held-out loss (nats/token) per built-in corpus of a model directory, in its own context."""
     from learnforget.data import corpora
-    from learnforget.data.tokens import pack_documents
+    from learnforget.data.tokens import sample_packed_rows
     from learnforget.evaluate.likelihood import mean_token_loss
     from learnforget.model import load_causal_lm, load_tokenizer
 
@@ -95,9 +95,8 @@ def heldout_losses(path: str | Path) -> dict[str, float]:
     seq_len = model.config.max_position_embeddings
     losses = {}
     for corpus in ("english", "code", "math"):
-        rows = pack_documents(
-            tokenizer, corpora.documents(corpus, "heldout"), seq_len, HELDOUT_ROWS, HELDOUT_SEED
-        )
+        docs = corpora.documents(corpus, "heldout")
+        rows = sample_packed_rows(tokenizer, docs, seq_len, HELDOUT_ROWS, HELDOUT_SEED)
         losses[corpus] = mean_token_loss(model, rows, batch_size=8)
     return losses
 

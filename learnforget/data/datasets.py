@@ -34,7 +34,7 @@ from learnforget.data.templates import (
     resolve_template,
     special_prefix,
 )
-from learnforget.data.tokens import pack_documents, pack_texts, packed_stream, shuffled
+from learnforget.data.tokens import pack_texts, packed_stream, sample_packed_rows, shuffled
 from learnforget.errors import UserError
 
 EVAL_SEED = 1234
@@ -283,9 +283,11 @@ def user_text_pass(study: StudyConfig):
 
 
 def heldout_rows(corpus: str, tokenizer, study: StudyConfig) -> torch.Tensor:
-    """Packed held-out rows of a built-in corpus for loss metrics."""
+    """Held-out rows of a built-in corpus for loss metrics: `eval.loss_tokens` worth, drawn from the whole
+    held-out split (`sample_packed_rows`)."""
     n_rows = max(1, study.eval.loss_tokens // study.seq_len)
-    return pack_documents(tokenizer, corpora.documents(corpus, "heldout"), study.seq_len, n_rows, EVAL_SEED)
+    docs = corpora.documents(corpus, "heldout")
+    return sample_packed_rows(tokenizer, docs, study.seq_len, n_rows, EVAL_SEED)
 
 
 def generation_problems(study: StudyConfig, n: int) -> list[dict]:

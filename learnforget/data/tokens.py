@@ -62,6 +62,28 @@ def pack_documents(
     return torch.tensor(stream, dtype=torch.long).view(n_rows, seq_len)
 
 
+def sample_packed_rows(
+    tokenizer: PreTrainedTokenizerFast, docs: Sequence[Document], seq_len: int, n_rows: int, seed: int
+) -> torch.Tensor:
+    """`n_rows` rows of `seq_len` tokens drawn at random (seeded, without replacement, in stream order)
+    from the packed rows of every document (one pass in a seeded order), so that each token of the
+    documents is equally likely to be measured. A split of a few long documents (held-out source files,
+    two plays) is then measured across all of them, not on the first one or two the order reaches. With
+    fewer packed rows than `n_rows`, `pack_documents`'s rows (every document, then a new order)."""
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
+    stream: list[int] = []
+    for ids in tokenizer([docs[i].text for i in order], add_special_tokens=False)["input_ids"]:
+        stream.extend(ids)
+        stream.append(tokenizer.eos_token_id)  # as pack_texts: each text, then EOS
+    available = len(stream) // seq_len
+    if available <= n_rows:
+        return pack_documents(tokenizer, docs, seq_len, n_rows, seed)
+    picked = sorted(random.Random(seed).sample(range(available), n_rows))
+    rows = torch.tensor(stream[: available * seq_len], dtype=torch.long).view(available, seq_len)
+    return rows[picked]
+
+
 def packed_stream(
     tokenizer: PreTrainedTokenizerFast, docs: Sequence[Document], need: int, seed: int, workers: int = 1
 ) -> Iterator[list[int]]:

@@ -1,0 +1,52 @@
+"""Held-out loss rows are drawn from the whole held-out split, not from the first documents a seeded order
+reaches: a split of a few long files (held-out code) is measured across all of them."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from learnforget.data import corpora
+from learnforget.data.tokens import pack_documents, sample_packed_rows, train_tokenizer
+
+SEQ_LEN, ROWS, SEED = 64, 48, 1234
+
+
+def document_of_each_token(tokenizer, docs) -> list[int]:
+    """For the one-pass packed stream in the seeded order: the index of the document of every token."""
+    order = list(range(len(docs)))
+    random.Random(SEED).shuffle(order)
+    owners: list[int] = []
+    for i in order:
+        owners += [i] * (len(tokenizer(docs[i].text, add_special_tokens=False)["input_ids"]) + 1)  # + EOS
+    return owners
+
+
+def test_held_out_rows_are_drawn_from_every_file_of_the_split():
+    docs = corpora.documents("code", "heldout")
+    tokenizer = train_tokenizer([d.text for d in corpora.documents("code", "finetune")[:40]], 400)
+    owners = document_of_each_token(tokenizer, docs)
+    available = len(owners) // SEQ_LEN
+    every_row = pack_documents(tokenizer, docs, SEQ_LEN, available, SEED)  # one pass, same order
+
+    rows = sample_packed_rows(tokenizer, docs, SEQ_LEN, ROWS, SEED)
+    assert rows.shape == (ROWS, SEQ_LEN) and rows.dtype == torch.long
+    index = {tuple(row.tolist()): i for i, row in enumerate(every_row)}
+    picked = [index[tuple(row.tolist())] for row in rows]  # KeyError: not a row of the packed split
+    assert picked == sorted(set(picked))  # distinct, in stream order
+    files = {owners[i * SEQ_LEN] for i in picked}
+    # The old rows (the seeded stream's first ROWS rows) reach only the first files of the order.
+    first_files = {owners[i * SEQ_LEN] for i in range(ROWS)}
+    assert len(files) >= 10 > len(first_files), (len(files), len(first_files))
+    assert torch.equal(pack_documents(tokenizer, docs, SEQ_LEN, ROWS, SEED), every_row[:ROWS])
+
+    assert torch.equal(sample_packed_rows(tokenizer, docs, SEQ_LEN, ROWS, SEED), rows)  # deterministic
+    assert not torch.equal(sample_packed_rows(tokenizer, docs, SEQ_LEN, ROWS, SEED + 1), rows)
+    # Asked for more rows than the split packs into: every document, then a new order (as before).
+    few = docs[:2]
+    many = len(document_of_each_token(tokenizer, few)) // SEQ_LEN + 5
+    assert torch.equal(
+        sample_packed_rows(tokenizer, few, SEQ_LEN, many, SEED),
+        pack_documents(tokenizer, few, SEQ_LEN, many, SEED),
+    )

@@ -3,6 +3,7 @@
     python bench/gpu_smoke.py              # on CUDA: hidden 768, 12 layers, vocab 32000 (≈110M), bf16-mixed
     python bench/gpu_smoke.py --cpu        # a tiny model on the CPU (also what happens without CUDA)
     python bench/gpu_smoke.py --out DIR    # keep the study directory (default: a temporary one)
+    python bench/gpu_smoke.py --compile    # the same with `compile: true` (compiled decoder layers)
 
 Builds the base locally (LlamaConfig + the built-in byte-level BPE tokenizer, saved to a directory),
 writes a study config with `base_model: <that directory>`, `precision: bf16-mixed`,
@@ -81,10 +82,10 @@ def build_base(directory: Path, model: dict, tokenizer_bytes: int) -> Path:
     return directory
 
 
-def study_config(base_dir: Path, settings: dict) -> dict:
+def study_config(base_dir: Path, settings: dict, compiled: bool = False) -> dict:
     """The smoke study: one full and one LoRA arm, one milestone, small evaluations."""
     return {
-        "name": "gpu-smoke", "base_model": str(base_dir), "domain": "code", "regime": "cpt",
+        "name": "gpu-smoke", "base_model": str(base_dir), "domain": "code", "regime": "cpt", "compile": compiled,
         "precision": "bf16-mixed", "gradient_checkpointing": True, "workers": 1, "milestones": 1,
         "seq_len": settings["seq_len"], "batch_size": settings["batch_size"],
         "micro_batch_size": settings["micro_batch_size"], "budget_tokens": settings["budget_tokens"],
@@ -123,7 +124,7 @@ class TrainingProbe:
         self.train.train_steps = self.original
 
 
-def run_smoke(out: Path, cpu: bool) -> dict:
+def run_smoke(out: Path, cpu: bool, compiled: bool = False) -> dict:
     """Build the base, run the study through the CLI, read the store; the per-arm results and failures."""
     from learnforget.cli import main as cli_main
     from learnforget.config import expand_arms, load_study
@@ -135,7 +136,7 @@ def run_smoke(out: Path, cpu: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     base = build_base(out / "base", spec["model"], spec["tokenizer_bytes"])
     config_path = out / "gpu-smoke.yaml"
-    config_path.write_text(json.dumps(study_config(base, spec["study"]), indent=1))  # JSON is YAML
+    config_path.write_text(json.dumps(study_config(base, spec["study"], compiled), indent=1))  # JSON is YAML
     argv, sys.argv = sys.argv, ["learnforget", "run", str(config_path), "--out", str(out / "study")]
     try:
         with TrainingProbe() as probe:
@@ -185,11 +186,12 @@ def main(args: list[str] | None = None) -> dict:
         "--cpu", action="store_true", help="a tiny model on the CPU (the default without CUDA)"
     )
     parser.add_argument("--out", type=Path, help="study directory to keep (default: a temporary one)")
+    parser.add_argument("--compile", action="store_true", help="train with compile: true")
     opts = parser.parse_args(args)
     if opts.cpu and not torch.cuda.is_initialized():  # hide a GPU from the study (before CUDA starts)
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     with tempfile.TemporaryDirectory(prefix="gpu-smoke-") as tmp:
-        result = run_smoke(opts.out or Path(tmp), opts.cpu)
+        result = run_smoke(opts.out or Path(tmp), opts.cpu, opts.compile)
     print(f"\ndevice: {result['device']}; trained as: {result['trained']}")
     print(
         f"{'arm':<24} {'params':>12} {'trainable':>12} {'tokens/s':>10} {'peak MB':>9} {'est. MB':>9} {'MFU':>6}"

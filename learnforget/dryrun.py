@@ -126,6 +126,7 @@ def print_dry_run(
         title=f"{study.name}: {len(arms)} arms × {study.budget_tokens:,} tokens, {study.milestones} milestones; "
         f"memory per device (GB): {world_size} process{'es' if world_size > 1 else ''}{sharding}, {study.precision}"
         f"{', gradient checkpointing' if study.gradient_checkpointing else ''}"
+        f"{', compiled layers' if study.compile else ''}"
     )
     columns = ["arm", "method", "rank", "alpha", "targets", "lr", "wd", "dropout", "seed", "trainable",
                "% of total", "weights", "grads+opt", "activ.", "est. memory GB"]  # fmt: skip

@@ -32,6 +32,7 @@ from learnforget.precision import grad_scaler
 from learnforget.store import Store
 
 DATA_FILE = "data.pt"
+EVAL_DIGEST = "eval_digest"  # store info: content digest of the evaluation sets (check_same_evaluation)
 
 
 def arm_dir(study_dir: Path, arm: str) -> Path:
@@ -115,6 +116,7 @@ def prepare_data(study: StudyConfig, study_dir: Path, base_path: str) -> dict:
 
     tokenizer = load_tokenizer(base_path)
     data = {"train": training_rows(study, tokenizer), "eval": evaluation_sets(study, tokenizer)}
+    check_same_evaluation(store, data["eval"])
     atomic_save(data, path, recorder(store, study_dir, path))
     if "stats" in data["train"]:  # IFT: padding and overlong examples, for the log and summary.md
         from learnforget.data.datasets import describe_stats
@@ -122,6 +124,46 @@ def prepare_data(study: StudyConfig, study_dir: Path, base_path: str) -> dict:
         store.set_info("data_stats", data["train"]["stats"])
         print(describe_stats(data["train"]["stats"]), file=sys.stderr, flush=True)
     return data
+
+
+def check_same_evaluation(store: Store, eval_sets: dict) -> None:
+    """Record the digest of a study's evaluation sets, and refuse a rebuilt data.pt (damaged or lost) whose
+    sets differ from those its stored milestones were measured on (as when another learnforget version
+    builds them otherwise): new milestones would not be comparable with the old."""
+    digest = content_digest(eval_sets)
+    recorded = store.info(EVAL_DIGEST)
+    if recorded not in (None, digest) and store.metrics():
+        raise UserError(
+            f"{store.study_dir}: {DATA_FILE} was rebuilt with other evaluation sets than the stored milestones "
+            "were measured on (a different learnforget version?); rerun it with that version, or use another --out"
+        )
+    store.set_info(EVAL_DIGEST, digest)
+
+
+def content_digest(value) -> str:
+    """sha256 of nested dicts, lists, tensors and plain values (order of dict keys ignored)."""
+    h = hashlib.sha256()
+
+    def feed(v) -> None:
+        if isinstance(v, torch.Tensor):
+            h.update(f"tensor{v.dtype}{tuple(v.shape)}".encode())
+            h.update(v.detach().contiguous().cpu().numpy().tobytes())
+        elif isinstance(v, dict):
+            h.update(b"{")
+            for k in sorted(v, key=str):
+                feed(k)
+                feed(v[k])
+            h.update(b"}")
+        elif isinstance(v, (list, tuple)):
+            h.update(b"[")
+            for x in v:
+                feed(x)
+            h.update(b"]")
+        else:
+            h.update(f"{type(v).__name__}:{v!r};".encode())
+
+    feed(value)
+    return h.hexdigest()
 
 
 def training_file_present(path: str) -> bool:

@@ -158,3 +158,24 @@ def test_two_runs_on_one_directory_split_the_arms(micro_config, tmp_path, capsys
     table = metrics(out)
     assert all(a["status"] == "done" for a in store.arms())
     assert table[("full-lr1e-3-s0", 6144, "code/loss")] != table[("full-lr1.4e-3-s0", 6144, "code/loss")]
+
+
+def test_a_rebuilt_data_file_with_other_evaluation_sets_is_refused(
+    failed_run, micro_config, tmp_path, capsys
+):
+    """data.pt is lost and the store says its milestones were measured on other evaluation sets (as after
+    a version that builds them otherwise): one line, exit 2, nothing trained or measured."""
+    out = tmp_path / "other-eval"
+    shutil.copytree(failed_run[0], out)
+    store = Store(out)
+    assert len(store.info("eval_digest")) == 64  # recorded when data.pt was first built
+    before = metrics(out)
+    store.set_info("eval_digest", "0" * 64)
+    (out / "data.pt").unlink()
+    code, err = run_cli(["run", str(micro_config), "--out", str(out)], capsys)
+    assert code == 2
+    assert err.strip() == (
+        f"error: {out}: data.pt was rebuilt with other evaluation sets than the stored milestones were "
+        "measured on (a different learnforget version?); rerun it with that version, or use another --out"
+    )
+    assert metrics(out) == before

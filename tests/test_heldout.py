@@ -1,14 +1,19 @@
 """Held-out loss rows are drawn from the whole held-out split, not from the first documents a seeded order
-reaches: a split of a few long files (held-out code) is measured across all of them."""
+reaches: a split of a few long files (held-out code) is measured across all of them. A study keeps the
+evaluation sets its milestones were measured on."""
 
 from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 
 from learnforget.data import corpora
 from learnforget.data.tokens import pack_documents, sample_packed_rows, train_tokenizer
+from learnforget.errors import UserError
+from learnforget.store import Store
+from learnforget.study import EVAL_DIGEST, check_same_evaluation, content_digest
 
 SEQ_LEN, ROWS, SEED = 64, 48, 1234
 
@@ -50,3 +55,23 @@ def test_held_out_rows_are_drawn_from_every_file_of_the_split():
         sample_packed_rows(tokenizer, few, SEQ_LEN, many, SEED),
         pack_documents(tokenizer, few, SEQ_LEN, many, SEED),
     )
+
+
+def test_a_study_with_milestones_refuses_evaluation_sets_built_otherwise(tmp_path):
+    """`check_same_evaluation`: the first build records the sets' digest; a rebuild with the same sets
+    passes, other sets pass only while no milestone is stored (then they are the study's sets)."""
+    sets = {"loss": {"code": torch.arange(12).view(3, 4)}, "template": "{prompt}", "choice": [{"label": 0}]}
+    other = {**sets, "loss": {"code": torch.arange(12).view(3, 4).flip(0)}}
+    store = Store(tmp_path)
+    check_same_evaluation(store, sets)
+    assert store.info(EVAL_DIGEST) == content_digest(sets) != content_digest(other)
+    assert content_digest(
+        {"template": "{prompt}", "choice": [{"label": 0}], "loss": sets["loss"]}
+    ) == content_digest(sets)
+    check_same_evaluation(store, other)  # nothing measured yet: the new sets are the study's
+    assert store.info(EVAL_DIGEST) == content_digest(other)
+    store.add_metrics("base", 0, 0, {"code/loss": 3.0})
+    check_same_evaluation(store, other)  # the same sets again: fine
+    with pytest.raises(UserError, match="rebuilt with other evaluation sets"):
+        check_same_evaluation(store, sets)
+    assert store.info(EVAL_DIGEST) == content_digest(other)

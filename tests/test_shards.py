@@ -141,3 +141,41 @@ def test_dry_run_data_plan_gives_token_file_size_and_memory(tmp_path, monkeypatc
     assert f"{tmp_path}/examples/ (10.0 GB free there)" in plan and "(and seed" in plan
     assert "395,001 offsets and 6,320,000 row indices (8 bytes each: 51.2 MB)" in plan
     assert "a step reads its 192 rows (at most 3.0 MB" in plan
+
+
+POOL_RACE = """
+import time
+from learnforget.data.parallel import _worker_pool
+
+def work(batch):
+    time.sleep(0.5)
+    return len(batch)
+
+class SlowToPickle:  # a batch that takes a second to pickle and overfills the workers' pipe
+    def __reduce__(self):
+        time.sleep(1.0)
+        return (bytes, (b"x" * 2_000_000,))
+
+def start():
+    pass
+
+with _worker_pool(1, start, ()) as submit:
+    first = submit(work, b"small")  # the worker is busy with it ...
+    time.sleep(0.1)
+    submit(work, SlowToPickle())  # ... while the pool's task thread pickles this one
+    time.sleep(0.2)
+print("shut down", first.get())
+"""
+
+
+def test_worker_pool_shuts_down_while_a_batch_is_still_being_sent(tmp_path):
+    """Leaving a plain `with Pool()` at this moment hangs for good (its terminate locks the worker out of
+    the pipe the task thread is about to fill); the tokenizing pool waits for its batches first."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "race.py"
+    script.write_text(POOL_RACE)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["shut", "down", "5"]

@@ -64,6 +64,31 @@ def _start(tokenizer) -> None:
     _tokenizer = tokenizer
 
 
+@contextmanager
+def _worker_pool(workers: int, initializer: Callable, initargs: tuple):
+    """``submit(function, batch)`` -> its AsyncResult, run by a pool of ``workers`` forked processes (fork:
+    they start at once with the tokenizer in memory; spawn would re-import transformers).
+
+    Before the pool is shut down, every batch submitted has finished, also when the caller stops early.
+    Pool.terminate (leaving ``with Pool()``) can otherwise hang for good: its task thread may be pickling
+    a batch when the pool drains the workers' pipe and locks the workers out of it, and then blocks
+    writing that batch into the full pipe, which nobody reads any more. Seen once in the test suite."""
+    in_flight: deque = deque()
+    with get_context("fork").Pool(workers, initializer=initializer, initargs=initargs) as pool:
+
+        def submit(function: Callable, batch):
+            while in_flight and in_flight[0].ready():  # results come back about in order
+                in_flight.popleft()
+            in_flight.append(pool.apply_async(function, (batch,)))
+            return in_flight[-1]
+
+        try:
+            yield submit
+        finally:
+            for result in in_flight:
+                result.wait()
+
+
 def _encode(batch: list[str]) -> np.ndarray:
     ids = _tokenizer(batch, add_special_tokens=False)["input_ids"]
     eos = [_tokenizer.eos_token_id]
@@ -77,8 +102,7 @@ def parallel_pack_texts(
     """``pack_texts``' stream (exactly ``need`` tokens over as many passes as needed), tokenized by
     ``workers`` processes: two batches a worker in flight, never much more text than the missing tokens
     need, so memory stays flat and the last pass reads about what one process would."""
-    # fork: workers start at once with the tokenizer in memory (spawn would re-import transformers).
-    with get_context("fork").Pool(workers, initializer=_start, initargs=(tokenizer,)) as pool:
+    with _worker_pool(workers, _start, (tokenizer,)) as submit:
         done = 0
         while done < need:
             texts, before, exhausted = iter(one_pass()), done, False
@@ -92,7 +116,7 @@ def parallel_pack_texts(
                     batch, exhausted = text_batch(texts, min(PARALLEL_BATCH_BYTES, room))
                     if batch:
                         size = sum(map(len, batch))
-                        pending.append((pool.apply_async(_encode, (batch,)), size))
+                        pending.append((submit(_encode, batch), size))
                         ahead += size
                 if not pending:
                     break
@@ -130,7 +154,5 @@ def conversation_encoder(tokenizer, template: str, seq_len: int, prefix: list[in
         with tokenizer_threads():
             yield submit
         return
-    with get_context("fork").Pool(
-        workers, initializer=_start_conversations, initargs=(tokenizer, template, seq_len, prefix)
-    ) as pool:
-        yield lambda batch: pool.apply_async(_encode_conversations, (batch,)).get
+    with _worker_pool(workers, _start_conversations, (tokenizer, template, seq_len, prefix)) as submit:
+        yield lambda batch: submit(_encode_conversations, batch).get

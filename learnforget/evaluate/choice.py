@@ -321,7 +321,9 @@ def _score_requests(model, encoded, numbers, max_length, batch_size, device, log
         for row, (_, _, tokens, _) in enumerate(batch):
             input_ids[row, : len(tokens) - 1] = torch.tensor(tokens[:-1])
             attention_mask[row, : len(tokens) - 1] = 1
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+        logits = model(
+            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False
+        ).logits
         for row, (number, choice_number, tokens, n_continuation) in enumerate(batch):
             n_inputs = len(tokens) - 1
             # Logits at position t predict token t + 1: the last n_continuation inputs predict the continuation.

@@ -129,7 +129,10 @@ def train_steps(
                 part_loss = causal_lm_loss(fused, ids.to(device), part_labels.to(device))
             else:
                 with autocast(precision, device):
-                    part_loss = model(input_ids=ids.to(device), labels=part_labels.to(device)).loss
+                    # No KV cache: training never reads it, and transformers fills one unless told.
+                    part_loss = model(
+                        input_ids=ids.to(device), labels=part_labels.to(device), use_cache=False
+                    ).loss
             scaled = part_loss.float() / len(chunks) * (n < len(chunks))
             backward = scaler.scale(scaled) if scaler is not None else scaled
             if accelerator is None:

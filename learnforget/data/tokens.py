@@ -70,11 +70,11 @@ def sample_packed_rows(
     documents is equally likely to be measured. A split of a few long documents (held-out source files,
     two plays) is then measured across all of them, not on the first one or two the order reaches. With
     fewer packed rows than `n_rows`, `pack_documents`'s rows (every document, then a new order)."""
+    from learnforget.data.parallel import tokenizer_threads  # here: parallel.py imports this module
+
     order = list(range(len(docs)))
     random.Random(seed).shuffle(order)
     stream: list[int] = []
-    from learnforget.data.parallel import tokenizer_threads
-
     with tokenizer_threads():  # the whole split at once: the tokenizer's threads share it out
         encoded = tokenizer([docs[i].text for i in order], add_special_tokens=False)["input_ids"]
     for ids in encoded:

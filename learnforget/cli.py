@@ -45,6 +45,26 @@ SetOpt = Annotated[
 ]
 
 
+def _print_versions(value: bool) -> None:
+    if value:
+        from learnforget.versions import package_versions
+
+        for package, version in package_versions().items():
+            print(f"{package} {version}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_versions, is_eager=True,
+                     help="Print the versions of learnforget, torch, transformers, peft, accelerate and datasets."),
+    ] = False,
+) -> None:  # fmt: skip
+    """How much does a causal LM learn, and forget, when finetuned with LoRA versus full finetuning?"""
+
+
 class _Remaining(TimeRemainingColumn):
     """rich's estimate, except where a task carries its own (the study's ETA is in its info)."""
 
@@ -79,9 +99,32 @@ def _parse_shard(shard: str | None) -> tuple[int, int] | None:
         index, count = (int(x) for x in shard.split("/"))
     except ValueError:
         raise UserError(f"--shard {shard!r}: expected I/N, e.g. --shard 0/4") from None
-    if not 0 <= index < count:
-        raise UserError(f"--shard {shard!r}: I must be in 0..N-1")
+    if count < 1 or not 0 <= index < count:
+        raise UserError(f"--shard {shard!r}: expected I/N with N ≥ 1 and I in 0..N-1, e.g. --shard 0/4")
     return index, count
+
+
+def _parse_timeout(text: str | float) -> float:
+    """--timeout: seconds the sandbox can honour, else one line (a parser, so 'abc' gets no usage box)."""
+    from learnforget.evaluate.sandbox import checked_timeout
+
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise UserError(f"--timeout {text!r}: expected a number of seconds, e.g. --timeout 3") from None
+    return checked_timeout(seconds, "--timeout")
+
+
+def _check_out(out: str | None) -> Path | None:
+    """--out must name a directory (existing or to be made), not a file, a device or a FIFO."""
+    if out is None:
+        return None
+    if not out.strip():
+        raise UserError("--out is empty: name the study directory, e.g. --out runs/my-study")
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {out}: not a directory (a file, device or FIFO); name a study directory")
+    return path
 
 
 def _pretrain_progress(progress: Progress, steps: int):
@@ -116,12 +159,16 @@ def _pretrain_with_progress(study) -> str:
 @app.command()
 def run(
     config: ConfigArg = None,
-    out: Annotated[Path | None, typer.Option(help="Study directory (default: runs/<study name>).")] = None,
+    out: Annotated[str | None, typer.Option(help="Study directory (default: runs/<study name>).")] = None,
     set_: SetOpt = [],  # noqa: B006 (typer reads the default, never mutates it)
     dry_run: Annotated[
         bool, typer.Option(help="Print the expanded arms and their sizes; train nothing.")
     ] = False,
     shard: Annotated[str | None, typer.Option(help="Run only arms I, I+N, ... of the grid: I/N.")] = None,
+    recompute: Annotated[
+        bool,
+        typer.Option(help="Train again the arms whose results were lost (store part files missing)."),
+    ] = False,
     world_size: Annotated[
         int | None,
         typer.Option(
@@ -139,6 +186,8 @@ def run(
     from learnforget.config import expand_arms, load_studies
 
     studies = load_studies(config, set_)
+    out = _check_out(out)
+    _parse_shard(shard)  # a bad --shard is refused by a dry run too
     if dry_run:
         from learnforget.dryrun import print_dry_run
         from learnforget.model import check_base_model
@@ -154,14 +203,17 @@ def run(
         workers.start_early()  # the workers' imports overlap this process's start-up
     failures: list[tuple[str, str]] = []
     if len(studies) == 1:
-        failures += _run_study(studies[0][1], out or Path("runs") / studies[0][1].name, shard)
+        failures += _run_study(studies[0][1], out or Path("runs") / studies[0][1].name, shard, recompute)
     else:
         from learnforget.report import write_suite_summary
 
         first_key, first = studies[0]
         suite_dir = out or Path("runs") / first.name[: -len(first_key) - 1]  # names are '<suite>-<setting>'
         for key, study in studies:
-            failures += [(f"{key}/{arm}", why) for arm, why in _run_study(study, suite_dir / key, shard)]
+            failures += [
+                (f"{key}/{arm}", why, kind)
+                for arm, why, kind in _run_study(study, suite_dir / key, shard, recompute)
+            ]
         from learnforget import distributed
 
         if distributed.is_main_process():
@@ -172,21 +224,24 @@ def run(
             console.print(f"Suite done in {time.time() - started:.0f} s. Results: {path}")
             console.print(f"Open the report: {html.resolve().as_uri()}", highlight=False, soft_wrap=True)
     if failures:  # the study's results are incomplete: scripts must see it
-        console.print(f"[red]{len(failures)} arm(s) failed:[/]", highlight=False)
-        for arm, reason in failures:
-            console.print(f"failed: {arm}: {reason}", highlight=False, soft_wrap=True)
+        console.print(f"[red]{len(failures)} arm(s) failed or diverged:[/]", highlight=False)
+        for arm, reason, kind in failures:
+            console.print(f"{kind}: {arm}: {reason}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 
-def _run_study(study, study_dir: Path, shard: str | None) -> list[tuple[str, str]]:
-    """Run one study; returns (arm, reason) for every arm of this process that failed."""
+def _run_study(
+    study, study_dir: Path, shard: str | None, recompute: bool = False
+) -> list[tuple[str, str, str]]:
+    """Run one study; returns (arm, reason, 'failed' | 'diverged') for every arm of this process that
+    failed or diverged (learnforget/divergence.py)."""
     from learnforget import distributed
     from learnforget import study as study_mod
     from learnforget.config import expand_arms
-    from learnforget.dryrun import base_config
+    from learnforget.dryrun import base_config, check_harness_tasks
     from learnforget.model import check_base_model
     from learnforget.report import write_report
-    from learnforget.store import Store
+    from learnforget.store import FINISHED, Store
     from learnforget.targets import check_targets
 
     started = time.time()
@@ -195,6 +250,7 @@ def _run_study(study, study_dir: Path, shard: str | None) -> list[tuple[str, str
     model_config = base_config(study)
     check_targets(model_config, arms)  # LoRA targets and dropout keys exist in this architecture
     study_mod.check_arms_fit(arms, model_config.to_dict())
+    check_harness_tasks(study)
     from learnforget.tracking import check_trackers
 
     check_trackers(study.log_with)
@@ -202,6 +258,9 @@ def _run_study(study, study_dir: Path, shard: str | None) -> list[tuple[str, str
     main_process = distributed.is_main_process()
     with distributed.main_process_first():  # under accelerate launch: pretrain, prepare and check once
         store = Store(study_dir)
+        lost = store.lost_results()
+        if lost and not recompute:  # else the lost arms are trained again, their model files overwritten
+            raise UserError(lost)
         study_mod.check_same_study(store, study, arms)
         base_path = _pretrain_with_progress(study)
         store.set_info("base_path", base_path)
@@ -211,20 +270,28 @@ def _run_study(study, study_dir: Path, shard: str | None) -> list[tuple[str, str
 
             store.set_info("environment", environment())
         store.register_arms([(arm.name, arm.model_dump(), arm.id) for arm in arms])
-        study_mod.prepare_data(study, study_dir, base_path)
+        data = study_mod.prepare_data(study, study_dir, base_path)
         mine = study_mod.shard_arms(arms, _parse_shard(shard))
         # With worker processes, one of them evaluates the base while the others train.
         base_in_pool = main_process and study_mod.uses_pool(study, mine)
         if main_process:
-            console.print(
-                f"Study [bold]{study.name}[/]: {len(arms)} arms, {study.budget_tokens:,} tokens each → {study_dir}"
-            )
+            from learnforget.data.datasets import trained_tokens
+            from learnforget.precision import cpu_bf16_warning
+            from learnforget.progress import study_header
+
+            tokens = trained_tokens(data["train"], study.steps, study.batch_size, study.seq_len)
+            header = study_header(study, len(arms), tokens)
+            line = f"Study [bold]{study.name}[/]: {header} → {study_dir}"
+            console.print(line, highlight=False, soft_wrap=True)
+            warning = cpu_bf16_warning(study.precision)
+            if warning:
+                console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
             if not base_in_pool:
                 study_mod.run_base(study, study_dir, base_path)
     from learnforget.progress import StudyClock
 
     resumed = {
-        a.name: study.steps if (store.arm(a.name) or {}).get("status") == "done" else max(store.finished_steps(a.name), default=0)
+        a.name: study.steps if (store.arm(a.name) or {}).get("status") in FINISHED else max(store.finished_steps(a.name), default=0)
         for a in mine
     }  # fmt: skip
     clock = StudyClock(study.steps, study.milestone_steps(), study.workers, resumed)
@@ -233,8 +300,8 @@ def _run_study(study, study_dir: Path, shard: str | None) -> list[tuple[str, str
     refreshed = [time.monotonic()]
     with _progress() as progress:
         overall = progress.add_task(
-            f"study ({len(mine)} arms × {study.milestones} milestones)", total=clock.total,
-            completed=clock.completed, info=clock.describe(), eta="",
+            f"study ({len(mine)} arm{'s' * (len(mine) != 1)} × {len(study.milestone_steps())} milestones)",
+            total=clock.total, completed=clock.completed, info=clock.describe(), eta="",
         )  # fmt: skip
         tasks = {
             a.name: progress.add_task(a.name, total=study.steps, completed=resumed[a.name], info="")
@@ -249,8 +316,8 @@ def _run_study(study, study_dir: Path, shard: str | None) -> list[tuple[str, str
                 progress.update(tasks[name], completed=step, info=f"loss {loss:.3f}")
                 _log_tenth(name, step, total, loss)
             elif kind == "milestone":
-                tokens, metrics = rest
-                clock.on_milestone(name, tokens // study.tokens_per_step)
+                step, tokens, metrics = rest
+                clock.on_milestone(name, step)
                 progress.update(overall, completed=clock.completed, info=clock.describe())
                 shown = "  ".join(
                     f"{k} {v:.3f}" for k, v in sorted(metrics.items()) if not k.startswith("spectrum/")
@@ -258,9 +325,14 @@ def _run_study(study, study_dir: Path, shard: str | None) -> list[tuple[str, str
                 progress.console.print(f"[dim]{name} @ {tokens:,} tokens:[/] {shown}")
                 if not console.is_terminal:
                     console.print(f"study: {clock.completed}/{clock.total} milestones, {clock.describe()}")
-            elif kind in ("failed", "done"):
-                if kind == "failed":
-                    progress.console.print(f"[red]{name} failed:[/] {rest[0]}")
+            elif kind == "spectra":
+                done, total = rest
+                progress.update(tasks[name], info=f"ΔW spectra {done}/{total} matrices")
+                if done == 0 and not console.is_terminal:
+                    console.print(f"{name}: ΔW spectra of {total} matrices", highlight=False)
+            elif kind in ("failed", "diverged", "done"):
+                if kind != "done":
+                    progress.console.print(f"[red]{name} {kind}:[/] {rest[0]}", highlight=False)
                 clock.on_done(name)
                 progress.update(tasks[name], completed=study.steps)
                 progress.update(overall, completed=clock.completed, info=clock.describe())
@@ -277,9 +349,13 @@ def _run_study(study, study_dir: Path, shard: str | None) -> list[tuple[str, str
     store.refresh_snapshot()
     failures = []
     for result in results:
+        stored = store.arm(result["arm"]) or {}
         if result.get("failed") or result.get("by_other") == "failed":
-            stored = store.arm(result["arm"]) or {}
-            failures.append((result["arm"], result.get("failed") or stored.get("error") or "failed"))
+            failures.append(
+                (result["arm"], result.get("failed") or stored.get("error") or "failed", "failed")
+            )
+        elif result.get("diverged") or stored.get("status") == "diverged":  # also one a rerun skipped
+            failures.append((result["arm"], stored.get("error") or result.get("diverged"), "diverged"))
     html = write_report(study_dir, store, study, out_console)
     from learnforget.stage_times import stage_summary
 
@@ -411,7 +487,7 @@ def compare(
 
     store = open_store(study_dir)
     if as_json:
-        print(json.dumps(store.metric_rows(), indent=1))
+        print(json.dumps(store.metric_rows(every_arm=True), indent=1))  # with each arm's status
         return
     study = StudyConfig.model_validate(store.info("config"))
     out_console.print(console_table(arm_rows(store, study), str(study_dir)))
@@ -476,9 +552,13 @@ def evaluate(
     metrics: dict[str, float] = {}
     if suite is not None or not task_names:
         suite = suite or "source"
+
+        def on_suite(name: str, seconds: float | None) -> None:  # a real model takes minutes: show progress
+            console.print(f"{name}: running…" if seconds is None else f"{name}: done in {seconds:.1f} s")
+
         metrics.update(
             evaluate_checkpoint(
-                model, suite, adapter, limit, problems, include_path, harness_limit, precision
+                model, suite, adapter, limit, problems, include_path, harness_limit, precision, on_suite
             )
         )
     if task_names:
@@ -504,7 +584,9 @@ def score_code(
     ] = "humaneval",
     k: Annotated[str, typer.Option(help="Comma-separated k values of pass@k.")] = "1,10,100",
     workers: Annotated[int | None, typer.Option(help="Parallel sandboxes (default: CPUs).")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds per sample.")] = 3.0,
+    timeout: Annotated[
+        float, typer.Option(parser=_parse_timeout, help="Seconds per sample, 0.01 to 3600.")
+    ] = 3.0,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the summary here.")] = None,
 ) -> None:
     """Score code samples by running them in the sandbox: unbiased pass@k (Chen et al. 2021)."""
@@ -549,10 +631,20 @@ def spectrum(
     from learnforget.analysis.spectrum_plots import run_spectrum
     from learnforget.model import cache_dir
 
-    run_spectrum(
-        base, finetuned, variance=variance, json_path=json_path, plot_path=plot, include_embeddings=include_embeddings,
-        top_k=top_k, epsilon=epsilon, random_cache_dir=cache_dir() / "random_spectra", console=out_console,
-    )  # fmt: skip
+    with _progress() as progress:
+        task = progress.add_task("spectrum", total=None, info="")
+
+        def on_matrix(done: int, total: int, name: str) -> None:
+            progress.update(task, completed=done, total=total, info=name)
+            if not console.is_terminal and done % max(1, total // 10) == 0:
+                console.print(f"spectrum: {done}/{total} matrices", highlight=False)
+            if done == total:
+                progress.stop()  # the table follows
+
+        run_spectrum(
+            base, finetuned, variance=variance, json_path=json_path, plot_path=plot, include_embeddings=include_embeddings,
+            top_k=top_k, epsilon=epsilon, cache_dir=cache_dir() / "spectra", console=out_console, progress=on_matrix,
+        )  # fmt: skip
 
 
 @app.command()
@@ -641,6 +733,21 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("interrupted: finished milestones are saved; rerun the same command to resume")
         sys.exit(130)
+    except Exception as e:  # a write outside the places that name what they write: still one line
+        from learnforget.errors import STORAGE_ERRNOS, storage_error
+
+        text = str(e).lower()
+        if (
+            getattr(e, "errno", None) not in STORAGE_ERRNOS
+            and "disk is full" not in text
+            and "readonly" not in text
+        ):
+            raise
+        filename = getattr(e, "filename", None)
+        where, what = (Path(filename).parent, Path(filename).name) if filename else (Path.cwd(), "a file")
+        problem = storage_error(e, where, what)
+        console.print(f"[red]error:[/] {problem}", highlight=False, soft_wrap=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -35,10 +36,11 @@ def _as_list(value: Any) -> list:
 
 
 class Strict(BaseModel):
-    """Unknown keys are errors: a typo must never silently fall back to a default."""
+    """Unknown keys are errors: a typo must never silently fall back to a default. Types are strict: a
+    quoted '1e-3' is text, not a learning rate (YAML numbers such as 1e-3 load as numbers, `_Loader`)."""
 
     model_config = ConfigDict(
-        extra="forbid", use_attribute_docstrings=True, validate_default=True, allow_inf_nan=False
+        extra="forbid", use_attribute_docstrings=True, validate_default=True, allow_inf_nan=False, strict=True
     )
 
 
@@ -103,11 +105,13 @@ class DataConfig(Strict):
     """Where the finetuning data comes from, and how IFT examples become training rows.
 
     Templates (IFT): with `prompt_template` unset, prompts go through the tokenizer's chat template
-    when it has one; otherwise the built-in tasks use none (their responses continue the prompt:
-    HumanEval-style code, "Question: …\\nAnswer:" math) and user data uses the default template
+    when it has one (a response's separating space, as in "Answer:" + " 42", is dropped there);
+    otherwise the built-in tasks use none (their responses continue the prompt: HumanEval-style code,
+    "Question: …\\nAnswer:" math) and user data uses the default template
     "### Instruction:\\n{prompt}\\n\\n### Response:\\n", the response followed by EOS. A BOS token is
     added when the tokenizer's configuration adds one (Llama, Gemma). Evaluation prompts use the same
-    template. `--dry-run` shows it.
+    template. CPT trains on documents as they are, so its evaluation prompts use none unless
+    `prompt_template` says otherwise. `--dry-run` shows the template.
     """
 
     preset: Literal["magicoder-evol-instruct", "metamathqa", "starcoder-python", "openwebmath"] | None = None
@@ -130,8 +134,10 @@ class DataConfig(Strict):
     messages_field: str | None = None
     """Field holding OpenAI-style chat messages (IFT); default: 'messages' when a record has it."""
     prompt_template: str | None = None
-    """IFT template: unset (automatic, see above), 'chat' (the tokenizer's chat template), 'default'
-    (the default template), 'none' (the prompt as is), or a text with a `{prompt}` placeholder, e.g.
+    """IFT: the template of training and evaluation prompts. CPT: of the evaluation prompts only (reference
+    NLL, generation, diversity; the training text is documents, never templated), default 'none'.
+    Unset (automatic, see above), 'chat' (the tokenizer's chat template), 'default' (the default
+    template), 'none' (the prompt as is), or a text with a `{prompt}` placeholder, e.g.
     "Q: {prompt}\\nA: "; the response follows it directly."""
     overlong: Literal["truncate", "drop"] = "truncate"
     """IFT examples longer than seq_len: 'truncate' (cut the prompt from the left, keep the response) or
@@ -175,10 +181,17 @@ class DataConfig(Strict):
 class EvalConfig(Strict):
     """What is measured at every milestone (0 switches a measurement off)."""
 
-    loss_tokens: int = Field(12_288, ge=128, le=10**12)
-    """Held-out tokens per domain for the loss (perplexity) metrics."""
+    loss_tokens: int = Field(12_288, ge=128, le=2**27)
+    """Held-out tokens per domain for the loss (perplexity) metrics; at most 2^27 (134M: measured at every
+    milestone of every arm, more would take longer than the training)."""
     batch_size: int = Field(32, ge=1, le=2**20)
     """Sequences per evaluation forward pass."""
+    source_corpora: list[Literal["english", "prose", "bible"]] = Field(["english"], min_length=1)
+    """Held-out source corpora whose loss measures forgetting ('<corpus>/loss' each); the first is the
+    default forgetting axis and the text of the multiple-choice items. 'english': the held-out Shakespeare
+    plays (what the built-in base knows); 'prose': modern expository English (the Python documentation's
+    topic pages shipped with the standard library), text of a kind a real pretrained base knows well;
+    'bible': the held-out King James books."""
     choice_items: int = Field(100, ge=0, le=10**7)
     """Source-domain multiple-choice items (HellaSwag-style: pick the true continuation of a held-out
     passage among continuations of other passages), scored by log-likelihood: acc and acc_norm."""
@@ -207,7 +220,7 @@ class EvalConfig(Strict):
     """Metric of the learning axis; default: the target domain's held-out loss (CPT) or reference NLL (IFT).
     E.g. 'code/pass@1', 'math/strict_match', 'harness/gsm8k/exact_match,strict-match'."""
     forgetting_metric: str | None = None
-    """Metric of the forgetting axis; default 'english/loss'. E.g. 'english/mc_acc_norm' or
+    """Metric of the forgetting axis; default the first source corpus's loss ('english/loss'). E.g. 'english/mc_acc_norm' or
     'harness/paper_forgetting' (the paper's mean of HellaSwag, ARC-Challenge and WinoGrande)."""
     spectra: bool = True
     """Record ΔW spectra (rank for 90% variance, intruder dimensions) of every arm at every milestone."""
@@ -341,6 +354,9 @@ class ArmSpec(Strict):
         if "target_modules" in self.peft and self.target_modules != "all":
             raise ValueError("target_modules: given twice (in the arm and in peft); keep one")
         for settings in peft_grid(self.peft):
+            rank = settings.get("r")  # peft checks it only when it builds the layers
+            if rank is not None and (type(rank) is not int or rank < 1):
+                raise ValueError(f"peft.r must be a whole number ≥ 1 (got {rank!r})")
             try:
                 build_config(settings)
             except UserError as e:
@@ -418,9 +434,11 @@ class StudyConfig(Strict):
     """A study: one base model finetuned on one target domain by every arm, same data, same budget."""
 
     name: str = "default"
-    """Study name (used in the default output directory)."""
+    """Study name (used in the default output directory): a non-empty file name, no '/', '\\' or control
+    characters."""
     base_model: str = "builtin"
-    """'builtin' (pretrained by the toolkit from `base`, cached), a local HF model directory, or a hub id."""
+    """'builtin' (pretrained by the toolkit from `base`, cached), a local HF model directory, a hub id, a
+    local `.gguf` file or a named GGUF base such as 'smollm2-135m' (converted once, cached: gguf_base.py)."""
     base: BaseRecipe = BaseRecipe()
     """Recipe of the built-in base model (ignored for other base models)."""
     domain: Literal["code", "math"] = "code"
@@ -441,7 +459,9 @@ class StudyConfig(Strict):
     warmup_fraction: float = Field(0.1, ge=0, lt=1)
     """Fraction of steps of linear warm-up before cosine decay to 10%."""
     milestones: int = Field(5, ge=1, le=10_000)
-    """Evaluation points spread evenly over the budget (the base is evaluated too, at 0 tokens)."""
+    """Evaluation points spread evenly over the budget (the base is evaluated too, at 0 tokens). An arm
+    whose held-out loss at a milestone exceeds max(the base's + 1 nat, ln(vocabulary size)) stops there
+    and is recorded `diverged` (learnforget/divergence.py): its numbers are not results."""
     epochs: int | None = Field(None, ge=1, le=10_000)
     """IFT: train this many epochs over `data.examples` (replaces budget_tokens; one milestone per epoch)."""
     arms: list[ArmSpec] = [
@@ -480,10 +500,18 @@ class StudyConfig(Strict):
     and gradient norm and its milestone metrics: one run per arm, the study's config as hyperparameters.
     Local trackers write under `<study dir>/tracking`. Install with `pip install 'learnforget[trackers]'`."""
 
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        if name.strip() in ("", ".", "..") or any(c in name for c in "/\\") or not name.isprintable():
+            raise ValueError(f"{name!r} is not a usable directory name (no '/', '\\' or control characters)")
+        return name
+
     @model_validator(mode="after")
     def _check(self) -> StudyConfig:
         if not self.arms:
             raise ValueError("a study needs at least one arm")
+        expand_arms(self)  # two specs (or list items) that give one arm twice are refused there
         if self.epochs is not None and self.regime != "ift":
             raise ValueError("epochs is for regime 'ift'; CPT budgets are in budget_tokens")
         if self.sharding == "fsdp" and self.precision == "fp16-mixed":
@@ -630,9 +658,11 @@ def _peft_arms(spec: ArmSpec) -> list[dict]:
 
 
 def expand_arms(study: StudyConfig) -> list[Arm]:
-    """The grid: every combination of list-valued fields of every arm spec, de-duplicated by id, in order."""
+    """The grid: every combination of list-valued fields of every arm spec, in order (an arm given twice
+    is a ValueError: the study's validation refuses it)."""
     arms: dict[str, dict] = {}
-    for spec in study.arms:
+    where: dict[str, int] = {}  # arm id -> the spec that gave it
+    for index, spec in enumerate(study.arms):
         for method in _as_list(spec.method):
             if method == "peft":
                 variants = _peft_arms(spec)
@@ -672,7 +702,15 @@ def expand_arms(study: StudyConfig) -> list[Arm]:
                     arm["peft"] = variant["peft"]
                 if spec.quantization and method != "full":
                     arm["quantization"] = spec.quantization
-                arms.setdefault(Arm(name="", **arm).id, arm)
+                key = Arm(name="", **arm).id
+                if key in arms:  # a repeated list value or spec would train (and count) one arm twice
+                    twice = (
+                        f"arms.{where[key]} and arms.{index}"
+                        if where[key] != index
+                        else f"arms.{index} repeats a value"
+                    )
+                    raise ValueError(f"arm {arm_name(arm)} is given twice ({twice}); remove one")
+                arms[key], where[key] = arm, index
     # Names are injective for plain values; should two distinct arms still share one, both get their id.
     names = [arm_name(a) for a in arms.values()]
     return [
@@ -685,12 +723,47 @@ def expand_arms(study: StudyConfig) -> list[Arm]:
 # Loading
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading 1e-3 as a number (YAML 1.2; YAML 1.1 wants 1.0e-3)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+# A study file is a few hundred values; aliases that repeat collections (a "billion laughs") would
+# expand to far more when validated.
+MAX_YAML_VALUES = 100_000
+
+
+def _load_yaml(text: str, where: str) -> Any:
+    data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+    if _tree_size(data, {}) > MAX_YAML_VALUES:
+        raise UserError(
+            f"{where}: expands to more than {MAX_YAML_VALUES:,} values (aliases repeating collections?); "
+            "write the study out"
+        )
+    return data
+
+
+def _tree_size(value: Any, seen: dict[int, int]) -> int:
+    """Values of `value` counted as a tree (an aliased collection once per use), without expanding it."""
+    if not isinstance(value, dict | list):
+        return 1
+    if id(value) not in seen:
+        seen[id(value)] = 0  # a recursive alias counts as itself
+        items = value.values() if isinstance(value, dict) else value
+        seen[id(value)] = min(1 + sum(_tree_size(v, seen) for v in items), 10 * MAX_YAML_VALUES)
+    return seen[id(value)]
+
+
 def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise UserError(f"--set {text!r}: expected key=value, e.g. --set budget_tokens=100000")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw)
+        value = _load_yaml(raw, f"--set {text.split('=', 1)[0]}")
     except yaml.YAMLError:
         value = raw
     except (ValueError, RecursionError) as e:
@@ -737,9 +810,13 @@ def resolve_config_path(config: str | None) -> Path | None:
     raise UserError(f"{config}: no such config file, and not a built-in study ({names})")
 
 
+_UNION_MEMBER = re.compile(r"^(int|float|str|bool|(list|literal|dict|tuple)\[.*\]|[A-Z]\w*)$")
+
+
 def _validation_message(where: str, err: ValidationError) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(x) for x in first["loc"]) or "(top level)"
+    # pydantic names the member of a union it tried (learning_rate.float): the key is what users wrote.
+    loc = ".".join(str(x) for x in first["loc"] if not _UNION_MEMBER.match(str(x))) or "(top level)"
     if first["type"] == "extra_forbidden":
         return f"{where}: {loc}: unknown key"
     if first["type"] == "value_error":  # our own checks: the message says it all
@@ -752,7 +829,7 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: not a regular file (give a study YAML file)")
     try:
-        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+        data = _load_yaml(path.read_bytes().decode("utf-8"), str(path))
     except UnicodeDecodeError as e:
         raise UserError(
             f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}); give a study YAML file"
@@ -765,6 +842,9 @@ def _read_yaml(path: Path) -> dict:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         raise UserError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if data is None:  # empty, blank or `null`: the default study was not what was asked for
+        raise UserError(f"{path}: empty study file; give the keys that differ from the defaults, "
+                        "or run without a file for the default study")  # fmt: skip
     if not isinstance(data, dict):
         raise UserError(f"{path}: a study file must be a mapping of keys to values")
     return data

@@ -12,6 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from learnforget.config import Arm, StudyConfig
+from learnforget.errors import UserError
+from learnforget.precision import cpu_bf16_warning
+from learnforget.progress import study_header
 
 # Architectures of the paper's base, so its recipes dry-run offline (the hub is not needed for counting).
 KNOWN_CONFIGS = {
@@ -35,7 +38,56 @@ def base_config(study: StudyConfig):
         )  # fmt: skip
     if study.base_model in KNOWN_CONFIGS:
         return LlamaConfig(**KNOWN_CONFIGS[study.base_model])
-    return AutoConfig.from_pretrained(study.base_model)
+    from learnforget.gguf_base import converted_base, is_gguf_base
+
+    if is_gguf_base(study.base_model):  # converted here (once, cached): the run needs it anyway
+        return AutoConfig.from_pretrained(converted_base(study.base_model))
+    unreachable = None if os.path.isdir(study.base_model) else hub_unreachable()
+    try:  # with the hub unreachable, the cache only: huggingface_hub would retry for ~25 s
+        return AutoConfig.from_pretrained(study.base_model, local_files_only=unreachable is not None)
+    except (OSError, ValueError) as e:  # offline, a mistyped hub id, no access, not a model's config
+        why = (
+            f"the hub is unreachable ({unreachable}) and it is not in the cache"
+            if unreachable
+            else _first_line(e)
+        )
+        raise UserError(
+            f"base_model {study.base_model!r}: its config could not be read ({why}); check the "
+            "name or path, and network access (or HF_HUB_OFFLINE=1 with the model in the cache)"
+        ) from None
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub's host cannot be resolved (no network), or None (reachable, or offline mode)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as e:
+        return f"{host}: {e.strerror or e}"
+    return None
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
+
+
+def check_harness_tasks(study: StudyConfig) -> None:
+    """Every name in eval.harness_tasks is an lm-eval task (indexing them takes seconds: only when set)."""
+    if study.eval.harness_tasks:
+        from learnforget.evaluate.harness import check_tasks
+
+        try:
+            check_tasks(study.eval.harness_tasks, study.eval.harness_include_path)
+        except UserError as e:
+            raise UserError(f"eval.harness_tasks: {e}") from None
 
 
 def arm_size(config, arm: Arm) -> tuple[int, int]:
@@ -48,7 +100,13 @@ def arm_size(config, arm: Arm) -> tuple[int, int]:
     if rewrites_base(arm.peft):  # same parameters; PiSSA's SVD / OLoRA's QR need real weights
         arm = arm.model_copy(update={"peft": {**arm.peft, "init_lora_weights": True}})
     with torch.device("meta"):  # LoRA weights too: nothing is allocated, even for r=256 on 7B
-        model = prepare_arm(AutoModelForCausalLM.from_config(config), arm)
+        model = AutoModelForCausalLM.from_config(config)
+        try:
+            model = prepare_arm(model, arm)
+        except (ValueError, TypeError) as e:  # peft's own checks (r < 1, keywords it refuses)
+            if arm.peft is None:
+                raise
+            raise UserError(f"arm {arm.name}: peft refuses its settings ({_first_line(e)})") from None
     return count_parameters(model)
 
 
@@ -60,13 +118,25 @@ def default_world_size() -> int:
         return 1
 
 
-def arm_memory(config, study: StudyConfig, arm: Arm, trainable: int, total: int, world_size: int = 1):
+def arm_memory(
+    config, study: StudyConfig, arm: Arm, trainable: int, total: int, world_size: int = 1, device: str | None = None
+):
     """`memory.estimate_memory` of one arm per device, from the model config and the study's settings.
 
     Each process takes its share of every batch (`batch_size / world_size`, rounded up) and runs it in
-    forward passes of `micro_batch_size` sequences when that is smaller.
+    forward passes of `micro_batch_size` sequences when that is smaller. `device`: 'cuda' or 'cpu',
+    where the arm trains (default: a GPU when there is one, as `distributed.device`).
     """
+    from learnforget.eval_model import MAX_MERGED_BYTES
     from learnforget.memory import estimate_memory
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    sharded = study.sharding == "fsdp" and world_size > 1
+    # As eval_model.merge_refusal: a LoRA / peft arm in fp32, unsharded, unquantized, small enough.
+    merged_copy = (
+        arm.method != "full" and study.precision == "fp32" and not sharded and not arm.quantization
+        and total * 4 <= MAX_MERGED_BYTES
+    )  # fmt: skip
 
     local = -(-study.batch_size // world_size)
     sequences = min(local, study.micro_batch_size or local)
@@ -80,6 +150,7 @@ def arm_memory(config, study: StudyConfig, arm: Arm, trainable: int, total: int,
         precision=study.precision, optimizer=arm.optimizer, gradient_checkpointing=study.gradient_checkpointing,
         attn_implementation=study.attn_implementation, sharding=study.sharding, world_size=world_size,
         adapted=adapted_linears(config, arm), fused_loss=uses_fused_loss(config, study, world_size),
+        device=device, spectra=study.eval.spectra, merged_copy=merged_copy,
     )  # fmt: skip
 
 
@@ -118,18 +189,19 @@ def print_dry_run(
 
     world_size = world_size or default_world_size()
     study.check_last_batch(world_size)
+    check_harness_tasks(study)
     config = base_config(study)
     check_targets(config, arms)  # every arm's targets and dropout, before the table
     check_arms_fit(arms, config.to_dict())
     sharding = f", FSDP over {world_size}" if study.sharding == "fsdp" else ""
     table = Table(
-        title=f"{study.name}: {len(arms)} arms × {study.budget_tokens:,} tokens, {study.milestones} milestones; "
+        title=f"{study.name}: {study_header(study, len(arms))}; "
         f"memory per device (GB): {world_size} process{'es' if world_size > 1 else ''}{sharding}, {study.precision}"
         f"{', gradient checkpointing' if study.gradient_checkpointing else ''}"
         f"{', compiled layers' if study.compile else ''}"
     )
     columns = ["arm", "method", "rank", "alpha", "targets", "lr", "wd", "dropout", "seed", "trainable",
-               "% of total", "weights", "grads+opt", "activ.", "est. memory GB"]  # fmt: skip
+               "% of total", "weights", "grads+opt", "activ.", "held", "est. memory GB"]  # fmt: skip
     for col in columns:
         table.add_column(col, justify="left" if col in ("arm", "method", "targets") else "right")
     rows = []
@@ -147,19 +219,47 @@ def print_dry_run(
             f"{arm.learning_rate:g}",
             f"{arm.weight_decay:g}", f"{arm.dropout:g}", str(arm.seed), f"{trainable:,}",
             f"{100 * trainable / total:.2f}", f"{gb['weights']:.2f}", f"{gb['gradients'] + gb['optimizer']:.2f}",
-            f"{gb['activations']:.2f}", f"{gb['total']:.2f}",
+            f"{gb['activations']:.2f}", f"{gb['held']:.2f}", f"{gb['total']:.2f}",
         )  # fmt: skip
     console.print(table)
-    console.print(data_plan(study, config.vocab_size), highlight=False, soft_wrap=True)
+    warning = cpu_bf16_warning(study.precision)
+    if warning:
+        console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
+    plan = data_plan(study, config.vocab_size, base_tokenizer(study))
+    console.print(plan, highlight=False, soft_wrap=True)
     return rows
 
 
-def data_plan(study: StudyConfig, vocab_size: int | None = None) -> str:
-    """What the arms train on, and where it lives (disk, memory), read from the config alone (no
-    download, no tokenizer); ``vocab_size`` is the base model's."""
-    from learnforget.data.templates import describe_template
+def base_tokenizer(study: StudyConfig):
+    """The base's tokenizer, for the template line (no weights: cheap), or None where it cannot be had:
+    a built-in base not pretrained yet, a hub model neither cached nor reachable. A hub model whose
+    architecture the dry run knows offline (KNOWN_CONFIGS) is only looked for in the local cache."""
+    from transformers import AutoTokenizer
 
+    from learnforget.gguf_base import converted_base, is_gguf_base
+    from learnforget.model import builtin_base_path, shipped_base
+
+    if study.base_model == "builtin":
+        path = shipped_base(study.base) or builtin_base_path(study.base)
+        if not (path / "tokenizer_config.json").exists():
+            return None
+        return AutoTokenizer.from_pretrained(path)
+    if is_gguf_base(study.base_model):  # converted by base_config already
+        return AutoTokenizer.from_pretrained(converted_base(study.base_model))
+    for local_only in (True, False) if study.base_model not in KNOWN_CONFIGS else (True,):
+        try:
+            return AutoTokenizer.from_pretrained(study.base_model, local_files_only=local_only)
+        except Exception:  # offline, gated, or no tokenizer files: the line names both possibilities
+            continue
+    return None
+
+
+def data_plan(study: StudyConfig, vocab_size: int | None = None, tokenizer=None) -> str:
+    """What the arms train on, and where it lives (disk, memory), read from the config (no download);
+    ``vocab_size`` is the base model's, ``tokenizer`` its tokenizer when loaded (``base_tokenizer``):
+    with it the template line says whether the chat template is used."""
     d = study.data
+    template = template_line(study, tokenizer)
     source = (
         "built-in " + ("tasks" if study.regime == "ift" else "corpus") if d.train == "builtin" else d.train
     )
@@ -172,6 +272,7 @@ def data_plan(study: StudyConfig, vocab_size: int | None = None) -> str:
             f"Data: {source}{field}{docs}; documents packed end to end (EOS between) into "
             f"{study.steps:,} steps × {study.batch_size} rows × {study.seq_len} tokens = "
             f"{study.steps * study.tokens_per_step:,} tokens, loss on every token.\n"
+            f"Evaluation prompts (reference NLL, generation, diversity): {template}.\n"
             + token_file_plan(study, vocab_size)
         )
     pairs = f"'{d.prompt_field}' → '{d.response_field}'"
@@ -195,9 +296,19 @@ def data_plan(study: StudyConfig, vocab_size: int | None = None) -> str:
         f"{study.batch_size} rows{exact} of at most {study.seq_len} tokens, each batch padded to its longest row"
         f"{' (rows grouped by length)' if d.group_by_length else ''}; examples longer than seq_len are "
         f"{'truncated' if d.overlong == 'truncate' else 'dropped'} and counted; loss on responses only.\n"
-        f"Template: {describe_template(d.prompt_template, d.train == 'builtin')}; BOS as the tokenizer "
-        "adds it. Evaluation prompts use the same template.\n" + example_file_plan(study, vocab_size, n_rows)
+        f"Template: {template}; BOS as the tokenizer adds it. Evaluation prompts use the same template.\n"
+        + example_file_plan(study, vocab_size, n_rows)
     )
+
+
+def template_line(study: StudyConfig, tokenizer=None) -> str:
+    """The template the study will use (``datasets.study_template``), in words with an example."""
+    from learnforget.data.datasets import template_setting
+    from learnforget.data.templates import describe_template
+
+    base = "the built-in base" if study.base_model == "builtin" else study.base_model
+    builtin_prompts = study.regime == "cpt" or study.data.train == "builtin"
+    return describe_template(template_setting(study), builtin_prompts, tokenizer, base)
 
 
 def size(n_bytes: float) -> str:

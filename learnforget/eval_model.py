@@ -78,6 +78,10 @@ class ArmEvaluator:
         weights, self.weights_now = self.weights_now, None
         return weights if weights is not None else merged_weights(self.model, state)
 
+    def drop_weights(self) -> None:
+        """Forget the merged weights kept for the spectra (the factored LoRA path does not read them)."""
+        self.weights_now = None
+
     def _merged_copy(self):
         """The plain copy holding the current merged weights, or the training model where they do not
         fit it (a method peft cannot merge, names or shapes that differ): then for the rest of the arm."""

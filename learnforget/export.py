@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from learnforget.errors import UserError
+from learnforget.store import writing
 
 FORMATS = ("csv", "parquet", "jsonl")
 STEP_QUANTITIES = ("loss", "learning_rate", "grad_norm")
@@ -35,7 +36,7 @@ def study_tables(study_dir: Path) -> dict[str, list[dict]]:
         for q in STEP_QUANTITIES
         if r[q] is not None
     ]  # fmt: skip
-    return {"metrics": store.metric_rows(), "arms": store.arms(), "steps": steps}
+    return {"metrics": store.metric_rows(every_arm=True), "arms": store.arms(), "steps": steps}
 
 
 def suite_tables(suite_dir: Path, settings: list[str]) -> dict[str, list[dict]]:
@@ -74,5 +75,6 @@ def export(directory: Path, fmt: str, out: Path | None, settings: list[str]) -> 
         raise UserError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     tables = suite_tables(directory, settings) if settings else study_tables(directory)
     out = out or directory / "export"
-    out.mkdir(parents=True, exist_ok=True)
-    return [write_table(rows, out / f"{name}.{fmt}", fmt) for name, rows in tables.items()]
+    with writing(out, f"the exported tables ({fmt})"):
+        out.mkdir(parents=True, exist_ok=True)
+        return [write_table(rows, out / f"{name}.{fmt}", fmt) for name, rows in tables.items()]

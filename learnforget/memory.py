@@ -4,7 +4,13 @@ The estimate is the sum of what lives at the start of the backward pass of a mic
 activation, the logits and their gradients) and what lives all the time (weights, gradients, optimizer
 states). Gradients are counted in full although they appear while activations are freed: with gradient
 accumulation (micro_batch_size < batch_size) the first micro-batch's gradients do live through the next
-ones, so the sum is what a planner needs. It is checked against measured peaks by `bench/bench_memory.py`.
+ones, so the sum is what a planner needs. Added to it is what the arm's process holds besides training
+(`held`: the base weights kept for ΔW spectra, LoRA's merged evaluation copy and, on a CPU, the runtime
+itself), since the study records the process's peak. Evaluation's own forward passes hold at most
+3 × `likelihood.LOGITS_BYTES` beyond the model (logits, their copy and log-softmax) and are not added:
+below training's activations for batches of a few thousand tokens on a 100M-parameter model.
+It is checked against measured peaks by `bench/bench_memory.py` (tiny Llamas, training only; and
+SmolLM2-135M through the study's own arm path, where it is available).
 
 Assumptions about training (`learnforget/train.py`), by precision (STORAGE_BYTES):
 - 'fp32': everything in float32.
@@ -53,6 +59,19 @@ LINEAR_INPUT = {"q_proj": "h", "k_proj": "h", "v_proj": "h", "o_proj": "h", "gat
                 "down_proj": "i"}  # fmt: skip
 """Width of each Llama linear layer's input: hidden or intermediate."""
 
+PROCESS_BYTES = 400 * 2**20
+"""Resident set of an arm's process before its model is built (CPU only: a GPU's peak counts device
+memory): Python with torch, transformers, peft and learnforget imported, its tokenizer and data.pt;
+measured 395-465 MiB (torch 2.x, transformers 4.5x/5.x, Linux)."""
+
+CPU_HEAP_SLACK = 0.3
+"""Share of the activations glibc's heap keeps resident beyond the live peak on a CPU: freed activation
+blocks (under its mmap threshold, which rises to 32 MiB after the first large free) stay in the heap,
+fragmented by the small tensors saved between them. Measured on SmolLM2-135M, 4 × 256 tokens, training
+alone: 0.25 of the activations for full finetuning, 0.55 for LoRA (whose rank-wide saved tensors
+fragment more); 0.3 here, as full finetuning's gradients are already counted in full although they
+partly take the place of freed activations."""
+
 EAGER_SCORE_BYTES = {"fp32": 4, "mixed": 6, "bf16": 6}
 """Bytes per attention score saved by eager attention (heads × seq_len per token): the float32 softmax,
 plus its 16-bit cast for the value matmul when computing in 16 bits. sdpa / flash kernels keep none."""
@@ -70,10 +89,17 @@ class MemoryEstimate:
     """Optimizer states of the trainable parameters, in their dtype (sharded under FSDP)."""
     activations: int
     """Saved activations of one micro-batch, the logits and their gradients, and autocast copies."""
+    held: int = 0
+    """Held by the arm's process besides training: see `estimate_memory`."""
+
+    @property
+    def training(self) -> int:
+        """What training itself needs: weights, gradients, optimizer states and activations."""
+        return self.weights + self.gradients + self.optimizer + self.activations
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations
+        return self.training + self.held
 
     def as_dict(self) -> dict[str, int]:
         return {**asdict(self), "total": self.total}
@@ -150,6 +176,9 @@ def estimate_memory(
     world_size: int = 1,
     adapted: Sequence[str] = (),
     fused_loss: bool = False,
+    device: str = "cuda",
+    spectra: bool = False,
+    merged_copy: bool = False,
 ) -> MemoryEstimate:
     """Peak training memory per device of one arm.
 
@@ -170,6 +199,12 @@ def estimate_memory(
     - sharding 'fsdp': weights, gradients and optimizer states (of every parameter, frozen or not:
       FSDP shards modules, not trainability) are divided by `world_size`; the all-gathered 16-bit copies
       of two decoder layers (the one computing, the one prefetched) replace autocast's copies.
+    - held, one term a line (`device`: 'cpu' counts the host's memory, as the study's CPU peak does):
+      `merged_copy`: the plain model LoRA is evaluated through (eval_model.py), fp32, on the device;
+      on a CPU, `spectra`: the base weights kept for ΔW spectra from the first milestone on
+      (study.load_base_weights: host memory, so not a GPU's);
+      on a CPU, PROCESS_BYTES: the runtime itself;
+      on a CPU, CPU_HEAP_SLACK × activations: what the allocator keeps resident beyond the live peak.
     """
     storage = STORAGE_BYTES[precision]
     trained = 4 if adapted else storage
@@ -189,4 +224,8 @@ def estimate_memory(
         weights += 2 * layer_params * compute_bytes
     elif precision.endswith("-mixed"):
         activations += (total - embedding_params) * compute_bytes
-    return MemoryEstimate(weights, gradients, states, activations)
+    held = total * 4 if merged_copy else 0
+    held += total * storage if device == "cpu" and spectra else 0
+    held += PROCESS_BYTES if device == "cpu" else 0
+    held += int(CPU_HEAP_SLACK * activations) if device == "cpu" else 0
+    return MemoryEstimate(weights, gradients, states, activations, held)

@@ -4,7 +4,8 @@ The built-in base for the default recipe ships inside the package (`learnforget/
 `learnforget pretrain --ship`); it is used whenever a study's base recipe hashes to the shipped one.
 Any other recipe is pretrained into `$LEARNFORGET_CACHE` (default `~/.cache/learnforget`) under
 `base-<recipe hash>-<corpora fingerprint>/`. Both are ordinary Hugging Face model directories, so every
-later stage loads them exactly like a hub model.
+later stage loads them exactly like a hub model. A GGUF base (a `.gguf` file, or a named one such as
+`smollm2-135m`) is converted once into such a directory too (gguf_base.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from learnforget.config import BaseRecipe
 from learnforget.data import corpora
 from learnforget.data.tokens import interleave, pack_documents, sample_text, train_tokenizer
 from learnforget.errors import UserError
+from learnforget.gguf_base import converted_base, gguf_path, is_gguf_base
 from learnforget.train import make_optimizer, train_steps
 
 SHIPPED_BASE = Path(__file__).parent / "builtin_base"
@@ -77,6 +79,9 @@ def check_base_model(base_model: str) -> None:
     """Fail early, before any work, on a base_model that cannot be a model."""
     if base_model == "builtin":
         return
+    if is_gguf_base(base_model):
+        gguf_path(base_model)  # the file (or its package) is there, is a GGUF, and gguf is installed
+        return
     path = Path(base_model)
     if path.is_dir():
         if not (path / "config.json").exists():
@@ -96,9 +101,12 @@ def resolve_base(
     """A loadable model path or hub id for a study's `base_model`: for the built-in base the shipped copy
     when the recipe is the shipped one, else the cached one, pretraining it if needed.
 
-    A hub id is returned as is: transformers downloads it on first load (and names it if unreachable).
+    A GGUF base resolves to its converted directory (converted on first use). A hub id is returned as
+    is: transformers downloads it on first load (and names it if unreachable).
     """
     check_base_model(base_model)
+    if is_gguf_base(base_model):
+        return str(converted_base(base_model))
     if base_model == "builtin":
         shipped = shipped_base(recipe)
         if shipped is not None:
@@ -124,6 +132,8 @@ def load_causal_lm(
 
     from learnforget.precision import absolute_model_path, storage_dtype
 
+    if is_gguf_base(path):
+        path = str(converted_base(path))
     try:
         return AutoModelForCausalLM.from_pretrained(
             absolute_model_path(path),
@@ -137,6 +147,8 @@ def load_causal_lm(
 
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     """The tokenizer saved with a model; a pad token is set (EOS) when the model has none."""
+    if is_gguf_base(path):
+        path = str(converted_base(path))
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as e:

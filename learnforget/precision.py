@@ -58,3 +58,28 @@ def absolute_model_path(model_path: str) -> str:
     anywhere); a hub id unchanged."""
     path = Path(model_path).expanduser()
     return str(path.resolve()) if path.is_dir() else model_path
+
+
+def native_cpu_bf16() -> bool | None:
+    """Whether this CPU computes in bfloat16 natively (AVX512_BF16 or AMX), None where torch cannot tell
+    (not x86, or a torch without these checks)."""
+    import platform
+
+    checks = [
+        getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    ]
+    if platform.machine().lower() not in ("x86_64", "amd64") or not all(checks):
+        return None
+    return any(check() for check in checks)
+
+
+def cpu_bf16_warning(precision: str) -> str | None:
+    """One line when a bf16 precision would run on a CPU that emulates bf16 (~15× slower than fp32 was
+    measured), else None; a study on a GPU is never warned."""
+    if precision not in ("bf16-mixed", "bf16") or torch.cuda.is_available() or native_cpu_bf16() is not False:
+        return None
+    capability = torch.backends.cpu.get_cpu_capability()
+    return (
+        f"precision {precision} on a CPU without native bf16 ({capability}): expect ~15× slower than fp32; "
+        "use precision: fp32 on this machine"
+    )

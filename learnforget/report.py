@@ -11,6 +11,7 @@ from rich.table import Table
 
 from learnforget.config import StudyConfig
 from learnforget.evaluate.suites import forgetting_metric, learning_metric
+from learnforget.gguf_base import named_base_description
 from learnforget.report_plots import (  # noqa: F401 (re-exported: the report's plots)
     PLOT_NAME,
     SPECTRUM_PLOT_NAME,
@@ -19,7 +20,7 @@ from learnforget.report_plots import (  # noqa: F401 (re-exported: the report's 
     plot_spectrum_over_training,
     plot_training_curves,
 )
-from learnforget.store import Store
+from learnforget.store import FAILED, Store, writing
 
 
 def metric_curves(store: Store) -> dict[str, dict[int, dict[str, float]]]:
@@ -42,7 +43,9 @@ def arm_rows(store: Store, study: StudyConfig) -> list[dict]:
     base = final_metrics(curves.get("base", {}))
     rows = []
     for arm in sorted(store.arms(), key=lambda a: a["name"] != "base"):
-        final = final_metrics(curves.get(arm["name"], {}))
+        # A failed or diverged arm's last milestone is not a result: its row shows none (the milestone
+        # tables below keep them, under the arm's status).
+        final = {} if arm["status"] in FAILED else final_metrics(curves.get(arm["name"], {}))
         row = {"arm": arm["name"] if arm["status"] == "done" else f"{arm['name']} ({arm['status']})"}
         for metric in (learn, forget):
             value = final.get(metric)
@@ -140,7 +143,7 @@ def write_summary(study_dir: Path, store: Store, study: StudyConfig) -> Path:
     parts = [
         f"# Study `{study.name}`",
         "",
-        f"Base model: `{store.info('base_path', study.base_model)}`. Target domain: **{study.domain}** "
+        f"Base model: `{store.info('base_path', study.base_model)}`{_named_base(study)}. Target domain: **{study.domain}** "
         f"({study.regime.upper()}), {study.budget_tokens:,} tokens per arm in {study.steps} steps of "
         f"{study.batch_size}×{study.seq_len}; milestones every {study.steps // study.milestones or 1} steps.",
         _data_line(store),
@@ -176,7 +179,8 @@ def write_summary(study_dir: Path, store: Store, study: StudyConfig) -> Path:
         body = [
             [f"{tokens:,}"] + [_fmt(curve[tokens].get(m), 4) for m in metrics] for tokens in sorted(curve)
         ]
-        parts += ["", f"### {arm['name']}", "", markdown_table(["tokens"] + metrics, body)]
+        status = f" ({arm['status']}: {arm['error']})" if arm["status"] in FAILED else ""
+        parts += ["", f"### {arm['name']}{status}", "", markdown_table(["tokens"] + metrics, body)]
     from learnforget.analysis.claims import claims_for_study_dir, claims_markdown
     from learnforget.analysis.frontier import frontier_for_study_dir
     from learnforget.analysis.methods import methods_markdown
@@ -194,13 +198,21 @@ def write_report(study_dir: Path, store: Store, study: StudyConfig, console: Con
     The plots are drawn by a forked child while this process writes summary.md and report.html (two cores
     finish the report in about half the time); if the child fails, they are drawn here again, so that the
     error shows as it would have."""
+
+    with writing(study_dir, "the report (summary.md, report.html, plots)"):
+        return _write_report(study_dir, store, study, console)
+
+
+def _write_report(study_dir: Path, store: Store, study: StudyConfig, console: Console | None) -> Path:
     from multiprocessing import get_all_start_methods, get_context
 
     from learnforget.report_html import write_study_html
 
     child = None
     if "fork" in get_all_start_methods():
-        child = get_context("fork").Process(target=write_plots, args=(study_dir, store, study), daemon=True)
+        child = get_context("fork").Process(
+            target=_plots_in_child, args=(study_dir, store, study), daemon=True
+        )
         child.start()
     else:
         write_plots(study_dir, store, study)
@@ -213,6 +225,17 @@ def write_report(study_dir: Path, store: Store, study: StudyConfig, console: Con
     if console is not None:
         console.print(console_table(arm_rows(store, study), f"{study.name}: final milestone"))
     return html
+
+
+def _plots_in_child(study_dir: Path, store: Store, study: StudyConfig) -> None:
+    """write_plots in the forked child: a failure exits 1 quietly (the parent draws them again and
+    reports the error once)."""
+    import os
+
+    try:
+        write_plots(study_dir, store, study)
+    except BaseException:  # noqa: BLE001
+        os._exit(1)
 
 
 def write_plots(study_dir: Path, store: Store, study: StudyConfig) -> None:
@@ -271,3 +294,9 @@ def write_suite_summary(suite_dir: Path, settings: list[str]) -> Path:
     path = suite_dir / "summary.md"
     path.write_text("\n".join(parts) + "\n")
     return path
+
+
+def _named_base(study: StudyConfig) -> str:
+    """' (<description>)' for a named base such as smollm2-135m, else nothing."""
+    description = named_base_description(study.base_model)
+    return f" ({study.base_model}: {description})" if description else ""

@@ -16,7 +16,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from learnforget.gguf_base import named_base_description
 from learnforget.plotting import colors, family
+from learnforget.store import writing
 
 HTML_NAME = "report.html"
 
@@ -62,16 +64,11 @@ document.querySelectorAll('input.filter').forEach(function(input){
 
 def environment() -> dict[str, str]:
     """Versions and device of this process, stored with a study when it runs."""
-    from importlib.metadata import PackageNotFoundError, version
-
     import torch
 
-    env = {"python": platform.python_version(), "platform": platform.platform()}
-    for package in ("learnforget", "torch", "transformers", "peft", "accelerate", "lm-eval"):
-        try:
-            env[package] = version(package)
-        except PackageNotFoundError:
-            pass
+    from learnforget.versions import package_versions
+
+    env = {"python": platform.python_version(), "platform": platform.platform(), **package_versions()}
     if torch.cuda.is_available():
         env["device"] = f"cuda: {torch.cuda.get_device_name(0)} × {torch.cuda.device_count()}"
     else:
@@ -459,10 +456,11 @@ def footer(study, store) -> str:
         f"<tr><td class='t'>{_esc(k)}</td><td class='t'>{_esc(v)}</td></tr>" for k, v in env.items()
     )
     config = json.dumps(store.info("config") or json.loads(study.model_dump_json()), indent=1)
+    named = named_base_description(study.base_model)
     return (
         "<footer><h2>Config, base model and environment</h2>"
         f"<p>Base model: <code>{_esc(store.info('base_path', study.base_model))}</code> "
-        f"(config: <code>{_esc(study.base_model)}</code>).</p>"
+        f"(config: <code>{_esc(study.base_model)}</code>{_esc(': ' + named) if named else ''}).</p>"
         + (f"<p>Environment of the run:</p><table>{env_rows}</table>" if env else "<p>Environment of the run: not recorded.</p>")
         + f"<p>Report written {time.strftime('%Y-%m-%d %H:%M:%S %Z')} with learnforget "
         f"{_esc(now.get('learnforget', '?'))}, plotly embedded (no network needed).</p>"
@@ -545,8 +543,9 @@ def write_study_html(study_dir: Path, store, study) -> Path:
     body = header + study_sections(study_dir, store, study) + [footer(study, store)]
     path = study_dir / HTML_NAME
     tmp = path.with_name(f".{HTML_NAME}.tmp")
-    tmp.write_text(page(f"learnforget: {study.name}", body))
-    tmp.replace(path)  # a browser refreshing mid-write sees the old page or the new, never half
+    with writing(study_dir, HTML_NAME, tmp):  # a full disk leaves no .tmp behind
+        tmp.write_text(page(f"learnforget: {study.name}", body))
+        tmp.replace(path)  # a browser refreshing mid-write sees the old page or the new, never half
     return path
 
 

@@ -17,13 +17,15 @@ Schema of every part and of the snapshot (query it with any SQLite client, e.g. 
          dropout, train_embeddings, optimizer, seed,   -- the arm's settings ('base' has method 'base'; a
                                                        -- peft arm's method is its family: dora, vera, ...)
          trainable_params, total_params,               -- counted once per tied weight
-         status,                                       -- 'pending' | 'running' | 'done' | 'failed'
+         status,                                       -- 'pending' | 'running' | 'done' | 'failed' |
+                                                       -- 'diverged' (learnforget/divergence.py)
          tokens_per_s, peak_memory_mb, train_seconds, error,
          arm_id,                                       -- hash of all the arm's settings (`Arm.id`)
          peft, quantization,                           -- a peft arm's type and keywords (JSON), QLoRA's bits
          registered, updated,                          -- times; the merge keeps the latest update
          wall_seconds)                                 -- the arm's wall time, over every process that ran it
     metrics(arm, step, tokens, metric, value,          -- one row per arm x milestone x metric
+            checksum,                                  -- of the row (`row_checksum`), checked on read
             PRIMARY KEY (arm, tokens, metric))
     matrices(arm, tokens, name, rank_delta, rank_base, rank_random, min_dim, delta_fro,
              relative_delta, intruders, PRIMARY KEY (arm, tokens, name))   -- ΔW spectra
@@ -41,6 +43,7 @@ different hosts should agree to within seconds (the merge keeps an arm's most re
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -48,10 +51,10 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterable
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 
-from learnforget.errors import UserError
+from learnforget.errors import UserError, storage_error
 
 DB_NAME = "results.db"
 PARTS_DIR = "results"
@@ -66,7 +69,8 @@ CREATE TABLE IF NOT EXISTS arms (
     tokens_per_s REAL, peak_memory_mb REAL, train_seconds REAL, error TEXT,
     arm_id TEXT, registered REAL, updated REAL, peft TEXT, quantization TEXT, wall_seconds REAL);
 CREATE TABLE IF NOT EXISTS metrics (
-    arm TEXT, step INTEGER, tokens INTEGER, metric TEXT, value REAL, PRIMARY KEY (arm, tokens, metric));
+    arm TEXT, step INTEGER, tokens INTEGER, metric TEXT, value REAL, checksum TEXT,
+    PRIMARY KEY (arm, tokens, metric));
 CREATE TABLE IF NOT EXISTS matrices (
     arm TEXT, tokens INTEGER, name TEXT, rank_delta INTEGER, rank_base INTEGER, rank_random INTEGER,
     min_dim INTEGER, delta_fro REAL, relative_delta REAL, intruders INTEGER, PRIMARY KEY (arm, tokens, name));
@@ -103,6 +107,10 @@ JSON_ARM_COLUMNS = ("peft",)
 SNAPSHOT_SECONDS = 1.0
 _last_snapshot: dict[str, float] = {}
 ROW_TABLES = ("study", "metrics", "matrices", "files", "starts", "steps", "stage_times")
+# An arm's status: FAILED arms' numbers are not results (left out of tables, frontiers, noise and claims);
+# FINISHED arms are not trained again by a rerun.
+FAILED = ("failed", "diverged")
+FINISHED = ("done", "diverged")
 
 
 def store_error(path: Path, error: Exception) -> UserError:
@@ -118,6 +126,35 @@ def _migrate(conn: sqlite3.Connection) -> None:
     for column, kind in ADDED_ARM_COLUMNS.items():
         if column not in have:
             conn.execute(f"ALTER TABLE arms ADD COLUMN {column} {kind}")
+    if "checksum" not in {r[1] for r in conn.execute("PRAGMA table_info(metrics)")}:
+        conn.execute("ALTER TABLE metrics ADD COLUMN checksum TEXT")  # older rows keep none
+
+
+def row_checksum(arm: str, step: int, tokens: int, metric: str, value: float | None) -> str:
+    """16 hex digits of the sha256 of a metric row as SQLite stores it (NaN is stored as NULL): an edited
+    value, arm, milestone or name no longer matches."""
+    value = None if value is None or value != value else float(value)
+    return hashlib.sha256(json.dumps([arm, step, tokens, metric, value]).encode()).hexdigest()[:16]
+
+
+class StoreDamaged(UserError):
+    """A part's rows do not match their checksums: edited or damaged after they were written."""
+
+
+@contextmanager
+def writing(directory: Path, what: str, tmp: Path | None = None):
+    """Turn a full or unwritable disk into one line naming `directory` and `what` (a StorageError), and
+    remove `tmp` (a half-written file) whatever went wrong."""
+    try:
+        yield
+    except BaseException as e:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, Exception) and not isinstance(e, UserError):
+            problem = storage_error(e, directory, what)
+            if problem is not None:
+                raise problem from None
+        raise
 
 
 class Store:
@@ -127,7 +164,8 @@ class Store:
         self.study_dir = Path(study_dir)
         self.path = self.study_dir / DB_NAME  # the merged snapshot
         self.parts_dir = self.study_dir / PARTS_DIR
-        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        with writing(self.study_dir, f"the results store ({PARTS_DIR}/)"):
+            self.parts_dir.mkdir(parents=True, exist_ok=True)
         self._adopt_legacy()
 
     # --- files -------------------------------------------------------------------------------------
@@ -144,6 +182,7 @@ class Store:
     def _adopt_legacy(self) -> None:
         """A results.db that is not a snapshot comes from an older version: copy it in as a part, once."""
         legacy = self.parts_dir / LEGACY_PART
+        tmp = legacy.with_name(f".{legacy.name}.{os.getpid()}.tmp")
         if not self.path.exists() or legacy.exists():
             return
         try:
@@ -153,12 +192,15 @@ class Store:
                     return
                 if not tables:
                     return
-                tmp = legacy.with_name(f".{legacy.name}.{os.getpid()}.tmp")
                 with closing(sqlite3.connect(tmp)) as dst:
                     src.backup(dst)  # includes what is still in the WAL
                     _migrate(dst)
                     dst.commit()
         except sqlite3.DatabaseError as e:
+            problem = storage_error(e, self.parts_dir, f"a copy of an older store ({LEGACY_PART})")
+            if problem is not None:
+                tmp.unlink(missing_ok=True)
+                raise problem from None
             if any(p.name != LEGACY_PART for p in self.parts()):  # only the derived snapshot is damaged
                 print(
                     f"warning: {self.path}: damaged ({e}); rewriting it from {self.parts_dir}",
@@ -173,10 +215,11 @@ class Store:
     def _connect_part(self) -> sqlite3.Connection:
         path = self.part_path
         try:
-            conn = sqlite3.connect(path, timeout=60)
-            conn.execute("PRAGMA journal_mode=DELETE")
-            _migrate(conn)
-            conn.commit()
+            with writing(self.parts_dir, f"this process's results ({path.name})"):
+                conn = sqlite3.connect(path, timeout=60)
+                conn.execute("PRAGMA journal_mode=DELETE")
+                _migrate(conn)
+                conn.commit()
         except sqlite3.DatabaseError as e:
             raise store_error(path, e) from None
         conn.row_factory = sqlite3.Row
@@ -187,8 +230,9 @@ class Store:
         milestone or an arm's new status: outside readers must see them at once), else at most every
         SNAPSHOT_SECONDS."""
         rows = list(rows)
-        with closing(self._connect_part()) as conn, conn:
-            conn.executemany(sql, rows)
+        with writing(self.parts_dir, f"results ({self.part_path.name})"):
+            with closing(self._connect_part()) as conn, conn:
+                conn.executemany(sql, rows)
         if snapshot or time.monotonic() - _last_snapshot.get(str(self.study_dir), -1e9) > SNAPSHOT_SECONDS:
             self.refresh_snapshot()
         else:
@@ -208,6 +252,9 @@ class Store:
             except FileNotFoundError:
                 _MERGES.pop(where, None)
                 time.sleep(0.05)
+            except StoreDamaged:
+                _MERGES.pop(where, None)
+                raise
             except sqlite3.DatabaseError as e:
                 _MERGES.pop(where, None)  # a part copied halfway: start again from nothing
                 if attempt == 4:
@@ -222,15 +269,48 @@ class Store:
         """Write the merge of all parts to results.db atomically (for outside SQLite clients)."""
         tmp = self.study_dir / f".{DB_NAME}.{socket.gethostname()}-{os.getpid()}.tmp"
         tmp.unlink(missing_ok=True)
-        with closing(sqlite3.connect(tmp)) as dst:
-            self._merged().backup(dst)
-            dst.execute("INSERT OR REPLACE INTO study VALUES ('snapshot', 'true')")
-            dst.commit()
-        os.replace(tmp, self.path)
+        merged = self._merged()
+        parts = json.dumps(sorted(p.name for p in self.parts()))
+        with writing(self.study_dir, f"the merged results ({DB_NAME})", tmp):
+            with closing(sqlite3.connect(tmp)) as dst:
+                merged.backup(dst)
+                dst.execute("INSERT OR REPLACE INTO study VALUES ('snapshot', 'true')")
+                dst.execute("INSERT OR REPLACE INTO study VALUES ('snapshot_parts', ?)", (parts,))
+                dst.commit()
+            os.replace(tmp, self.path)
         _last_snapshot[str(self.study_dir)] = time.monotonic()
         _dirty.discard(str(self.study_dir))
         for stale in (f"{DB_NAME}-wal", f"{DB_NAME}-shm", f"{DB_NAME}-journal"):
             (self.study_dir / stale).unlink(missing_ok=True)
+
+    def lost_results(self) -> str | None:
+        """What results.db (the last merge) holds that no part does, as one line naming the missing part
+        files and how to rebuild them, or None: parts are never deleted, so a difference means a part
+        file was lost (a finished study would otherwise be recomputed silently)."""
+        try:
+            with closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)) as snapshot:
+                info = dict(snapshot.execute("SELECT key, value FROM study WHERE key LIKE 'snapshot%'"))
+                if "snapshot" not in info:
+                    return None
+                held = set(snapshot.execute("SELECT arm, tokens, metric FROM metrics"))
+        except sqlite3.DatabaseError:  # none yet, or damaged: it is derived data
+            return None
+        lost = held - {
+            (r["arm"], r["tokens"], r["metric"])
+            for r in self._read("SELECT arm, tokens, metric FROM metrics")
+        }
+        if not lost:
+            return None
+        arms = sorted({arm for arm, _, _ in lost})
+        names = [
+            n for n in json.loads(info.get("snapshot_parts") or "[]") if not (self.parts_dir / n).exists()
+        ]
+        return (
+            f"{self.parts_dir}: {', '.join(names) or 'part files'} missing: {DB_NAME} holds {len(lost):,} "
+            f"metric rows of {len(arms)} arm(s) ({', '.join(arms[:3])}{', ...' * (len(arms) > 3)}) that no part does; "
+            f"rebuild them from it with `cp {self.path} {self.parts_dir}/restored.db`, or rerun with --recompute "
+            "to train those arms again"
+        )
 
     # --- study -------------------------------------------------------------------------------------
     def set_info(self, key: str, value) -> None:
@@ -289,8 +369,10 @@ class Store:
     # --- metrics -----------------------------------------------------------------------------------
     def add_metrics(self, arm: str, step: int, tokens: int, values: dict[str, float]) -> None:
         """All metrics of one milestone in one transaction."""
-        rows = [(arm, step, tokens, k, float(v)) for k, v in values.items()]
-        self._write("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?)", rows, snapshot=True)
+        rows = [
+            (arm, step, tokens, k, float(v), row_checksum(arm, step, tokens, k, v)) for k, v in values.items()
+        ]
+        self._write("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?)", rows, snapshot=True)
 
     def metrics(self, arm: str | None = None) -> list[dict]:
         if arm is None:
@@ -308,8 +390,15 @@ class Store:
         ]  # fmt: skip
         self._write("INSERT OR REPLACE INTO matrices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
-    def matrices(self) -> list[dict]:
-        return self._read("SELECT * FROM matrices ORDER BY arm, tokens, name")
+    def matrices(self, every_arm: bool = False) -> list[dict]:
+        """ΔW spectra rows, without failed or diverged arms' unless `every_arm`."""
+        if every_arm:
+            return self._read("SELECT * FROM matrices ORDER BY arm, tokens, name")
+        return self._read(
+            "SELECT x.* FROM matrices x LEFT JOIN arms a ON a.name = x.arm WHERE a.status IS NULL OR"
+            f" a.status NOT IN ({', '.join('?' * len(FAILED))}) ORDER BY x.arm, x.tokens, x.name",
+            FAILED,
+        )
 
     def add_steps(self, arm: str, rows: list[dict]) -> None:
         """Training-curve rows ({step, loss, learning_rate, grad_norm}) in one transaction: callers batch
@@ -322,12 +411,20 @@ class Store:
             return self._read("SELECT * FROM steps ORDER BY arm, step")
         return self._read("SELECT * FROM steps WHERE arm = ? ORDER BY step", (arm,))
 
-    def metric_rows(self) -> list[dict]:
-        """Every metric joined with its arm's settings (the base model appears as method 'base')."""
+    def metric_rows(self, every_arm: bool = False) -> list[dict]:
+        """Every metric joined with its arm's settings and status (the base model appears as method
+        'base'): the rows analyses use, without failed or diverged arms unless `every_arm`."""
+        where = (
+            ""
+            if every_arm
+            else f" WHERE a.status IS NULL OR a.status NOT IN ({', '.join('?' * len(FAILED))})"
+        )
         return self._read(
             "SELECT m.arm, a.method, a.rank, a.alpha, a.target_modules, a.learning_rate, a.weight_decay,"
-            " a.dropout, a.train_embeddings, a.seed, a.peft, a.trainable_params, m.step, m.tokens AS milestone, m.metric, m.value"
-            " FROM metrics m JOIN arms a ON a.name = m.arm ORDER BY a.rowid, m.tokens, m.metric"
+            " a.dropout, a.train_embeddings, a.seed, a.peft, a.trainable_params, a.status, m.step,"
+            " m.tokens AS milestone, m.metric, m.value"
+            f" FROM metrics m JOIN arms a ON a.name = m.arm{where} ORDER BY a.rowid, m.tokens, m.metric",
+            () if every_arm else FAILED,
         )
 
     def add_stage_times(self, arm: str, step: int, seconds: dict[str, float]) -> None:
@@ -409,6 +506,7 @@ class _Merged:
         self.conn = sqlite3.connect(":memory:", check_same_thread=False)
         self.conn.row_factory = sqlite3.Row
         self.conn.executescript(SCHEMA)
+        self.conn.create_function("row_checksum", 5, row_checksum, deterministic=True)
         self.conn.execute("CREATE TEMP TABLE all_arms AS SELECT *, 0 AS part FROM arms WHERE 0")
         self.keys: dict[str, tuple] = {}
         self.ids: dict[str, int] = {}
@@ -427,7 +525,7 @@ class _Merged:
             try:
                 conn.execute("ATTACH DATABASE ? AS p", (str(part),))
                 try:
-                    _copy_part(conn, index, self.marks.setdefault(part.name, {}))
+                    _copy_part(conn, index, self.marks.setdefault(part.name, {}), part)
                 finally:
                     conn.commit()
                     conn.execute("DETACH DATABASE p")
@@ -449,10 +547,11 @@ class _Merged:
 _MERGES: dict[str, _Merged] = {}
 
 
-def _copy_part(conn: sqlite3.Connection, index: int, marks: dict[str, int]) -> None:
+def _copy_part(conn: sqlite3.Connection, index: int, marks: dict[str, int], part: Path) -> None:
     """Copy the rows a part gained since the last copy. A part's rows are only ever inserted or
     replaced, and SQLite gives a replacing row a rowid above every existing one, so the rows with a
-    rowid above the last copy's highest are exactly the new ones."""
+    rowid above the last copy's highest are exactly the new ones. Metric rows are checked against
+    their checksums (rows written before checksums have none)."""
     tables = {r[0] for r in conn.execute("SELECT name FROM p.sqlite_master WHERE type = 'table'")}
     for table in (*ROW_TABLES, "arms"):
         if table not in tables:
@@ -460,6 +559,8 @@ def _copy_part(conn: sqlite3.Connection, index: int, marks: dict[str, int]) -> N
         top = conn.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM p.{table}").fetchone()[0]
         window = (marks.get(table, 0), top)
         theirs = {r[1] for r in conn.execute(f"PRAGMA p.table_info({table})")}
+        if table == "metrics" and "checksum" in theirs:
+            _check_metric_rows(conn, window, part)
         if table == "arms":
             select = ", ".join(c if c in theirs else "NULL" for c in ALL_ARM_COLUMNS)
             conn.execute(
@@ -475,6 +576,20 @@ def _copy_part(conn: sqlite3.Connection, index: int, marks: dict[str, int]) -> N
                 window,
             )
         marks[table] = top
+
+
+def _check_metric_rows(conn: sqlite3.Connection, window: tuple[int, int], part: Path) -> None:
+    bad = conn.execute(
+        "SELECT arm, tokens, metric FROM p.metrics WHERE rowid > ? AND rowid <= ? AND checksum IS NOT NULL"
+        " AND checksum != row_checksum(arm, step, tokens, metric, value) LIMIT 1",
+        window,
+    ).fetchone()
+    if bad is not None:
+        raise StoreDamaged(
+            f"{part}: metric {bad[2]} of arm {bad[0]} at {bad[1]:,} tokens does not match its checksum "
+            "(edited or damaged after it was written); restore the part from a backup, or move it away "
+            "and rerun with --recompute to train what it held again"
+        )
 
 
 def open_store(study_dir: str | Path) -> Store:

@@ -13,6 +13,7 @@ trusted, and any exception marks the arm failed with its reason while the study 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -27,9 +28,11 @@ from pathlib import Path
 import torch
 
 from learnforget.config import Arm, StudyConfig
-from learnforget.errors import UserError
+from learnforget.divergence import divergence
+from learnforget.errors import StorageError, UserError
+from learnforget.gguf_base import named_base_description
 from learnforget.precision import grad_scaler
-from learnforget.store import Store
+from learnforget.store import FAILED, FINISHED, Store, writing
 
 DATA_FILE = "data.pt"
 EVAL_DIGEST = "eval_digest"  # store info: content digest of the evaluation sets (check_same_evaluation)
@@ -44,13 +47,14 @@ def atomic_save(obj, path: Path, record=None) -> str:
 
     Returns the file's sha256; `record(sha256, size)` is called before the rename, so a checksum is
     on record for every file that can appear under `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    digest = file_sha256(tmp)
-    if record is not None:
-        record(digest, tmp.stat().st_size)
-    os.replace(tmp, path)
+    with writing(path.parent, path.name, tmp):  # a full or read-only disk: one line, no .tmp left
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(obj, tmp)
+        digest = file_sha256(tmp)
+        if record is not None:
+            record(digest, tmp.stat().st_size)
+        os.replace(tmp, path)
     return digest
 
 
@@ -85,11 +89,29 @@ def verified_load(store: Store, study_dir: Path, path: Path):
         return None, f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
 
 
+def reset_peak_memory() -> None:
+    """Start this process's peak-memory count afresh: a worker runs arm after arm, and each arm records
+    its own peak. Linux resets the resident high-water mark (VmHWM) on a write of 5 to clear_refs;
+    ru_maxrss, which never resets, is the fallback elsewhere."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def peak_memory_mb() -> float:
-    """Peak memory of this process: GPU memory allocated when on CUDA, else peak resident set size."""
+    """Peak memory of this process since `reset_peak_memory`: GPU memory allocated when on CUDA, else the
+    peak resident set size (VmHWM where /proc has it, else ru_maxrss)."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        status = Path("/proc/self/status").read_text()
+        return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -231,6 +253,7 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
     )
 
     arm_started = time.perf_counter()
+    reset_peak_memory()  # the peak recorded for this arm is this arm's, not an earlier one's in this worker
     warnings.filterwarnings("ignore", category=FutureWarning)  # spawned workers start with default filters
     study = StudyConfig.model_validate_json(study_json)
     arm = Arm.model_validate_json(arm_json)
@@ -238,7 +261,7 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
     study_dir = Path(study_dir)
     torch.set_num_threads(study.threads_per_worker)
     store = Store(study_dir)
-    if (store.arm(arm.name) or {}).get("status") == "done":
+    if (store.arm(arm.name) or {}).get("status") in FINISHED:
         return {"arm": arm.name, "skipped": True}
     main = distributed.is_main_process()  # only the main process writes (store, checkpoints, files)
     sharded = distributed.is_distributed() and study.sharding == "fsdp"
@@ -297,6 +320,7 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
     base_weights = quantized_base
     evaluator = ArmEvaluator(model, arm, study, base_path, sharded)
     trained_tokens_count, train_seconds = 0, 0.0
+    diverged = None  # why the arm diverged (divergence.py), once it has
     from learnforget.tracking import StepLog, hyperparameters
 
     step_log = StepLog(
@@ -326,11 +350,23 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
                 if study.eval.spectra:
                     started = time.perf_counter()
                     base_weights = base_weights or load_base_weights(base_path, study)
-                    weights = evaluator.weights(gathered and gathered["model"])
-                    metrics.update(record_spectra(store, arm.name, tokens_at(step), base_weights, weights))
+                    metrics.update(record_spectra(
+                        store, arm.name, tokens_at(step), base_weights, None if sharded else model,
+                        functools.partial(evaluator.weights, gathered and gathered["model"]),
+                        lambda done, total, _: tell("spectra", arm.name, done, total),
+                    ))  # fmt: skip
+                    evaluator.drop_weights()
                     stages["spectra"] = time.perf_counter() - started
                 store.add_metrics(arm.name, step, tokens_at(step), metrics)
                 step_log.milestone(step, metrics)
+                diverged = diverged or divergence(metrics, base_metrics(store), len(tokenizer))
+                if diverged and not distributed.is_distributed():  # launched processes all go on to the end
+                    store.add_stage_times(arm.name, step, stages)
+                    store.update_arm(arm.name, status="diverged", error=diverged,
+                                     wall_seconds=earlier_wall + time.perf_counter() - arm_started)  # fmt: skip
+                    checkpoint_path.unlink(missing_ok=True)  # a rerun does not train it again
+                    tell("diverged", arm.name, diverged)
+                    return {"arm": arm.name, "diverged": diverged}
                 started = time.perf_counter()
                 atomic_save(
                     checkpoint_state(model, optimizer, scheduler, step, scaler, gathered), checkpoint_path,
@@ -339,7 +375,7 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
                 stages["checkpoint"] = time.perf_counter() - started
                 store.add_stage_times(arm.name, step, stages)
                 store.update_arm(arm.name, wall_seconds=earlier_wall + time.perf_counter() - arm_started)
-                tell("milestone", arm.name, tokens_at(step), metrics)
+                tell("milestone", arm.name, step, tokens_at(step), metrics)
             distributed.wait_for_everyone()
     except FloatingPointError as e:
         if main:
@@ -353,19 +389,24 @@ def run_arm(study_json: str, arm_json: str, study_dir: str, base_path: str, queu
     if not main:
         return {"arm": arm.name}
     started = time.perf_counter()
-    save_final(model, tokenizer, arm_dir(study_dir, arm.name), base_path, final_weights, initial_adapter)
-    write_model_card(arm_dir(study_dir, arm.name), study, arm, base_path, store, merged=evaluator.merge)
+    with writing(arm_dir(study_dir, arm.name), "the arm's final weights and model card"):
+        save_final(model, tokenizer, arm_dir(study_dir, arm.name), base_path, final_weights, initial_adapter)
+        write_model_card(arm_dir(study_dir, arm.name), study, arm, base_path, store, merged=evaluator.merge)
     store.add_stage_times(arm.name, step, {"save": time.perf_counter() - started})
     tokens_per_s = trained_tokens_count / train_seconds if train_seconds else None
     store.update_arm(
         arm.name,
-        status="done",
+        status="diverged" if diverged else "done",
+        error=diverged,
         tokens_per_s=tokens_per_s,
         peak_memory_mb=peak_memory_mb(),
         train_seconds=train_seconds,
         wall_seconds=earlier_wall + time.perf_counter() - arm_started,
     )
     checkpoint_path.unlink(missing_ok=True)  # the final weights are saved; optimizer state is not needed
+    if diverged:
+        tell("diverged", arm.name, diverged)
+        return {"arm": arm.name, "diverged": diverged}
     tell("done", arm.name)
     return {"arm": arm.name}
 
@@ -388,7 +429,10 @@ def run_arm_safely(study_json: str, arm_json: str, study_dir: str, base_path: st
         if not lease.acquire():
             return {"arm": arm.name, "claimed": lease.holder()}
     try:
-        if (store.arm(arm.name) or {}).get("status") == "done":
+        status = (store.arm(arm.name) or {}).get("status")
+        if status == "diverged":  # the same settings would diverge again
+            return {"arm": arm.name, "skipped": True, "diverged": store.arm(arm.name).get("error")}
+        if status == "done":
             problem = check_final_files(store, directory, arm)
             if problem is None:
                 return {"arm": arm.name, "skipped": True}
@@ -399,9 +443,11 @@ def run_arm_safely(study_json: str, arm_json: str, study_dir: str, base_path: st
             store.record_start(arm.name, arm.id)
         distributed.wait_for_everyone()
         result = run_arm(study_json, arm_json, study_dir, base_path, queue)
-        if "failed" not in result and distributed.is_main_process():
+        if "failed" not in result and "diverged" not in result and distributed.is_main_process():
             record_final_files(store, directory, arm)
         return result
+    except StorageError:  # a full or read-only disk stops the study: no arm can record anything
+        raise
     except Exception as e:  # OOM, a bug, a bad file: the arm failed, the study goes on
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
         if distributed.is_main_process():
@@ -575,10 +621,12 @@ def write_model_card(
     )  # fmt: skip
     if merged:
         load += ".merge_and_unload()  # the metrics below were measured on the merged weights"
+    description = named_base_description(study.base_model)
+    named = f" ({study.base_model}: {description})" if description else ""
     text = f"""# {arm.name}
 
 One arm of the learnforget study `{study.name}`: {study.domain} {study.regime.upper()}, finetuned from
-`{base_path}` with {arm.method} finetuning.
+`{base_path}`{named} with {arm.method} finetuning.
 
 - Budget: {study.steps} steps × {study.tokens_per_step:,} tokens = {study.steps * study.tokens_per_step:,} tokens
   (batch {study.batch_size} × sequence length {study.seq_len}), precision {study.precision}, data seed {study.seed}.
@@ -603,6 +651,11 @@ One arm of the learnforget study `{study.name}`: {study.domain} {study.regime.up
     (directory / "README.md").write_text(text)
 
 
+def base_metrics(store: Store) -> dict[str, float]:
+    """The base model's metrics (empty until it has been evaluated)."""
+    return {r["metric"]: r["value"] for r in store.metrics("base") if r["tokens"] == 0}
+
+
 def load_base_weights(base_path: str, study: StudyConfig) -> dict[str, torch.Tensor]:
     from learnforget.model import load_causal_lm
 
@@ -610,13 +663,17 @@ def load_base_weights(base_path: str, study: StudyConfig) -> dict[str, torch.Ten
 
 
 def record_spectra(
-    store: Store, arm: str, tokens: int, base_weights: dict, weights: dict
+    store: Store, arm: str, tokens: int, base_weights: dict, model, merged_weights, on_matrix=None
 ) -> dict[str, float]:
-    """ΔW spectra of every linear layer at this milestone (`weights`: the arm's `train.merged_weights`);
-    returns summary metrics for the metrics table."""
-    from learnforget.analysis.spectrum import spectrum_of_state_dicts
+    """ΔW spectra of every linear layer at this milestone: from a plain LoRA `model`'s factors, else of
+    `merged_weights()` (the arm's `train.merged_weights`; `model` None for a sharded arm), with W_base's
+    factors cached on disk (`analysis.spectrum_cache`); returns summary metrics for the metrics table."""
+    from learnforget.analysis.spectrum import spectrum_of_model
+    from learnforget.model import cache_dir
 
-    result = spectrum_of_state_dicts(base_weights, weights, progress=False)
+    result = spectrum_of_model(
+        base_weights, model, merged_weights, progress=on_matrix or False, cache_dir=cache_dir() / "spectra"
+    )
     store.add_matrices(arm, tokens, result["matrices"])
     # Matrices an arm does not train (LoRA on attention only leaves the MLP's ΔW = 0) are left out of the
     # median: it describes the updates the arm makes.
@@ -760,7 +817,7 @@ def run_arms(
         free = [a for a in waiting if Lease(study_dir, a.id).holder() is None]
         for arm in free:
             status = (store.arm(arm.name) or {}).get("status")
-            if status in ("done", "failed"):  # the other process finished it
+            if status in ("done", *FAILED):  # the other process finished it
                 results[arm.name] = {"arm": arm.name, "by_other": status}
         retry = [a for a in free if "by_other" not in results[a.name]]
         for arm, result in zip(retry, _run_pass(study, study_dir, base_path, retry, on_message), strict=True):
@@ -812,6 +869,8 @@ def _run_pass(
             for arm, future in zip(arms, futures, strict=True):
                 try:
                     results.append(future.result())
+                except StorageError:
+                    raise
                 except Exception as e:  # the worker died (killed for memory, a crash in native code)
                     reason = f"worker process died ({type(e).__name__})"
                     Store(study_dir).update_arm(arm.name, status="failed", error=reason)

@@ -85,5 +85,7 @@ def synthetic_study(study_dir: Path, arms=GRID_ARMS, unfinished: int = 0, seed: 
     with closing(sqlite3.connect(store.part_path)) as conn, conn:  # this process's part of the store
         conn.executemany(f"INSERT INTO arms ({columns}) VALUES ({', '.join('?' * len(arms[0]))})", arms)
         conn.executemany("INSERT INTO steps VALUES (?, ?, ?, ?, ?)", steps)
-        conn.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)", metrics)
+        conn.executemany(
+            "INSERT INTO metrics (arm, step, tokens, metric, value) VALUES (?, ?, ?, ?, ?)", metrics
+        )
     return store, study, [a.name for a in expanded]

@@ -263,7 +263,8 @@ class ForwardLog:
         self.handle = model.register_forward_pre_hook(self.record, with_kwargs=True)
 
     def record(self, module, args, kwargs) -> None:
-        (self.cached if kwargs.get("cache") is not None else self.fresh).append(kwargs["input_ids"])
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # renamed `cache` in transformers 5.24
+        (self.cached if cache is not None else self.fresh).append(kwargs["input_ids"])
 
 
 def tiny_gpt2(tokenizer) -> GPT2LMHeadModel:

@@ -74,6 +74,16 @@ def test_score_code_on_humaneval_samples(tmp_path, capsys):
     assert "pass@1: 0.5000" in out
 
 
+@pytest.mark.parametrize("timeout", ["-1", "nan", "inf", "1e308", "1e-320", "0", "abc"])
+def test_score_code_refuses_a_timeout_it_cannot_honour_in_one_line(timeout, tmp_path, capsys):
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(json.dumps({"task_id": "HumanEval/0", "completion": "    return None\n"}) + "\n")
+    code, _, err = run_cli(["score-code", "--samples", str(samples), f"--timeout={timeout}"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: --timeout ") and "a number of seconds" in err, err
+    assert not (tmp_path / "samples.jsonl_results.jsonl").exists()  # refused before anything ran
+
+
 def test_spectrum_of_adapter_against_base(tiny_checkpoints, tmp_path, capsys):
     out = tmp_path / "spectrum.json"
     code, _, err = run_cli(
@@ -91,3 +101,14 @@ def test_dry_run_prints_arms_with_trainable_parameters(capsys):
     code, out, err = run_cli(["run", "--dry-run"], capsys)
     assert code == 0, err
     assert "lora-r16-all-lr2e-3-s0" in out and "full-lr2e-4-s0" in out
+
+
+def test_version_prints_the_library_versions_the_report_records(capsys):
+    from learnforget.report_html import environment
+
+    code, out, err = run_cli(["--version"], capsys)
+    assert code == 0, err
+    printed = dict(line.split(" ", 1) for line in out.splitlines())
+    assert {"learnforget", "torch", "transformers", "peft", "accelerate", "datasets"} <= set(printed)
+    recorded = environment()  # what a study stores for its report's environment table
+    assert {package: recorded[package] for package in printed} == printed

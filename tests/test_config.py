@@ -62,9 +62,11 @@ def test_missing_file_and_bad_override_are_user_errors():
 
 
 def test_arms_are_identified_by_all_their_settings_and_names_never_collide():
-    study = load_study(None, ["arms=[{method: full, learning_rate: [1e-3, 1.4e-3, 0.001]}]"])
+    study = load_study(None, ["arms=[{method: full, learning_rate: [1e-3, 1.4e-3]}]"])
     arms = expand_arms(study)
-    assert [a.name for a in arms] == ["full-lr1e-3-s0", "full-lr1.4e-3-s0"]  # 0.001 is 1e-3: one arm
+    assert [a.name for a in arms] == ["full-lr1e-3-s0", "full-lr1.4e-3-s0"]
+    with pytest.raises(UserError, match="arm full-lr1e-3-s0 is given twice"):  # 0.001 is 1e-3: one arm
+        load_study(None, ["arms=[{method: full, learning_rate: [1e-3, 1.4e-3, 0.001]}]"])
     assert len({a.id for a in arms}) == 2 and all(len(a.id) == 12 for a in arms)
     # The id hashes the settings, not the name: the same settings give the same id in any grid.
     again = expand_arms(load_study(None, ["arms=[{method: full, learning_rate: 1.4e-3, seed: [1, 0]}]"]))

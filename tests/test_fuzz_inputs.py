@@ -152,7 +152,8 @@ def test_generated_malformed_configs_end_cleanly(tmp_path, capsys, warm):
         if code == 2:
             assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), f"{what}: {err}"
         outcomes[code] += 1
-    assert outcomes[2] > 60 and outcomes[0] > 5, outcomes  # both kinds were exercised
+    # Both kinds were exercised (types are strict: True or 1.5 for a count, once converted, are refused).
+    assert outcomes[2] > 60 and outcomes[0] >= 2, outcomes
     # A directory and a FIFO given as the config file.
     os.mkfifo(tmp_path / "fifo.yaml")
     for path in (tmp_path, tmp_path / "fifo.yaml"):
@@ -218,3 +219,133 @@ def test_a_rank_above_the_width_and_a_model_without_weights_are_named(tmp_path, 
     (tmp_path / "model" / "config.json").write_text('{"model_type": "llama"}')
     assert run_cli(["run", "--dry-run", "--set", f"base_model={tmp_path / 'model'}"]) == 2
     assert "config.json but no weights" in capsys.readouterr().err
+
+
+# Inputs a trust round found accepted (issue 24): each is now refused in one line, exit 2. The table is
+# (what, CLI arguments with {dir} for a scratch directory, files to write there first).
+BILLION_LAUGHS = (  # 10^9 leaves: PyYAML shares the aliased lists, validating (and its message) would not
+    "".join(
+        f"{chr(97 + i)}: &{chr(97 + i)} [{', '.join([f'*{chr(96 + i)}' if i else 'x'] * 10)}]\n"
+        for i in range(9)
+    )
+    + "arms: *i\n"
+)
+
+ISSUE_24_CASES = [
+    ("empty file", ["run", "{dir}/c.yaml", "--dry-run"], {"c.yaml": ""}),
+    ("whitespace only", ["run", "{dir}/c.yaml", "--dry-run"], {"c.yaml": "   \n\n  \n"}),
+    ("null", ["run", "{dir}/c.yaml", "--dry-run"], {"c.yaml": "null\n"}),
+    ("empty name", ["run", "{dir}/c.yaml", "--dry-run"], {"c.yaml": 'name: ""\n'}),
+    ("name with a slash", ["run", "--dry-run", "--set", "name=a/b"], {}),
+    ("name with NUL", ["run", "{dir}/c.yaml", "--dry-run"], {"c.yaml": 'name: "a\\0b"\n'}),
+    ("learning rate as text", ["run", "{dir}/c.yaml", "--dry-run"],
+     {"c.yaml": "arms: [{method: full, learning_rate: '1e-3'}]\n"}),
+    ("two identical arms", ["run", "{dir}/c.yaml", "--dry-run"],
+     {"c.yaml": "arms: [{method: full}, {method: full}]\n"}),
+    ("a repeated seed", ["run", "--dry-run", "--set", "arms.0.seed=[1, 1]"], {}),
+    ("unknown harness task", ["run", "--dry-run", "--set", "eval.harness_tasks=[nonexistent_task]"], {}),
+    ("loss_tokens 1e12", ["run", "--dry-run", "--set", "eval.loss_tokens=1e12"], {}),
+    ("loss_tokens 10^12", ["run", "--dry-run", "--set", "eval.loss_tokens=1000000000000"], {}),
+    ("--shard 3/2", ["run", "--dry-run", "--shard", "3/2"], {}),
+    ("--shard 0/0", ["run", "--dry-run", "--shard", "0/0"], {}),
+    ("--shard abc", ["run", "--dry-run", "--shard", "abc"], {}),
+    ("--shard -1/2", ["run", "--dry-run", "--shard=-1/2"], {}),
+    ("--out /dev/null", ["run", "--dry-run", "--out", "/dev/null"], {}),
+    ("--out ''", ["run", "--dry-run", "--out", ""], {}),
+    ("--out a FIFO", ["run", "--dry-run", "--out", "{dir}/fifo"], {"fifo": None}),
+    ("--out /dev/null, running", ["run", "--out", "/dev/null"], {}),
+    ("billion laughs", ["run", "{dir}/c.yaml", "--dry-run"], {"c.yaml": BILLION_LAUGHS}),
+    ("peft r -1", ["run", "{dir}/c.yaml", "--dry-run"],
+     {"c.yaml": "arms: [{method: peft, peft: {type: LORA, r: -1}}]\n"}),
+    ("unreachable hub id", ["run", "--dry-run", "--set", "base_model=nobody/no-such-model-4f2a"], {}),
+    ("mistyped local path", ["run", "--dry-run", "--set", "base_model=./no/such/model"], {}),
+    ("truncated samples .jsonl.gz", ["score-code", "--samples", "{dir}/s.jsonl.gz"], {"s.jsonl.gz": "truncated"}),
+]  # fmt: skip
+
+
+def _truncated_gzip() -> bytes:
+    import gzip
+
+    lines = "".join(
+        json.dumps({"task_id": f"HumanEval/{i % 164}", "completion": "x" * 100}) + "\n" for i in range(2000)
+    )
+    whole = gzip.compress(lines.encode())
+    return whole[: len(whole) // 2]
+
+
+class _Tasks:
+    """lm-eval's TaskManager knowing two tasks (indexing the real one takes 10-30 s)."""
+
+    all_tasks = ["hellaswag", "arc_challenge"]
+
+
+@pytest.mark.parametrize("what, args, files", ISSUE_24_CASES, ids=[c[0] for c in ISSUE_24_CASES])
+def test_inputs_found_accepted_are_refused_in_one_line(
+    what, args, files, tmp_path, capsys, monkeypatch, warm
+):
+    from learnforget.evaluate import harness
+
+    monkeypatch.setattr(harness, "_task_manager", lambda *_: _Tasks())
+    for name, text in files.items():
+        if text is None:
+            os.mkfifo(tmp_path / name)
+        elif name.endswith(".gz"):
+            (tmp_path / name).write_bytes(_truncated_gzip())
+        else:
+            (tmp_path / name).write_text(text)
+    with time_limit(3 * CASE_SECONDS):  # a first use of AutoConfig or the sandbox imports for seconds
+        code = run_cli([a.replace("{dir}", str(tmp_path)) for a in args])
+    out, err = capsys.readouterr()
+    assert code == 2, f"{what}: exit {code}\n{err[-2000:]}"
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), f"{what}: {err}"
+
+
+def test_a_file_of_empty_documents_is_refused_and_some_are_skipped_with_a_warning(tmp_path, capsys):
+    from learnforget.config import load_study
+    from learnforget.data.datasets import user_text_pass
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"text": ""}\n' * 50)
+    study = load_study(None, [f"data.train={empty}"])
+    with pytest.raises(UserError, match="all 50 documents are empty or blank"):
+        list(user_text_pass(study)())
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text('{"text": "  "}\n{"text": "def f(): pass"}\n' * 3)
+    one_pass = user_text_pass(load_study(None, [f"data.train={mixed}"]))
+    assert list(one_pass()) == ["def f(): pass"] * 3 and list(one_pass()) == ["def f(): pass"] * 3
+    assert capsys.readouterr().err.count("3 of 6 documents are empty or blank; skipped") == 1
+
+
+def test_a_long_document_tokenizes_in_pieces_to_the_same_ids_in_linear_time():
+    """A 35 MB JSON line took minutes: documents are encoded in pieces of LONG_TEXT_CHARS, cut where the
+    byte-level pre-tokenizer splits anyway, so the ids are those of the whole text."""
+    import time
+
+    from learnforget.data.tokens import LONG_TEXT_CHARS, encode_texts, text_pieces
+    from learnforget.model import SHIPPED_BASE, load_tokenizer
+
+    tokenizer = load_tokenizer(str(SHIPPED_BASE))
+    rng = random.Random(SEED)
+    words = ["def", "x", "return", "(", "):", "\n", "  ", "\n\n", "\r\n", "foo.bar", "é", "123", "\t"]
+    text = "".join(rng.choice(words) + rng.choice([" ", "", "\n"]) for _ in range(60_000))
+    pieces = text_pieces(text, 2000)
+    assert "".join(pieces) == text and max(map(len, pieces)) <= 2000 and len(pieces) > 50
+    one_line = text.replace("\n", " ")  # cut before spaces
+    joined = [
+        i for p in text_pieces(one_line, 2000) for i in tokenizer(p, add_special_tokens=False)["input_ids"]
+    ]
+    assert joined == tokenizer(one_line, add_special_tokens=False)["input_ids"]
+    assert (
+        encode_texts(tokenizer, [text[:1000], text])
+        == tokenizer([text[:1000], text], add_special_tokens=False)["input_ids"]
+    )
+    assert [i for p in pieces for i in tokenizer(p, add_special_tokens=False)["input_ids"]] == encode_texts(
+        tokenizer, [text]
+    )[0]
+    seconds = []
+    for copies in (1, 4):  # 4x the text takes about 4x the time, not 16x
+        long = "word " * (LONG_TEXT_CHARS // 5 * 2 * copies)
+        started = time.perf_counter()
+        encode_texts(tokenizer, [long])
+        seconds.append(time.perf_counter() - started)
+    assert seconds[1] < 8 * seconds[0] + 0.5, seconds

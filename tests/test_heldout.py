@@ -75,3 +75,47 @@ def test_a_study_with_milestones_refuses_evaluation_sets_built_otherwise(tmp_pat
     with pytest.raises(UserError, match="rebuilt with other evaluation sets"):
         check_same_evaluation(store, sets)
     assert store.info(EVAL_DIGEST) == content_digest(other)
+
+
+def test_forgetting_can_be_measured_on_other_source_corpora():
+    """`eval.source_corpora`: each corpus gets its own held-out loss rows and metric; the first is the
+    forgetting axis and the text of the multiple-choice items; the default study keeps only english."""
+    from transformers import AutoTokenizer
+
+    from learnforget.config import StudyConfig
+    from learnforget.data.datasets import evaluation_sets
+    from learnforget.evaluate.metric_names import produced_metrics
+    from learnforget.evaluate.suites import forgetting_metric
+    from learnforget.model import SHIPPED_BASE
+
+    prose = corpora.documents("prose", "heldout")
+    assert len(prose) > 50 and all(d.name.startswith("pydoc/") and d.text.strip() for d in prose)
+    assert corpora.documents("prose", "pretrain") == [] == corpora.documents("bible", "finetune")
+    assert [d.name for d in corpora.documents("bible", "heldout")] == [
+        d.name for d in corpora.bible_documents("heldout")
+    ]
+
+    default = StudyConfig(domain="math")
+    assert forgetting_metric(default) == ("english/loss", False)
+    assert {"english/loss", "english/mc_acc"} <= produced_metrics(default)
+
+    study = StudyConfig.model_validate(
+        {"domain": "math", "seq_len": 64, "eval": {"source_corpora": ["prose", "english"], "loss_tokens": 256,
+                                                   "choice_items": 4, "generation_problems": 0}}
+    )  # fmt: skip
+    assert forgetting_metric(study) == ("prose/loss", False)
+    names = produced_metrics(study)
+    assert {
+        "prose/loss",
+        "english/loss",
+        "math/loss",
+        "prose/mc_acc",
+    } <= names and "english/mc_acc" not in names
+    sets = evaluation_sets(study, AutoTokenizer.from_pretrained(SHIPPED_BASE))
+    assert list(sets["loss"]) == ["prose", "english", "math"]
+    assert all(rows.shape == (4, 64) for rows in sets["loss"].values())
+    assert not torch.equal(sets["loss"]["prose"], sets["loss"]["english"])
+    with pytest.raises(ValueError, match="source_corpora"):
+        StudyConfig.model_validate({"eval": {"source_corpora": ["klingon"]}})
+    with pytest.raises(ValueError, match="source_corpora"):
+        StudyConfig.model_validate({"eval": {"source_corpora": []}})

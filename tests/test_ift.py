@@ -15,8 +15,10 @@ from learnforget.data.templates import (
     CHAT,
     DEFAULT_TEMPLATE,
     IGNORE_INDEX,
+    PLAIN,
     encode_conversation,
     render_prompt,
+    render_response,
     resolve_template,
     special_prefix,
 )  # fmt: skip
@@ -85,6 +87,10 @@ def test_micro_math_ift_study_has_a_milestone_per_epoch_and_strict_match(micro_c
         tokens = conn.execute("SELECT MAX(tokens) FROM metrics WHERE arm LIKE 'lora%'").fetchone()[0]
     assert tokens == int(lengths.sum()) and len(lengths) == 8 * 4
     assert "IFT data: 16 examples, " in (out / "summary.md").read_text()
+    # The header counts those real tokens and one milestone per epoch; the ETA line follows the epochs.
+    assert f"1 arm × {tokens:,} tokens (2 epochs × 16 examples), 2 milestones → {out}" in err
+    assert "study: 1/2 milestones, ETA " in err and "study: 2/2 milestones, all milestones done" in err
+    assert "after the first milestone" not in err.split("study: 1/2 milestones")[1]
 
 
 def test_default_template_separates_prompt_and_response_and_adds_bos_as_configured():
@@ -232,3 +238,123 @@ def test_overlong_user_examples_are_truncated_or_dropped_and_counted(tmp_path):
         UserError, match=r"data\.jsonl: has 6 conversations after dropping 3 longer than seq_len=64"
     ):
         list(training_examples(study(examples=7, overlong="drop"), tokenizer))
+
+
+# SmolLM2-Instruct's template, shortened: ChatML with a system prompt put into every conversation without one.
+CHATML = (
+    "{% for m in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def chatml_tokenizer():
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+def learned_text(tokenizer, ids, labels) -> str:
+    return tokenizer.decode([i for i, y in zip(ids, labels, strict=True) if y != IGNORE_INDEX])
+
+
+def test_chat_template_responses_lose_the_separating_space_and_the_plain_template_keeps_it():
+    from learnforget.data.datasets import builtin_pairs
+    from learnforget.data.formats import pair
+
+    tokenizer = chatml_tokenizer()
+    ((math_prompt, math_response),) = builtin_pairs("math", "train", 1, 0)
+    ((code_prompt, code_response),) = builtin_pairs("code", "train", 1, 0)
+    assert math_prompt.endswith("\nAnswer:") and math_response.startswith(" T")  # "Answer:" + " The …"
+    ids, labels, _ = encode_conversation(tokenizer, pair(math_prompt, math_response), CHAT, 2048)
+    assert f"<|im_start|>assistant\n{math_response[1:]}<|im_end|>" in tokenizer.decode(ids)
+    assert learned_text(tokenizer, ids, labels) == math_response[1:] + "<|im_end|>\n"
+    # A code body keeps its indentation: the completion is run after the prompt.
+    ids, labels, _ = encode_conversation(tokenizer, pair(code_prompt, code_response), CHAT, 2048)
+    assert learned_text(tokenizer, ids, labels) == code_response + "<|im_end|>\n"
+    # The plain template continues the prompt: the response's tokens, space included, as before.
+    ids, labels, _ = encode_conversation(tokenizer, pair(math_prompt, math_response), PLAIN, 2048)
+    prompt_ids = tokenizer(math_prompt, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(math_response, add_special_tokens=False)["input_ids"]
+    assert ids == prompt_ids + response_ids + [tokenizer.eos_token_id]
+    # Reference solutions (ref_nll) follow the same rule as training responses.
+    assert render_response(math_response, CHAT) == math_response[1:]
+    assert render_response(math_response, PLAIN) == math_response
+    assert render_response(code_response, CHAT) == code_response
+
+
+def test_built_in_ift_examples_under_a_chat_template_learn_no_leading_space():
+    from learnforget.config import StudyConfig
+    from learnforget.data.datasets import training_examples
+
+    study = StudyConfig(regime="ift", domain="math", seq_len=512, data={"examples": 8})
+    tokenizer = chatml_tokenizer()
+    for ids, labels in training_examples(study, tokenizer):
+        text = tokenizer.decode(ids)
+        learned = learned_text(tokenizer, ids, labels)
+        assert text.startswith(
+            "<|im_start|>system\nYou are a helpful assistant<|im_end|>\n<|im_start|>user\n"
+        )
+        assert not learned[0].isspace() and text.endswith("<|im_start|>assistant\n" + learned)
+
+
+def cpt_and_ift(**data):
+    from learnforget.config import StudyConfig
+
+    return StudyConfig(regime="cpt", domain="math", data=data), StudyConfig(
+        regime="ift", domain="math", data=data
+    )
+
+
+def test_cpt_scores_plain_prompts_unless_prompt_template_names_one_and_the_dry_run_says_which():
+    from learnforget.data import corpora
+    from learnforget.data.datasets import generation_problems, study_template
+    from learnforget.dryrun import data_plan
+    from learnforget.errors import UserError
+
+    chat, plain = chatml_tokenizer(), tiny_tokenizer()
+    cpt, ift = cpt_and_ift()
+    # CPT trains on "Question: …\nAnswer: …" documents: its evaluation prompts are that text, untemplated.
+    document = next(iter(corpora.documents("math", "finetune"))).text
+    prompt = generation_problems(cpt, 1)[0]["prompt"]
+    assert (
+        document.startswith("Question: ") and prompt.startswith("Question: ") and prompt.endswith("\nAnswer:")
+    )
+    assert study_template(cpt, chat) == PLAIN and study_template(ift, chat) == CHAT
+    assert study_template(ift, plain) == PLAIN  # built-in tasks without a chat template: as before
+    # data.prompt_template is honoured by CPT's evaluation prompts (its training text is documents).
+    for setting, template in (
+        ("chat", CHAT),
+        ("none", PLAIN),
+        ("default", DEFAULT_TEMPLATE),
+        ("Q: {prompt}", "Q: {prompt}"),
+    ):
+        cpt_set, ift_set = cpt_and_ift(prompt_template=setting)
+        assert study_template(cpt_set, chat) == template == study_template(ift_set, chat)
+    with pytest.raises(
+        UserError, match=r"^data\.prompt_template: 'chat' needs a tokenizer with a chat template"
+    ):
+        study_template(cpt_and_ift(prompt_template="chat")[0], plain)
+    # The dry run names the template it will use, with an example.
+    assert "Evaluation prompts (reference NLL, generation, diversity): none, the prompt as is: " in data_plan(
+        cpt, tokenizer=chat
+    )
+    assert (
+        "Template: chat template of the built-in base (ChatML, default system prompt 'You are a helpful "
+        "assistant'): '<|im_start|>system\\nYou are a helpful assistant<|im_end|>\\n<|im_start|>user\\n<prompt>"
+        "<|im_end|>\\n<|im_start|>assistant\\n<response><|im_end|>\\n'; " in data_plan(ift, tokenizer=chat)
+    )
+    assert "Template: none, the prompt as is: '<prompt><response><eos>'; " in data_plan(ift, tokenizer=plain)
+    assert (
+        "Template: the chat template of the built-in base if its tokenizer has one, else none"
+        in data_plan(ift)
+    )
+
+
+def test_prompt_template_in_cpt_reaches_the_study(micro_config, tmp_path, capsys):
+    """The built-in base has no chat template: asking CPT to score chat prompts is refused in one line."""
+    code, _, err = run_cli(
+        ["run", str(micro_config), "--out", str(tmp_path / "s"), "--set", "data.prompt_template=chat"], capsys
+    )
+    assert code == 2 and "error: data.prompt_template: 'chat' needs a tokenizer with a chat template" in err

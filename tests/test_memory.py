@@ -53,7 +53,9 @@ def memory(paper, method: str, world_size: int = 1, **settings):
     arm = arms[method].model_copy(update={"optimizer": settings.pop("optimizer", arms[method].optimizer)})
     # Start from one pass per process share and no checkpointing; each test sets what it compares.
     settings = {"micro_batch_size": None, "gradient_checkpointing": False} | settings
-    return arm_memory(config, study.model_copy(update=settings), arm, *sizes[method], world_size)
+    return arm_memory(
+        config, study.model_copy(update=settings), arm, *sizes[method], world_size, device="cuda"
+    )
 
 
 def test_full_finetuning_of_llama2_7b_in_bf16_mixed_with_adamw_is_16_bytes_per_parameter(paper):
@@ -159,3 +161,47 @@ def test_mfu_counts_6n_for_full_and_4n_for_lora():
     assert smoke.model_flops_per_token("full", 10) == 60 and smoke.model_flops_per_token("lora", 10) == 40
     assert smoke.peak_flops("NVIDIA H200") == 989e12 and smoke.peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
     assert smoke.peak_flops("Tesla T4") is None
+
+
+def test_a_cpu_estimate_holds_the_runtime_the_spectra_base_and_lora_s_evaluation_copy():
+    from learnforget.memory import CPU_HEAP_SLACK, PROCESS_BYTES
+
+    common = dict(hidden=64, intermediate=128, layers=2, heads=4, vocab=100, trainable=10, total=1000,
+                  embedding_params=0, sequences=1, seq_len=8, adapted=["q_proj"])  # fmt: skip
+    gpu = estimate_memory(**common, spectra=True, merged_copy=True)
+    assert gpu.held == 4000  # the merged fp32 copy lives on the device; the spectra's base is host memory
+    cpu = estimate_memory(**common, spectra=True, merged_copy=True, device="cpu")
+    assert cpu.held == 4000 + 4000 + PROCESS_BYTES + int(CPU_HEAP_SLACK * cpu.activations)
+    assert cpu.training == gpu.training and cpu.total == cpu.training + cpu.held
+
+
+def test_evaluation_loss_bounds_its_logits_and_keeps_its_value(monkeypatch):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from learnforget.evaluate import likelihood
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+    model = LlamaForCausalLM(config)
+    rows = torch.randint(0, 1000, (8, 32))
+    whole = likelihood.mean_token_loss(model, rows, batch_size=8)
+    monkeypatch.setattr(likelihood, "LOGITS_BYTES", 3 * 32 * 1000 * 4)  # three rows' logits a pass
+    assert likelihood.rows_per_pass(model, 32, 8) == 3
+    assert likelihood.mean_token_loss(model, rows, batch_size=8) == pytest.approx(whole, rel=1e-6)
+
+
+def test_each_arm_records_its_own_peak_memory_not_its_workers_lifetime_peak():
+    """Workers run arm after arm: the peak an arm records must start at the arm (run_arm resets it)."""
+    import sys
+
+    from learnforget.study import peak_memory_mb, reset_peak_memory
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the resettable high-water mark is Linux's /proc/self/clear_refs")
+    before = peak_memory_mb()
+    block = torch.ones(64 * 2**20 // 4 * 8)  # 512 MiB, touched
+    assert peak_memory_mb() >= before + 400
+    del block
+    reset_peak_memory()
+    assert peak_memory_mb() < before + 200

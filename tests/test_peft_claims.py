@@ -41,7 +41,7 @@ def with_intruders(study_dir, relation: str) -> None:
             "none": lambda v: shuffled.index(round(v, 3)) % 3,  # unrelated, with ties
         }[relation]
         conn.executemany(
-            "INSERT INTO metrics VALUES (?, ?, ?, 'spectrum/intruders', ?)",
+            "INSERT INTO metrics (arm, step, tokens, metric, value) VALUES (?, ?, ?, 'spectrum/intruders', ?)",
             [(arm, step, tokens, float(count(v))) for arm, step, tokens, v in rows],
         )
 

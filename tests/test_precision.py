@@ -100,13 +100,57 @@ def test_unknown_attention_kernel_is_a_one_line_error(tiny_base):
         load_arm_model(tiny_base, arm(), attn_implementation="no_such_kernel")
 
 
-def test_bf16_study_end_to_end_saves_in_the_base_dtype(tiny_base, tmp_path, capsys):
-    """The real CLI on a bf16 hub-style base in pure bf16: finite metrics, learning, a bf16 artifact."""
+def test_bf16_on_a_cpu_without_native_bf16_is_a_one_line_warning(monkeypatch):
+    import platform
+
+    from learnforget import precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    # torch's checks: no AVX512_BF16 and no AMX on an x86 CPU is no native bf16; either one is.
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert precision.native_cpu_bf16() is False
+    assert precision.cpu_bf16_warning("bf16-mixed") == (
+        "precision bf16-mixed on a CPU without native bf16 (AVX2): expect ~15× slower than fp32; "
+        "use precision: fp32 on this machine"
+    )
+    assert precision.cpu_bf16_warning("bf16").startswith("precision bf16 on a CPU without native bf16")
+    assert precision.cpu_bf16_warning("fp32") is None and precision.cpu_bf16_warning("fp16-mixed") is None
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert precision.native_cpu_bf16() is True and precision.cpu_bf16_warning("bf16-mixed") is None
+    monkeypatch.setattr(platform, "machine", lambda: "arm64")  # torch cannot tell: no warning
+    assert precision.native_cpu_bf16() is None and precision.cpu_bf16_warning("bf16-mixed") is None
+    monkeypatch.setattr(precision, "native_cpu_bf16", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU trains: the CPU does not matter
+    assert precision.cpu_bf16_warning("bf16-mixed") is None
+
+
+def test_dry_run_warns_of_bf16_on_a_cpu_without_native_bf16(monkeypatch, capsys):
+    from learnforget import precision
+    from tests.test_study import run_cli
+
+    monkeypatch.setattr(precision, "native_cpu_bf16", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, out, err = run_cli(["run", "--dry-run", "--set", "precision=bf16-mixed"], capsys)
+    assert code == 0, err
+    assert "warning: precision bf16-mixed on a CPU without native bf16 (" in out
+    code, out, err = run_cli(["run", "--dry-run"], capsys)
+    assert "without native bf16" not in out + err  # fp32
+
+
+def test_bf16_study_end_to_end_saves_in_the_base_dtype(tiny_base, tmp_path, capsys, monkeypatch):
+    """The real CLI on a bf16 hub-style base in pure bf16: finite metrics, learning, a bf16 artifact; on a
+    CPU without native bf16, a warning when the run starts."""
     import sqlite3
 
     from transformers import AutoModelForCausalLM
 
+    from learnforget import precision
     from learnforget.cli import main
+
+    monkeypatch.setattr(precision, "native_cpu_bf16", lambda: False)
 
     config = copy.deepcopy(MICRO_STUDY)
     config.update(base_model=tiny_base, precision="bf16", seq_len=64, milestones=1, budget_tokens=4 * 64 * 6)
@@ -130,3 +174,5 @@ def test_bf16_study_end_to_end_saves_in_the_base_dtype(tiny_base, tmp_path, caps
     assert values[("full-lr1e-3-s0", "code/loss")] < values[("base", "code/loss")]
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "study" / "arms" / "full-lr1e-3-s0" / "model")
     assert {p.dtype for p in saved.parameters()} == {torch.bfloat16}
+    warned = "warning: precision bf16 on a CPU without native bf16 (" in capsys.readouterr().err
+    assert warned != torch.cuda.is_available()

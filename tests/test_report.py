@@ -248,3 +248,34 @@ def test_study_clock_counts_milestones_and_estimates_from_measured_times():
     assert clock.step_times == [1.0]
     clock.on_done("b")
     assert clock.completed == 3 and "ETA" in clock.describe()
+
+
+def test_study_clock_eta_line_is_right_before_during_and_after_milestones_of_one_step_epochs():
+    from learnforget.progress import StudyClock
+
+    # IFT, 2 epochs of one step each: every step but the first follows a milestone (and its checkpoint).
+    clock = StudyClock(2, [1, 2], workers=1, resumed={"a": 0}, now=0.0)
+    assert (clock.total, clock.completed) == (2, 0)
+    assert clock.describe(now=0.0) == "ETA after the first milestone"
+    clock.on_step("a", 1, now=0.0)
+    clock.on_milestone("a", 1, now=2.0)  # the milestone's own step: its evaluation took 2 s
+    assert clock.completed == 1 and clock.eval_times == [2.0]
+    assert clock.describe(now=2.0) == "ETA after the next milestone"  # no step measured yet
+    clock.on_step("a", 2, now=5.0)  # 3 s after the milestone's report: the only step time there is
+    assert clock.describe(now=5.0) == "ETA 5s (step 3.00 s, evaluation 2.0 s)"  # 1 step + 1 evaluation left
+    clock.on_milestone("a", 2, now=7.0)
+    assert clock.completed == 2 and clock.describe(now=7.0) == "all milestones done"
+
+
+def test_study_header_counts_real_ift_tokens_and_a_milestone_per_epoch():
+    from learnforget.config import StudyConfig
+    from learnforget.progress import arm_budget, study_header
+
+    ift = StudyConfig(regime="ift", domain="math", epochs=2, data={"examples": 16})
+    assert study_header(ift, 1, 7340) == "1 arm × 7,340 tokens (2 epochs × 16 examples), 2 milestones"
+    # The dry run, before tokenizing: no token count yet.
+    assert study_header(ift, 3) == "3 arms × 2 epochs × 16 examples, 2 milestones"
+    by_budget = StudyConfig(regime="ift", domain="math", budget_tokens=4096, batch_size=4, seq_len=128)
+    assert arm_budget(by_budget, 1500) == "1,500 tokens (8 steps × 4 examples)"
+    cpt = StudyConfig(budget_tokens=131_072 + 100)  # whole steps: the tokens trained, not the budget asked
+    assert study_header(cpt, 4) == "4 arms × 131,072 tokens, 5 milestones"

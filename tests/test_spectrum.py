@@ -295,3 +295,85 @@ def test_user_errors(base_dir, tmp_path, monkeypatch):
     ).save_pretrained(tmp_path / "wrong_adapter")
     with pytest.raises(UserError, match="shape"):
         compare_checkpoints(str(base_dir), str(tmp_path / "wrong_adapter"), progress=False)
+
+
+# ---- the milestone path: cached base factors, factored LoRA, progress ------------------------------------
+
+
+def test_cached_base_factors_give_the_same_spectra_and_are_reused(tmp_path, monkeypatch):
+    from learnforget.analysis import spectrum_cache
+
+    base_sd = tiny_llama().state_dict()
+    tuned_sd = perturbed_state_dict(tiny_llama())[0]
+    computed = []
+    factorise = spectrum_cache.factorise
+    monkeypatch.setattr(spectrum_cache, "factorise", lambda *a: computed.append(a[0].shape) or factorise(*a))
+
+    fresh = spectrum_of_state_dicts(base_sd, tuned_sd)  # no cache_dir: factorised every call
+    assert len(computed) == 14
+    cold = spectrum_of_state_dicts(base_sd, tuned_sd, cache_dir=tmp_path)
+    assert len(computed) == 28 and len(list((tmp_path / "base_factors").glob("*.safetensors"))) == 14
+    warm = spectrum_of_state_dicts(base_sd, tuned_sd, cache_dir=tmp_path)
+    assert len(computed) == 28  # every base factor read from disk, in this process or any other
+    assert fresh["matrices"] == cold["matrices"] == warm["matrices"]
+    assert not list(tmp_path.rglob("*.tmp"))  # written atomically
+
+    other_base = dict(base_sd)
+    name = "model.layers.1.mlp.up_proj.weight"
+    other_base[name] = base_sd[name] + 1e-3
+    changed = spectrum_of_state_dicts(other_base, tuned_sd, cache_dir=tmp_path)
+    assert computed[28:] == [base_sd[name].shape]  # only the matrix whose weights differ is factorised again
+    by_name = {m["name"]: m for m in changed["matrices"]}
+    assert by_name[name]["delta_fro"] != {m["name"]: m for m in warm["matrices"]}[name]["delta_fro"]
+    other_base[name].mul_(2)  # changed in place: the same tensor object, other weights
+    spectrum_of_state_dicts(other_base, tuned_sd, cache_dir=tmp_path)
+    assert len(computed) == 30
+
+
+def test_save_atomic_keeps_the_first_writer(tmp_path):
+    from learnforget.analysis.spectrum_cache import save_atomic
+
+    path = tmp_path / "deep" / "file.bin"
+    save_atomic(lambda p: p.write_bytes(b"first"), path)
+    save_atomic(lambda p: p.write_bytes(b"second"), path)  # a racing worker, which computed the same
+    assert path.read_bytes() == b"first" and [p.name for p in path.parent.iterdir()] == ["file.bin"]
+    save_atomic(lambda p: p.write_bytes(b"x"), path / "below a file")  # unwritable: a cache keeps nothing
+    assert path.read_bytes() == b"first"
+
+
+@pytest.mark.parametrize("r", [1, 4])
+def test_lora_milestone_spectra_are_factored_and_match_the_dense_path(tmp_path, r):
+    from peft import LoraConfig, get_peft_model
+
+    from learnforget.analysis.spectrum import spectrum_of_model
+    from learnforget.train import merged_weights
+
+    base_sd = {k: v.clone() for k, v in tiny_llama().state_dict().items()}
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]  # the paper's "All"
+    model = get_peft_model(tiny_llama(), LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets))
+    gen = torch.Generator().manual_seed(3)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:  # as after training: B ≠ 0, so ΔW ≠ 0
+            parameter.data = 0.3 * torch.randn(parameter.shape, generator=gen)
+    calls = []
+    done = lambda *a: calls.append(a)  # noqa: E731
+    factored = spectrum_of_model(
+        base_sd, model, lambda: pytest.fail("merged a LoRA"), progress=done, cache_dir=tmp_path
+    )
+    dense = spectrum_of_state_dicts(base_sd, merged_weights(model))  # the old milestone path
+    assert [c[:2] for c in calls] == [(i, 14) for i in range(15)]  # (done, total) before each and at the end
+    assert len(factored["matrices"]) == len(dense["matrices"]) == 14
+    for a, b in zip(factored["matrices"], dense["matrices"], strict=True):
+        assert a["name"] == b["name"]
+        assert (a["rank_delta"], a["rank_base"], a["rank_random"], a["intruders"]) == (
+            b["rank_delta"], b["rank_base"], b["rank_random"], b["intruders"],
+        ), a["name"]  # fmt: skip
+        assert a["delta_fro"] == pytest.approx(b["delta_fro"], rel=1e-5, abs=1e-9)
+        assert a["top_singular_values"] == pytest.approx(b["top_singular_values"], rel=1e-4, abs=1e-6)
+    assert sum(m["intruders"] for m in factored["matrices"]) > 0  # the comparison covers intruders
+    gate = next(m for m in factored["matrices"] if "gate_proj" in m["name"])
+    assert gate["delta_fro"] == 0 and gate["intruders"] == 0  # not a target: unchanged
+
+    full = tiny_llama(seed=1)  # a plain model (full finetuning): its merged weights, densely
+    result = spectrum_of_model(base_sd, full, lambda: full.state_dict(), cache_dir=tmp_path)
+    assert all(m["delta_fro"] > 0 for m in result["matrices"])

@@ -218,3 +218,138 @@ def test_a_stale_lease_is_taken_over_and_a_live_one_is_not(tmp_path, monkeypatch
     assert Lease(tmp_path, "z").holder() == taker.owner
     taker.release()
     assert not other.exists()
+
+
+# --- Checksums, lost parts, full and read-only disks (issue 24) ------------------------------------------
+
+
+def _small_study(study_dir: Path, config: Path | None = None) -> Store:
+    """Two arms with one milestone each (the study of `config`, by default the default study's)."""
+    import json
+
+    from learnforget.config import load_study
+
+    store = Store(study_dir)
+    store.set_info("config", json.loads(load_study(str(config) if config else None).model_dump_json()))
+    for name in ("base", "full-lr5e-4-s0"):
+        store.register_arm(name, {"method": "base" if name == "base" else "full", "learning_rate": 5e-4})
+        store.add_metrics(name, 4, 4096, {"code/loss": 2.5, "english/loss": 3.5})
+        store.update_arm(name, status="done")
+    store.refresh_snapshot()
+    return store
+
+
+def _forget_merges() -> None:
+    """Each command is a fresh process: drop this one's cached merges."""
+    from learnforget import store as store_module
+
+    store_module._MERGES.clear()
+
+
+def test_an_edited_metric_value_is_named_with_its_part(tmp_path, capsys):
+    from tests.conftest import cli_exit_code
+
+    store = _small_study(tmp_path)
+    (part,) = store.parts()
+    with sqlite3.connect(part) as conn:  # passes SQLite's own integrity_check
+        conn.execute("UPDATE metrics SET value = 1.5 WHERE arm = 'full-lr5e-4-s0' AND metric = 'code/loss'")
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    _forget_merges()
+    assert cli_exit_code(["compare", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert (
+        f"{part}: metric code/loss of arm full-lr5e-4-s0 at 4,096 tokens does not match its checksum" in err
+    )
+
+
+def test_lost_parts_stop_a_run_with_how_to_rebuild_them(tmp_path, micro_config, capsys):
+    from tests.conftest import cli_exit_code
+
+    (part,) = _small_study(tmp_path).parts()
+    part.unlink()
+    _forget_merges()
+    assert cli_exit_code(["run", str(micro_config), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        len(err.splitlines()) == 1
+        and f"{part.name} missing: results.db holds 4 metric rows of 2 arm(s)" in err
+    )
+    assert "--recompute" in err and not list((tmp_path / "results").glob("*.db"))  # nothing was written
+    # The rebuild the line names: the snapshot copied in as a part.
+    (tmp_path / "results" / "restored.db").write_bytes((tmp_path / "results.db").read_bytes())
+    _forget_merges()
+    assert Store(tmp_path).lost_results() is None and len(Store(tmp_path).metrics()) == 4
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs (needs root: skipped elsewhere), unmounted afterwards."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip() or 'not permitted'})")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill(disk: Path) -> None:
+    with open(disk / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+def _leftovers(directory: Path) -> list[Path]:
+    return [p for p in directory.rglob("*") if p.name.endswith((".tmp", "-journal"))]
+
+
+def test_a_full_disk_is_one_line_naming_the_directory_and_leaves_no_temporary_files(
+    small_disk, micro_config, capsys
+):
+    import torch
+
+    from learnforget.errors import StorageError
+    from learnforget.study import atomic_save
+    from tests.conftest import cli_exit_code
+
+    study = small_disk / "study"
+    store = _small_study(study)
+    with pytest.raises(
+        StorageError, match=f"^{study}/arms/a: cannot write checkpoint.pt: no space left on the device"
+    ):
+        atomic_save({"weights": torch.zeros(200_000)}, study / "arms" / "a" / "checkpoint.pt")
+    _fill(small_disk)
+    with pytest.raises(StorageError, match=f"^{study}/results: cannot write .*: no space left on the device"):
+        store.add_metrics("full-lr5e-4-s0", 8, 8192, {f"m{i}": float(i) for i in range(2000)})
+    assert cli_exit_code(["run", str(micro_config), "--out", str(small_disk / "new")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no space left on the device" in err and "not a readable" not in err
+    assert not _leftovers(small_disk)
+
+
+def test_a_read_only_directory_is_one_line_for_run_report_and_export(small_disk, micro_config, capsys):
+    import subprocess
+
+    from tests.conftest import cli_exit_code
+
+    study = small_disk / "study"
+    _small_study(study, micro_config)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    _forget_merges()
+    for args in (
+        ["run", str(micro_config), "--out", str(study)],
+        ["report", str(study)],
+        ["export", str(study)],
+    ):
+        assert cli_exit_code(args) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "the filesystem is read-only" in err, (args, err)
+        assert str(study) in err

@@ -9,17 +9,25 @@ on request) we report, as in Biderman et al. 2024 §6 and Shuttleworth et al. 20
 - `intruders`: how many of the top-k left singular vectors of W_tuned have |cosine| < ε with every left
   singular vector of W_base.
 
-A LoRA adapter's ΔW = scale·B·A is never densified for its spectrum: σ(ΔW) = scale·σ(R_B R_Aᵀ) from thin
-QR factorizations B = Q_B R_B and Aᵀ = Q_A R_A. The intruder count needs W_tuned's singular vectors, so
-for it W_base + ΔW is formed densely, one matrix at a time (the same cost as a full-finetuning checkpoint).
+One ΔW path serves the study's milestones and `learnforget spectrum`: a plain LoRA (or rsLoRA) update
+stays factored, σ(scale·B·A) = scale·σ(R_B R_Aᵀ) from thin QRs B = Q_B R_B and Aᵀ = Q_A R_A; every other
+update (full finetuning, DoRA, PiSSA, VeRA, ...) is dense, W_tuned − W_base, and needs `svdvals` alone.
+The intruder count needs W_tuned's top-k left singular vectors, from one exact thin SVD of W_tuned (the
+tall way round, where LAPACK is fastest; randomized top-k methods misorder real spectra, whose σ_10 and
+σ_11 differ by 1% in SmolLM2); W_base's factors come from `spectrum_cache`, computed once per base matrix
+and kept on disk, as are the random reference spectra. Matrices up to SMALL_MATRIX entries are decomposed
+in float64, larger ones in float32: the statistics are sums of σ² and |cosines| against a threshold, which
+float32's ~1e-6 error moves only for a value that close to its threshold.
 
 Entry points: `compare_checkpoints` (directories / hub ids / adapters, read matrix by matrix),
-`spectrum_of_state_dicts` (in memory, for the study's milestones); `spectrum_plots.run_spectrum` is what
-the CLI calls.
+`spectrum_of_state_dicts` (in memory), `spectrum_of_model` (a training model, at the study's
+milestones); `spectrum_plots.run_spectrum` is what the CLI calls. Each takes `progress`: a callback
+`on_matrix(done, total, next name)` (the CLI draws it, a study worker sends it to the study's console).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
 from collections.abc import Callable, Iterable, Mapping
@@ -29,7 +37,9 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from learnforget.analysis.spectrum_cache import base_factors, save_atomic, thin_svd
 from learnforget.analysis.weights import (
+    ADAPTER_CONFIG,
     CheckpointReader,
     LoraAdapter,
     LowRankDelta,
@@ -40,13 +50,14 @@ from learnforget.errors import UserError
 
 TOP_SINGULAR_VALUES = 16  # how many σ(ΔW) each matrix entry keeps
 CURVE_POINTS = 65  # samples of each cumulative explained-variance curve kept for plots
-SMALL_MATRIX = 1 << 20  # up to this many entries, SVDs run in float64
+SMALL_MATRIX = 1 << 16  # up to this many entries (256×256), SVDs run in float64; above, in float32
 MODULE_TYPES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o"}
 MODULE_TYPES |= {"gate_proj": "gate", "up_proj": "up", "down_proj": "down"}
 _EMBEDDING = re.compile(r"(embed|wte|wpe|lm_head)")
 _LAYER = re.compile(r"\.(\d+)\.")
 
 Tuned = torch.Tensor | LowRankDelta | None  # a dense W_tuned, a low-rank ΔW, or "unchanged"
+OnMatrix = Callable[[int, int, str], None]  # (matrices done, total, name of the next one)
 
 
 # ---- the statistics -------------------------------------------------------------------------------------
@@ -96,8 +107,7 @@ def random_singular_values(
         matrix = torch.randn(m, n, generator=generator, dtype=_work_dtype((m, n)))
         values = torch.linalg.svdvals(matrix.to(_device(device))).double().cpu().numpy()
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(path, values)
+            save_atomic(lambda p: _save_npy(p, values), path)
     _RANDOM_SPECTRA[key] = values
     return values
 
@@ -111,6 +121,11 @@ def rank_random(
 ) -> int:
     """`rank_for_variance` of a seeded Gaussian matrix of `shape` (≈0.51·n for n×n at variance 0.9)."""
     return rank_for_variance(random_singular_values(shape, seed, device, cache_dir), variance)
+
+
+def _save_npy(path: Path, values: np.ndarray) -> None:
+    with path.open("wb") as file:  # a file object: np.save would append ".npy" to a temporary name
+        np.save(file, values)
 
 
 def _work_dtype(shape: tuple[int, ...]) -> torch.dtype:
@@ -147,37 +162,32 @@ def matrix_spectrum(
     top_k: int = 10,
     epsilon: float = 0.5,
     device: str | torch.device | None = None,
-    random_cache_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
 ) -> tuple[dict, dict]:
-    """All statistics for one matrix; returns (entry without its name, cumulative curves for plots)."""
+    """All statistics for one matrix; returns (entry without its name, cumulative curves for plots).
+    `cache_dir`: where W_base's factors and the random spectra are kept (None: computed every time)."""
     dev, dtype = _device(device), _work_dtype(w_base.shape)
     size, k = min(w_base.shape), min(top_k, min(w_base.shape))
+    base = base_factors(w_base, dtype, dev, cache_dir)
     w_base = w_base.to(dev, dtype)
     if isinstance(tuned, torch.Tensor):
         tuned = tuned.to(dev, dtype)
         if torch.equal(tuned, w_base):
             tuned = None
-    if tuned is None or k == 0:  # no intruder count: singular values suffice
-        s_base = torch.linalg.svdvals(w_base)
-    else:
-        u_base, s_base, _ = torch.linalg.svd(w_base, full_matrices=False)
-    if tuned is None:
-        s_delta, intruders = torch.zeros(0, dtype=torch.float64), 0
-    else:
+    s_delta, intruders = torch.zeros(0, dtype=torch.float64), 0
+    if tuned is not None:
         if isinstance(tuned, LowRankDelta):
             s_delta = lora_singular_values(LowRankDelta(tuned.left.to(dev), tuned.right.to(dev), tuned.scale))
-            w_tuned = w_base + tuned.dense(dtype, dev)  # dense only for the intruder vectors
+            w_tuned = w_base + tuned.dense(dtype, dev) if k > 0 else None  # dense only for the intruders
         else:
             s_delta, w_tuned = torch.linalg.svdvals(tuned - w_base), tuned
-        intruders = 0
         if k > 0:
-            u_tuned = torch.linalg.svd(w_tuned, full_matrices=False)[0][:, :k]
-            intruders = count_intruders(u_tuned, u_base, epsilon)
-            del u_tuned, u_base
+            u_tuned = thin_svd(w_tuned)[1][:, :k]
+            intruders = count_intruders(u_tuned, base.left_vectors.to(dev, dtype), epsilon)
         del w_tuned
     s_delta = s_delta.double().cpu().numpy()
-    s_base = s_base.double().cpu().numpy()
-    s_random = random_singular_values(tuple(w_base.shape), device=device, cache_dir=random_cache_dir)
+    s_base = base.singular_values.double().cpu().numpy()
+    s_random = random_singular_values(tuple(w_base.shape), device=device, cache_dir=cache_dir)
     delta_fro = float(np.sqrt(np.sum(s_delta**2)))
     top = np.zeros(min(TOP_SINGULAR_VALUES, size))
     top[: min(len(s_delta), len(top))] = s_delta[: len(top)]
@@ -267,9 +277,10 @@ def _spectra(
     load_base: Callable[[str], torch.Tensor],
     load_tuned: Callable[[str], Tuned],
     settings: dict,
-    progress: bool,
+    progress: bool | OnMatrix,
 ) -> dict:
-    """Run `matrix_spectrum` over `names`, one matrix in memory at a time, and assemble the result."""
+    """Run `matrix_spectrum` over `names`, one matrix in memory at a time, and assemble the result.
+    `progress`: a callback `on_matrix(done, total, next name)`, or True for a transient rich bar."""
     matrices, curves = [], {}
     names = sorted(names, key=matrix_order)  # the same order whatever the storage order
     columns = (
@@ -278,13 +289,17 @@ def _spectra(
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, disable=not progress, transient=True) as bar:
+    with Progress(*columns, disable=progress is not True, transient=True) as bar:
         task = bar.add_task("", total=len(names))
-        for name in names:
+        for done, name in enumerate(names):
             bar.update(task, description=name)
+            if callable(progress):
+                progress(done, len(names), name)
             entry, curves[name] = matrix_spectrum(load_base(name), load_tuned(name), **settings)
             matrices.append({"name": name, **entry})
             bar.advance(task)
+    if callable(progress):
+        progress(len(names), len(names), "")
     return {
         "variance": settings["variance"],
         "top_k": settings["top_k"],
@@ -341,18 +356,19 @@ def _checked_adapter_delta(adapter: LoraAdapter, name: str, shape: tuple) -> Tun
     return delta
 
 
-def factored_exactly(adapter_dir: Path) -> bool:
-    """Whether an adapter's ΔW is exactly scale·B·A on its base (the fast factored path): plain LoRA and
-    rsLoRA. DoRA rescales columns by its magnitude vector, PiSSA/OLoRA rewrite the base at initialisation
-    (unless saved converted), and other methods are not B·A: those go through peft's merge."""
-    import json
-
-    from learnforget.analysis.weights import ADAPTER_CONFIG
+def factored_exactly(config: Mapping) -> bool:
+    """Whether an adapter config's ΔW is exactly scale·B·A on its base (the fast factored path): plain LoRA
+    and rsLoRA. DoRA rescales columns by its magnitude vector, PiSSA/OLoRA rewrite the base at
+    initialisation (unless saved converted), and other methods are not B·A: those go through peft's merge."""
     from learnforget.peft_arms import rewrites_base
 
-    config = json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text())
-    peft_type = str(config.get("peft_type", "LORA")).upper()
+    peft_type = config.get("peft_type", "LORA")
+    peft_type = str(getattr(peft_type, "value", peft_type)).upper()  # LoraConfig.to_dict() keeps the enum
     return peft_type == "LORA" and not config.get("use_dora") and not rewrites_base(config)
+
+
+def _adapter_config(adapter_dir: Path) -> dict:
+    return json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text())
 
 
 def merged_adapter_weights(base_dir: Path, adapter_dir: Path) -> dict[str, torch.Tensor]:
@@ -375,8 +391,8 @@ def spectrum_of_state_dicts(
     include_embeddings: bool = False,
     adapter_config: Mapping | None = None,
     device: str | torch.device | None = None,
-    progress: bool = False,
-    random_cache_dir: str | Path | None = None,
+    progress: bool | OnMatrix = False,
+    cache_dir: str | Path | None = None,
 ) -> dict:
     """Spectra of tuned_sd − base_sd in memory (the study calls this at every milestone).
 
@@ -388,9 +404,7 @@ def spectrum_of_state_dicts(
     """
     _check_settings(variance, top_k, epsilon)
     device = device or _accelerator_of(tuned_sd)
-    settings = dict(
-        variance=variance, top_k=top_k, epsilon=epsilon, device=device, random_cache_dir=random_cache_dir
-    )
+    settings = dict(variance=variance, top_k=top_k, epsilon=epsilon, device=device, cache_dir=cache_dir)
     base_shapes = {n: tuple(t.shape) for n, t in base_sd.items()}
     if adapter_config is None:
         tuned_shapes = {n: tuple(t.shape) for n, t in tuned_sd.items()}
@@ -414,8 +428,8 @@ def compare_checkpoints(
     epsilon: float = 0.5,
     include_embeddings: bool = False,
     device: str | None = None,
-    progress: bool = True,
-    random_cache_dir: str | Path | None = None,
+    progress: bool | OnMatrix = True,
+    cache_dir: str | Path | None = None,
 ) -> dict:
     """Spectra of FINETUNED − BASE, read matrix by matrix from HF model dirs / hub ids / a LoRA adapter dir.
 
@@ -423,13 +437,11 @@ def compare_checkpoints(
     "skipped": [...], "_curves": {...}} (plus "adapter" when FINETUNED is a PEFT LoRA adapter).
     """
     _check_settings(variance, top_k, epsilon)
-    settings = dict(
-        variance=variance, top_k=top_k, epsilon=epsilon, device=device, random_cache_dir=random_cache_dir
-    )
+    settings = dict(variance=variance, top_k=top_k, epsilon=epsilon, device=device, cache_dir=cache_dir)
     base_dir, tuned_dir = resolve_model_dir(base), resolve_model_dir(finetuned)
     with CheckpointReader(base_dir) as base_reader:
         base_shapes = {n: base_reader.shape(n) for n in base_reader.names()}
-        if is_adapter_dir(tuned_dir) and not factored_exactly(tuned_dir):
+        if is_adapter_dir(tuned_dir) and not factored_exactly(_adapter_config(tuned_dir)):
             merged = merged_adapter_weights(base_dir, tuned_dir)
             names, skipped = _pair_names(
                 base_shapes, {n: tuple(t.shape) for n, t in merged.items()}, include_embeddings
@@ -448,3 +460,33 @@ def compare_checkpoints(
                 result = _spectra(names, base_reader.get, tuned_reader.get, settings, progress)
     result["skipped"] = skipped
     return {"base": str(base), "finetuned": str(finetuned), **result}
+
+
+def factored_update(model: torch.nn.Module | None) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """(adapter state dict, config) of a peft model whose ΔW is exactly scale·B·A (`factored_exactly`),
+    else None: full finetuning, other peft methods, or no model (a sharded arm's parameters)."""
+    configs = getattr(model, "peft_config", None)
+    if not configs or len(configs) != 1:
+        return None
+    config = next(iter(configs.values())).to_dict()
+    if not factored_exactly(config):
+        return None
+    from peft import get_peft_model_state_dict
+
+    return {n: t.detach() for n, t in get_peft_model_state_dict(model).items()}, config
+
+
+def spectrum_of_model(
+    base_sd: Mapping[str, torch.Tensor],
+    model: torch.nn.Module | None,
+    merged_weights: Callable[[], Mapping[str, torch.Tensor]],
+    **settings,
+) -> dict:
+    """Spectra of a training model against `base_sd` (the study's milestones): from the adapter's factors
+    for plain LoRA, else of `merged_weights()` (`train.merged_weights`, W_base + ΔW under base names).
+    `settings`: those of `spectrum_of_state_dicts`."""
+    update = factored_update(model)
+    if update is None:
+        return spectrum_of_state_dicts(base_sd, merged_weights(), **settings)
+    adapter_sd, config = update
+    return spectrum_of_state_dicts(base_sd, adapter_sd, adapter_config=config, **settings)

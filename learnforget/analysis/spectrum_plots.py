@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -141,13 +142,15 @@ def run_spectrum(
     top_k: int = 10,
     epsilon: float = 0.5,
     device: str | None = None,
-    random_cache_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
     console: Console | None = None,
+    progress: bool | Callable[[int, int, str], None] = True,
 ) -> dict:
-    """`learnforget spectrum`: compare, print a table by layer × module, optionally write JSON and a PNG."""
+    """`learnforget spectrum`: compare, print a table by layer × module, optionally write JSON and a PNG.
+    `cache_dir`: W_base's factors and the random spectra, kept for later runs (`spectrum_cache`)."""
     result = compare_checkpoints(
         base, finetuned, variance=variance, top_k=top_k, epsilon=epsilon,
-        include_embeddings=include_embeddings, device=device, random_cache_dir=random_cache_dir,
+        include_embeddings=include_embeddings, device=device, cache_dir=cache_dir, progress=progress,
     )  # fmt: skip
     console = console or Console()
     console.print(spectrum_table(result))

@@ -12,6 +12,13 @@
   used in the base's pretraining mix and three quarters are the finetuning pool, so finetuning
   teaches files the base never saw.
 - math (a target domain): generated worked solutions (see `learnforget.data.math_tasks`).
+- prose and bible (source corpora for forgetting, evaluation only: never trained on, so every document is
+  in `heldout`). prose is modern expository English: the Python documentation's topic pages that ship with
+  the standard library (`pydoc_data/topics.py`, the text `help()` shows: language reference prose with a
+  few code examples). A real pretrained base has read much text of this kind (documentation, tutorials,
+  encyclopaedic prose), so finetuning that damages its general English shows there first; Shakespeare is
+  far from a modern base's pretraining (SmolLM2-135M: 4.18 nats/token on the held-out plays against 2.67 on
+  prose). bible is the two held-out King James books.
 
 Splits depend only on file names (a hash), so they are identical on every machine with the same
 Python version.
@@ -199,11 +206,42 @@ def math_documents(split: str, n_docs: int = 4000, seed: int = 0) -> list[Docume
     ]
 
 
+def prose_documents(split: str) -> list[Document]:
+    """The standard library's documentation topics (`pydoc_data`), one document per topic, all in
+    'heldout': an evaluation-only corpus. Read from the file, not imported, like the other corpora."""
+    if split != "heldout":
+        return []
+    import ast
+
+    source = (Path(sysconfig.get_paths()["stdlib"]) / "pydoc_data" / "topics.py").read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    topics = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "topics"
+    )
+    return [Document(f"pydoc/{name}", text.translate(QUOTES)) for name, text in sorted(topics.items())]
+
+
+def bible_heldout_documents(split: str) -> list[Document]:
+    """The held-out King James books as an evaluation-only corpus (empty outside 'heldout')."""
+    return bible_documents("heldout") if split == "heldout" else []
+
+
+SOURCE_CORPORA = ("english", "prose", "bible")  # corpora forgetting can be measured on (eval.source_corpora)
+
+
 def documents(corpus: str, split: str) -> list[Document]:
-    """Documents of a built-in corpus ('english', 'code', 'math') and split."""
+    """Documents of a built-in corpus ('english', 'code', 'math', 'prose', 'bible') and split."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}")
-    return {"english": english_documents, "code": code_documents, "math": math_documents}[corpus](split)
+    return {
+        "english": english_documents,
+        "code": code_documents,
+        "math": math_documents,
+        "prose": prose_documents,
+        "bible": bible_heldout_documents,
+    }[corpus](split)
 
 
 def fingerprint() -> str:

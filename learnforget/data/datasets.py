@@ -16,8 +16,9 @@ arm, seed and rerun is measured on the same held-out examples.
 from __future__ import annotations
 
 import random
+import sys
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 
@@ -38,7 +39,6 @@ from learnforget.data.tokens import pack_texts, packed_stream, sample_packed_row
 from learnforget.errors import UserError
 
 EVAL_SEED = 1234
-SOURCE_DOMAIN = "english"
 MATH_TEMPLATE = "Question: {question}\nAnswer:"
 CODE_STOP = ["\ndef ", "\nclass ", "\nif ", "\nprint(", "\n#"]  # HumanEval's stop sequences
 MATH_STOP = ["\nQuestion:", "\n\n"]
@@ -62,12 +62,20 @@ def builtin_pairs(domain: str, split: str, n: int, seed: int) -> list[tuple[str,
     ]
 
 
-def study_template(study: StudyConfig, tokenizer) -> str:
-    """The template every training and evaluation prompt of the study goes through. CPT trains on raw
-    text: its evaluation prompts get the chat template if the tokenizer has one, else none."""
+def template_setting(study: StudyConfig) -> str | None:
+    """``data.prompt_template`` as the study applies it. CPT trains on raw documents (the built-in math
+    ones read "Question: …\nAnswer: …"), so its evaluation prompts go as they are ('none') unless the
+    setting names a template for them; IFT leaves an unset template to ``resolve_template``."""
     if study.regime == "cpt":
-        return resolve_template(None, tokenizer, builtin_data=True)
-    return resolve_template(study.data.prompt_template, tokenizer, study.data.train == "builtin")
+        return study.data.prompt_template or "none"
+    return study.data.prompt_template
+
+
+def study_template(study: StudyConfig, tokenizer) -> str:
+    """The template every training and evaluation prompt of the study goes through (CPT: evaluation
+    prompts only; its training text is documents)."""
+    builtin_prompts = study.regime == "cpt" or study.data.train == "builtin"  # CPT evaluates built-in tasks
+    return resolve_template(template_setting(study), tokenizer, builtin_prompts)
 
 
 def training_conversations(study: StudyConfig) -> Iterator[tuple[str, Conversation]]:
@@ -271,11 +279,31 @@ def user_text_pass(study: StudyConfig):
 
     d, rng = study.data, random.Random(study.seed)
 
+    warned = []
+
     def one_pass():
         texts = iter_text_records(d.train, d.text_field, d.split, d.max_documents, d.dataset_name, d.data_dir)
-        return shuffled(texts, STREAM_SHUFFLE_BUFFER, rng)
+        return shuffled(non_empty(texts, d.train, warned), STREAM_SHUFFLE_BUFFER, rng)
 
     return one_pass
+
+
+def non_empty(texts: Iterable[str], source: str, warned: list) -> Iterator[str]:
+    """The documents with text: an empty or blank one would train on a bare EOS. Skipped ones are
+    counted (one warning, at the end of the first pass); a source with none left is an error."""
+    kept = blank = 0
+    for text in texts:
+        if text.strip():
+            kept += 1
+            yield text
+        else:
+            blank += 1
+    if not kept:
+        raise UserError(f"{source}: all {blank:,} documents are empty or blank; give documents with text")
+    if blank and not warned:
+        warned.append(blank)
+        print(f"warning: {source}: {blank:,} of {blank + kept:,} documents are empty or blank; skipped",
+              file=sys.stderr, flush=True)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -320,13 +348,15 @@ def generation_problems(study: StudyConfig, n: int) -> list[dict]:
 def evaluation_sets(study: StudyConfig, tokenizer) -> dict:
     """Held-out data of the source domain (forgetting) and the target domain (learning)."""
     sets: dict = {
-        "loss": {corpus: heldout_rows(corpus, tokenizer, study) for corpus in (SOURCE_DOMAIN, study.domain)},
+        "loss": {
+            corpus: heldout_rows(corpus, tokenizer, study) for corpus in (*study.eval.source_corpora, study.domain)
+        },
         "template": study_template(study, tokenizer),  # evaluation prompts are rendered as in training
     }
     if study.eval.choice_items:
         from learnforget.evaluate.choice import build_choice_items
 
-        texts = [d.text for d in corpora.documents(SOURCE_DOMAIN, "heldout")]
+        texts = [d.text for d in corpora.documents(study.eval.source_corpora[0], "heldout")]
         sets["choice"] = build_choice_items(texts, tokenizer, study.eval.choice_items, seed=EVAL_SEED)
     n_problems = max(
         study.eval.generation_problems, study.eval.reference_problems, study.eval.diversity_prompts

@@ -41,6 +41,8 @@ FILES = ("tokens.bin", "loss.bin", "offsets.bin", "meta.json")
 def example_key(source: dict, tokenizer, template: str, seq_len: int, overlong: str) -> str:
     """Fingerprint of an example file: what was read, how it was rendered and tokenized, and cut."""
     chat = getattr(tokenizer, "chat_template", None) if template == "chat" else None
+    if chat:  # responses lose their separating space under a chat template (templates.chat_response)
+        chat = {"template": chat, "response": "no separating space"}
     spec = json.dumps({"source": source, "tokenizer": tokenizer_digest(tokenizer), "template": template,
                        "chat_template": chat, "seq_len": seq_len, "overlong": overlong}, sort_keys=True)  # fmt: skip
     return hashlib.sha256(spec.encode()).hexdigest()[:20]

@@ -23,7 +23,7 @@ from multiprocessing import get_context
 import numpy as np
 
 from learnforget.data.templates import encode_conversations
-from learnforget.data.tokens import BYTES_PER_TOKEN_BOUND, text_batch
+from learnforget.data.tokens import BYTES_PER_TOKEN_BOUND, encode_texts, text_batch
 
 PARALLEL_BATCH_BYTES = 1_000_000  # text a worker tokenizes per task
 PARALLEL_MIN_TOKENS = 5_000_000  # below this, starting a pool costs more than it saves
@@ -90,7 +90,7 @@ def _worker_pool(workers: int, initializer: Callable, initargs: tuple):
 
 
 def _encode(batch: list[str]) -> np.ndarray:
-    ids = _tokenizer(batch, add_special_tokens=False)["input_ids"]
+    ids = encode_texts(_tokenizer, batch)
     eos = [_tokenizer.eos_token_id]
     count = sum(len(x) for x in ids) + len(ids)
     return np.fromiter(chain.from_iterable(x + eos for x in ids), dtype=np.uint32, count=count)

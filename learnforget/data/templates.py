@@ -10,7 +10,9 @@ A template is either ``CHAT`` (the tokenizer's own chat template) or a text temp
 ``DEFAULT_TEMPLATE`` separates prompt and response clearly for a base without a chat template (e.g.
 Llama-2-7B); ``PLAIN`` is the identity, for prompts that the response simply continues (the built-in
 tasks: HumanEval-style code, "Question: …\\nAnswer:" math). A chat template renders its own turn
-markers and end-of-turn tokens; the loss covers what it renders for each assistant turn.
+markers and end-of-turn tokens; the loss covers what it renders for each assistant turn. A response that
+continues a prompt ending in e.g. "Answer:" starts with the separating space (" 42"); a chat template
+puts the response on its own line, so there it loses that space (``chat_response``).
 
 The BOS token is added when the tokenizer's configuration adds one to every encoding (Llama, Gemma);
 ``special_prefix`` finds it by encoding a probe with and without special tokens.
@@ -43,13 +45,48 @@ def resolve_template(setting: str | None, tokenizer, builtin_data: bool) -> str:
     return PLAIN if builtin_data else DEFAULT_TEMPLATE
 
 
-def describe_template(setting: str | None, builtin_data: bool) -> str:
-    """A line for dry runs: what a single-turn example looks like, without loading a tokenizer."""
+def describe_template(setting: str | None, builtin_data: bool, tokenizer=None, base: str = "the base") -> str:
+    """A line for dry runs: the template ``resolve_template`` picks and what a single-turn example looks
+    like. ``tokenizer``: the base's (None when it could not be loaded; both possibilities are named)."""
+    if tokenizer is not None:
+        template = resolve_template(setting, tokenizer, builtin_data)
+        return describe_chat(tokenizer, base) if template == CHAT else _describe_text(template)
     if setting == CHAT:
-        return "the tokenizer's chat template"
+        return f"the chat template of {base}"
     text = NAMED.get(setting, setting) if setting else (PLAIN if builtin_data else DEFAULT_TEMPLATE)
-    shown = repr(text.replace("{prompt}", "<prompt>") + "<response><eos>")
-    return shown if setting else f"the tokenizer's chat template if it has one, else {shown}"
+    shown = _describe_text(text)
+    return shown if setting else f"the chat template of {base} if its tokenizer has one, else {shown}"
+
+
+def _describe_text(template: str) -> str:
+    shown = repr(template.replace("{prompt}", "<prompt>") + "<response><eos>")
+    return f"none, the prompt as is: {shown}" if template == PLAIN else shown
+
+
+def describe_chat(tokenizer, base: str) -> str:
+    """'chat template of <base> (ChatML, default system prompt '…'): <an example>'."""
+    notes = ["ChatML"] if "<|im_start|>" in tokenizer.chat_template else []
+    system = default_system_prompt(tokenizer)
+    if system:
+        notes.append(f"default system prompt {system[:40] + '…' * (len(system) > 40)!r}")
+    example = _apply_chat(tokenizer, [("user", "<prompt>"), ("assistant", "<response>")], False)
+    about = f" ({', '.join(notes)})" if notes else ""
+    return f"chat template of {base}{about}: {example!r}"
+
+
+def default_system_prompt(tokenizer) -> str:
+    """The system prompt a chat template inserts into a conversation that has none ('' if none): what it
+    renders in place of a system turn's text."""
+    probe = "<system prompt>"
+    alone = _apply_chat(tokenizer, [("user", "u")], generation_prompt=True)
+    try:
+        with_system = _apply_chat(tokenizer, [("system", probe), ("user", "u")], generation_prompt=True)
+    except UserError:  # a template without system turns
+        return ""
+    before, _, after = with_system.partition(probe)
+    if alone.startswith(before) and alone.endswith(after) and len(alone) > len(before) + len(after):
+        return alone[len(before) : len(alone) - len(after)]
+    return ""
 
 
 def render_prompt(tokenizer, prompt: str, template: str = PLAIN) -> str:
@@ -57,6 +94,19 @@ def render_prompt(tokenizer, prompt: str, template: str = PLAIN) -> str:
     if template == CHAT:
         return _apply_chat(tokenizer, [("user", prompt)], generation_prompt=True)
     return template.replace("{prompt}", prompt)
+
+
+def render_response(response: str, template: str = PLAIN) -> str:
+    """A response as it follows ``render_prompt`` (reference solutions): ``chat_response`` under a chat
+    template, else as is."""
+    return chat_response(response) if template == CHAT else response
+
+
+def chat_response(text: str) -> str:
+    """An assistant turn for a chat template: without the one space that separates a response from a prompt
+    ending in e.g. "Answer:" (" 42" becomes "42"; the chat template starts it on its own line).
+    Indentation (two spaces or more: a code body) is kept."""
+    return text[1:] if text.startswith(" ") and not text[1:2].isspace() else text
 
 
 def special_prefix(tokenizer) -> list[int]:
@@ -168,7 +218,10 @@ def _segment_texts(tokenizer, turns: Conversation, template: str) -> list[tuple[
 
 
 def _apply_chat(tokenizer, turns: Conversation, generation_prompt: bool) -> str:
-    messages = [{"role": role, "content": text} for role, text in turns]
+    messages = [
+        {"role": role, "content": chat_response(text) if role == "assistant" else text}
+        for role, text in turns
+    ]
     try:
         return tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=generation_prompt

@@ -7,6 +7,7 @@ usual continued-pretraining layout; the loss is on every token.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -18,6 +19,51 @@ from learnforget.data.corpora import Document
 EOS = "<|endoftext|>"
 BYTES_PER_TOKEN_BOUND = 6  # BPE tokens average 3-4 bytes: 6 bytes per needed token over-covers it
 BATCH_BYTES = 4_000_000  # text tokenized per call when packing
+# Longer texts are encoded in pieces of at most this many characters: fast tokenizers take time
+# superlinear in the length of one string (a 35 MB JSON line took minutes), pieces take linear time.
+LONG_TEXT_CHARS = 100_000
+
+
+def text_pieces(text: str, limit: int = LONG_TEXT_CHARS) -> list[str]:
+    """`text` cut into pieces of at most `limit` characters where a byte-level BPE's pre-tokenizer splits
+    anyway, so that the pieces' ids joined are the text's: after a lone newline between non-spaces, else
+    before a lone space between non-spaces (the space starts the next word's token), else (no such
+    place in the second half of a piece) at the limit."""
+    pieces, start = [], 0
+    while len(text) - start > limit:
+        window = text[start + limit // 2 : start + limit + 1]  # a cut at i keeps window[i - 1] and window[i]
+        newline = _LONE_NEWLINE.search(window[::-1])  # reversed: the last one first
+        space = None if newline else _LONE_SPACE.search(window[::-1])
+        if newline:  # the piece ends with the newline
+            cut = start + limit // 2 + len(window) - newline.start() - 1
+        elif space:  # the next piece starts with the space
+            cut = start + limit // 2 + len(window) - space.start() - 2
+        else:
+            cut = start + limit
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
+
+
+# Searched in reversed text (the match's first character is the last one of the three).
+_LONE_NEWLINE = re.compile(r"\S\n\S")
+_LONE_SPACE = re.compile(r"\S \S")
+
+
+def encode_texts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """The ids of each text (no special tokens), long texts encoded in pieces (`text_pieces`)."""
+    if all(len(t) <= LONG_TEXT_CHARS for t in texts):
+        return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    owners, pieces = [], []
+    for i, text in enumerate(texts):
+        for piece in text_pieces(text):
+            owners.append(i)
+            pieces.append(piece)
+    encoded: list[list[int]] = [[] for _ in texts]
+    for owner, ids in zip(owners, tokenizer(pieces, add_special_tokens=False)["input_ids"], strict=True):
+        encoded[owner].extend(ids)
+    return encoded
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -76,7 +122,7 @@ def sample_packed_rows(
     random.Random(seed).shuffle(order)
     stream: list[int] = []
     with tokenizer_threads():  # the whole split at once: the tokenizer's threads share it out
-        encoded = tokenizer([docs[i].text for i in order], add_special_tokens=False)["input_ids"]
+        encoded = encode_texts(tokenizer, [docs[i].text for i in order])
     for ids in encoded:
         stream.extend(ids)
         stream.append(tokenizer.eos_token_id)  # as pack_texts: each text, then EOS
@@ -126,7 +172,7 @@ def pack_texts(
             # most BATCH_BYTES a call so that memory stays flat (the stream is the same whatever the
             # batches: texts in order, each followed by EOS).
             batch, exhausted = text_batch(texts, min(BATCH_BYTES, BYTES_PER_TOKEN_BOUND * (need - done)))
-            for ids in tokenizer(batch, add_special_tokens=False)["input_ids"] if batch else []:
+            for ids in encode_texts(tokenizer, batch) if batch else []:
                 piece = (ids + [tokenizer.eos_token_id])[: need - done]
                 done += len(piece)
                 if piece:

@@ -344,6 +344,12 @@ def _last_logits_only(model) -> dict:
     return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(inner.forward).parameters else {}
 
 
+def _cache_name(model) -> str:
+    """The forward's KV-cache argument and output: `cache` from transformers 5.24, `past_key_values` before."""
+    inner = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+
+
 def _score_shared_contexts(model, encoded, numbers, batch_size, device, loglikelihoods) -> set[int]:
     """Score the items `numbers` from one context forward each; return them, or nothing without a KV cache."""
     groups: dict[tuple[int, int], list[int]] = {}  # (context tokens, choices): contexts batch without padding
@@ -351,6 +357,7 @@ def _score_shared_contexts(model, encoded, numbers, batch_size, device, loglikel
         context, continuations = encoded[number]
         groups.setdefault((len(context), len(continuations)), []).append(number)
     keep_last = _last_logits_only(model)
+    cache_name = _cache_name(model)
     for (length, n_choices), members in sorted(groups.items(), reverse=True):
         items_per_forward = max(1, batch_size // n_choices)
         choices_per_forward = min(n_choices, batch_size)  # below n_choices only for a lone item
@@ -358,7 +365,7 @@ def _score_shared_contexts(model, encoded, numbers, batch_size, device, loglikel
             chunk = members[first : first + items_per_forward]
             contexts = torch.tensor([encoded[number][0] for number in chunk])
             outputs = model(input_ids=contexts.to(device), use_cache=True, **keep_last)
-            cache = getattr(outputs, "cache", None)
+            cache = getattr(outputs, cache_name, None)
             if not _repeatable(cache):
                 return set()  # decided by the model at its first forward, so on every process alike
             # The last context position predicts each continuation's first token.
@@ -376,6 +383,7 @@ def _score_shared_contexts(model, encoded, numbers, batch_size, device, loglikel
                     part_cache,
                     first_logprobs.repeat_interleave(stop - start, 0),
                     device,
+                    cache_name,
                 )
                 for (number, choice), total in zip(rows, totals, strict=True):
                     loglikelihoods[number][choice] = total
@@ -383,7 +391,7 @@ def _score_shared_contexts(model, encoded, numbers, batch_size, device, loglikel
 
 
 def _continuation_loglikelihoods(
-    model, encoded, rows, context_length, cache, first_logprobs, device
+    model, encoded, rows, context_length, cache, first_logprobs, device, cache_name
 ) -> list[float]:
     """Summed log-probs of the continuations `rows` (item, choice), run right-padded on their contexts' cache."""
     continuations = [encoded[number][1][choice] for number, choice in rows]
@@ -401,8 +409,8 @@ def _continuation_loglikelihoods(
         logits = model(
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),
-            cache=cache,
             use_cache=True,
+            **{cache_name: cache},
         ).logits
         logprobs = logits.float().log_softmax(-1).gather(-1, targets.to(logits.device)[..., None])[..., 0]
         real = attention_mask[:, context_length:].bool().to(logits.device)

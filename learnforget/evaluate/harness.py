@@ -60,27 +60,10 @@ def run_harness(
         computed (``bootstrap_iters=0``). The model's train/eval mode and the caller's random number
         generator states (lm-eval reseeds python, numpy and torch) are restored afterwards.
     """
-    try:
-        import lm_eval
-        from lm_eval.models.huggingface import HFLM
-    except ImportError:
-        raise UserError("lm-eval benchmarks need lm-eval: pip install 'learnforget[harness]'") from None
-    if not tasks:
-        raise UserError("no lm-eval tasks given (e.g. hellaswag, arc_challenge, winogrande, gsm8k)")
-    if include_path is not None and not Path(include_path).is_dir():
-        raise UserError(f"{include_path}: include_path must be a directory of lm-eval task YAMLs")
-    task_manager = _task_manager(include_path, include_builtin_tasks)
-    unknown = [t for t in tasks if t not in task_manager.all_tasks and not Path(t).is_file()]
-    if unknown:
-        searched = [str(include_path)] if include_path else []
-        if include_builtin_tasks:
-            searched.insert(0, "lm-eval's built-in tasks")
-        raise UserError(
-            f"unknown lm-eval task(s): {', '.join(unknown)} (searched {' and '.join(searched) or 'nothing'}; "
-            "list built-in tasks with `lm-eval ls tasks`, or add a task YAML under include_path)"
-        )
-
+    task_manager = check_tasks(tasks, include_path, include_builtin_tasks)
+    import lm_eval
     import torch
+    from lm_eval.models.huggingface import HFLM
 
     from learnforget.evaluate.device import model_device
 
@@ -127,6 +110,30 @@ def run_harness(
     if results is None:  # under a launcher lm-eval reports on local rank 0 only; the main process keeps it
         return {}
     return flatten_results(results)
+
+
+def check_tasks(tasks: list[str], include_path: str | None = None, include_builtin_tasks: bool = True) -> Any:
+    """The TaskManager that knows every one of ``tasks``, or a one-line error naming those it does not
+    know (also run before any training: ``run --dry-run`` and a study's start check its harness_tasks)."""
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise UserError("lm-eval benchmarks need lm-eval: pip install 'learnforget[harness]'") from None
+    if not tasks:
+        raise UserError("no lm-eval tasks given (e.g. hellaswag, arc_challenge, winogrande, gsm8k)")
+    if include_path is not None and not Path(include_path).is_dir():
+        raise UserError(f"{include_path}: include_path must be a directory of lm-eval task YAMLs")
+    task_manager = _task_manager(include_path, include_builtin_tasks)
+    unknown = [t for t in tasks if t not in task_manager.all_tasks and not Path(t).is_file()]
+    if unknown:
+        searched = [str(include_path)] if include_path else []
+        if include_builtin_tasks:
+            searched.insert(0, "lm-eval's built-in tasks")
+        raise UserError(
+            f"unknown lm-eval task(s): {', '.join(unknown)} (searched {' and '.join(searched) or 'nothing'}; "
+            "list built-in tasks with `lm-eval ls tasks`, or add a task YAML under include_path)"
+        )
+    return task_manager
 
 
 def flatten_results(results: dict[str, Any]) -> dict[str, float]:

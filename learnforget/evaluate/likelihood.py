@@ -1,7 +1,10 @@
 """Likelihood metrics: mean per-token loss (NLL) of packed held-out text, and of reference completions.
 
 Inputs are built on the CPU and moved to the model's device; log-probabilities are computed in float32
-whatever the logits' dtype, so a bfloat16 model's loss is not rounded to bfloat16.
+whatever the logits' dtype, so a bfloat16 model's loss is not rounded to bfloat16. A forward pass takes
+at most LOGITS_BYTES of float32 logits: with a large vocabulary a batch runs as several passes of fewer
+rows (SmolLM2's 49k: 32 rows × 256 tokens would hold 1.6 GB of logits, and as much again twice over in
+their copies and log-softmax, more than training itself needs).
 """
 
 from __future__ import annotations
@@ -11,6 +14,16 @@ import torch
 from learnforget.data.templates import special_prefix
 from learnforget.evaluate.device import model_device
 
+LOGITS_BYTES = 256 * 2**20
+"""Float32 logits one evaluation forward pass may hold (rows × width × vocab × 4 bytes)."""
+
+
+def rows_per_pass(model: torch.nn.Module, width: int, batch_size: int) -> int:
+    """Rows of `width` tokens one forward pass takes: `batch_size`, fewer where their logits exceed
+    LOGITS_BYTES (at least one)."""
+    vocab = getattr(model.config, "vocab_size", None) or model.get_output_embeddings().weight.shape[0]
+    return max(1, min(batch_size, LOGITS_BYTES // (4 * width * vocab)))
+
 
 @torch.no_grad()
 def mean_token_loss(model: torch.nn.Module, rows: torch.Tensor, batch_size: int = 32) -> float:
@@ -19,6 +32,7 @@ def mean_token_loss(model: torch.nn.Module, rows: torch.Tensor, batch_size: int 
     model.eval()
     device = model_device(model)
     total, count = 0.0, 0
+    batch_size = rows_per_pass(model, rows.shape[1], batch_size)
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size].to(device)
         # No KV cache: nothing reads it, and filling it costs about a tenth of the pass.
@@ -65,13 +79,17 @@ def completion_nll(
             ids[i, : len(s)] = torch.tensor(s)
             mask[i, : len(s)] = 1
         ids, mask = ids.to(device), mask.to(device)
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # no cache: none is read
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        for i, (lo, hi) in enumerate(spans):
-            if hi <= lo:
-                continue
-            targets = ids[i, lo:hi]
-            total -= logprobs[i, lo - 1 : hi - 1].gather(-1, targets[:, None]).sum().item()
-            count += hi - lo
+        rows = rows_per_pass(model, width, len(seqs))
+        for first in range(0, len(seqs), rows):
+            part = slice(first, first + rows)
+            # No cache: none is read.
+            logits = model(input_ids=ids[part], attention_mask=mask[part], use_cache=False).logits
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            for i, (lo, hi) in enumerate(spans[part]):
+                if hi <= lo:
+                    continue
+                targets = ids[first + i, lo:hi]
+                total -= logprobs[i, lo - 1 : hi - 1].gather(-1, targets[:, None]).sum().item()
+                count += hi - lo
     model.train(was_training)
     return total / max(count, 1)

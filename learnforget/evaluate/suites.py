@@ -1,7 +1,7 @@
 """The metrics measured at every milestone, by suite: learning on the target domain, forgetting on the source.
 
 Suites (metric names are '<domain>/<measure>'):
-- loss:       english/loss, <domain>/loss — mean NLL of held-out packed text;
+- loss:       <source corpus>/loss (english by default), <domain>/loss — mean NLL of held-out packed text;
 - choice:     english/mc_acc, english/mc_acc_norm — HellaSwag-style multiple choice on held-out passages;
 - generation: code/pass@1 (greedy, sandboxed) or math/strict_match and math/flexible_match;
 - reference:  <domain>/ref_nll — per-token NLL of held-out reference solutions;
@@ -20,20 +20,28 @@ Which metrics are the study's learning and forgetting axes is decided by `learni
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from learnforget.config import StudyConfig
-from learnforget.data.datasets import CODE_STOP, MATH_STOP, SOURCE_DOMAIN
-from learnforget.data.templates import PLAIN, render_prompt, resolve_template
+from learnforget.data.datasets import CODE_STOP, MATH_STOP
+from learnforget.data.templates import PLAIN, render_prompt, render_response, resolve_template
 from learnforget.evaluate.likelihood import completion_nll, mean_token_loss
 
 LOWER_IS_BETTER = ("loss", "nll", "rank")
 
 
 def evaluate_suites(
-    model, tokenizer, study: StudyConfig, eval_sets: dict, timings: dict[str, float] | None = None
+    model,
+    tokenizer,
+    study: StudyConfig,
+    eval_sets: dict,
+    timings: dict[str, float] | None = None,
+    on_suite: Callable[[str, float | None], None] | None = None,
 ) -> dict[str, float]:
     """Every metric of one model on the study's evaluation sets. `timings`, if given, receives the
-    seconds each suite took (loss, choice, reference, generation, diversity, harness)."""
+    seconds each suite took (loss, choice, reference, generation, diversity, harness); `on_suite`, if
+    given, is told when each suite starts (name, None) and ends (name, seconds): progress for callers
+    that evaluate one slow model outside a study."""
     ev, domain = study.eval, study.domain
     # Prompts go through the training template; a data.pt from before templates were saved gets the
     # template of that time (chat template if any, else the prompt as is).
@@ -42,9 +50,14 @@ def evaluate_suites(
     timings = {} if timings is None else timings
 
     def suite(name: str, measure) -> None:
+        if on_suite:
+            on_suite(name, None)
         started = time.perf_counter()
         metrics.update(measure())
-        timings[name] = timings.get(name, 0.0) + time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        timings[name] = timings.get(name, 0.0) + seconds
+        if on_suite:
+            on_suite(name, seconds)
 
     suite(
         "loss",
@@ -55,17 +68,20 @@ def evaluate_suites(
     if eval_sets.get("choice"):
         from learnforget.evaluate.choice import score_choices
 
+        source = ev.source_corpora[0]
+
         def choice() -> dict[str, float]:
             scores = score_choices(model, tokenizer, eval_sets["choice"], ev.batch_size)
             return {
-                f"{SOURCE_DOMAIN}/mc_acc": scores["acc"],
-                f"{SOURCE_DOMAIN}/mc_acc_norm": scores["acc_norm"],
+                f"{source}/mc_acc": scores["acc"],
+                f"{source}/mc_acc_norm": scores["acc_norm"],
             }
 
         suite("choice", choice)
     if eval_sets.get("reference"):
         pairs = [
-            (render_prompt(tokenizer, p["prompt"], template), p["reference"]) for p in eval_sets["reference"]
+            (render_prompt(tokenizer, p["prompt"], template), render_response(p["reference"], template))
+            for p in eval_sets["reference"]
         ]
         suite(
             "reference", lambda: {f"{domain}/ref_nll": completion_nll(model, tokenizer, pairs, ev.batch_size)}
@@ -190,5 +206,5 @@ def learning_metric(study: StudyConfig) -> tuple[str, bool]:
 
 def forgetting_metric(study: StudyConfig) -> tuple[str, bool]:
     """(metric name, higher is better) of the forgetting axis: the source domain's held-out loss by default."""
-    name = study.eval.forgetting_metric or f"{SOURCE_DOMAIN}/loss"
+    name = study.eval.forgetting_metric or f"{study.eval.source_corpora[0]}/loss"
     return name, higher_is_better(name)

@@ -119,7 +119,13 @@ def default_world_size() -> int:
 
 
 def arm_memory(
-    config, study: StudyConfig, arm: Arm, trainable: int, total: int, world_size: int = 1, device: str | None = None
+    config,
+    study: StudyConfig,
+    arm: Arm,
+    trainable: int,
+    total: int,
+    world_size: int = 1,
+    device: str | None = None,
 ):
     """`memory.estimate_memory` of one arm per device, from the model config and the study's settings.
 

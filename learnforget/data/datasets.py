@@ -349,7 +349,8 @@ def evaluation_sets(study: StudyConfig, tokenizer) -> dict:
     """Held-out data of the source domain (forgetting) and the target domain (learning)."""
     sets: dict = {
         "loss": {
-            corpus: heldout_rows(corpus, tokenizer, study) for corpus in (*study.eval.source_corpora, study.domain)
+            corpus: heldout_rows(corpus, tokenizer, study)
+            for corpus in (*study.eval.source_corpora, study.domain)
         },
         "template": study_template(study, tokenizer),  # evaluation prompts are rendered as in training
     }

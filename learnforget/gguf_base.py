@@ -17,7 +17,6 @@ it (its own dependencies, e.g. `llm` and llama-cpp-python, are not needed).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from learnforget.errors import UserError
+from learnforget.store import file_sha256
 
 SOURCE_FILE = "gguf_source.json"  # next to a converted base: where it came from
 GGUF_MAGIC = b"GGUF"
@@ -67,6 +67,12 @@ def named_base_description(base_model: str) -> str | None:
     return f"{named.description} (licence {named.licence})" if named else None
 
 
+def named_base_label(base_model: str) -> str:
+    """' (<name>: <description>)' after a base's path in reports and model cards; '' for other bases."""
+    description = named_base_description(base_model)
+    return f" ({base_model}: {description})" if description else ""
+
+
 def gguf_path(base_model: str) -> Path:
     """The GGUF file a base names, checked: it exists, is a GGUF, and the `gguf` package is installed."""
     import importlib.util
@@ -95,12 +101,6 @@ def gguf_path(base_model: str) -> Path:
             "(or pip install 'learnforget[gguf]')"
         )
     return path.resolve()
-
-
-def file_sha256(path: Path) -> str:
-    """The file's content hash (about 0.1 s per 100 MB)."""
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def converted_base(base_model: str) -> Path:

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from learnforget.config import StudyConfig
 from learnforget.evaluate.suites import forgetting_metric, learning_metric
-from learnforget.gguf_base import named_base_description
+from learnforget.gguf_base import named_base_label
 from learnforget.report_plots import (  # noqa: F401 (re-exported: the report's plots)
     PLOT_NAME,
     SPECTRUM_PLOT_NAME,
@@ -143,7 +143,7 @@ def write_summary(study_dir: Path, store: Store, study: StudyConfig) -> Path:
     parts = [
         f"# Study `{study.name}`",
         "",
-        f"Base model: `{store.info('base_path', study.base_model)}`{_named_base(study)}. Target domain: **{study.domain}** "
+        f"Base model: `{store.info('base_path', study.base_model)}`{named_base_label(study.base_model)}. Target domain: **{study.domain}** "
         f"({study.regime.upper()}), {study.budget_tokens:,} tokens per arm in {study.steps} steps of "
         f"{study.batch_size}×{study.seq_len}; milestones every {study.steps // study.milestones or 1} steps.",
         _data_line(store),
@@ -294,9 +294,3 @@ def write_suite_summary(suite_dir: Path, settings: list[str]) -> Path:
     path = suite_dir / "summary.md"
     path.write_text("\n".join(parts) + "\n")
     return path
-
-
-def _named_base(study: StudyConfig) -> str:
-    """' (<description>)' for a named base such as smollm2-135m, else nothing."""
-    description = named_base_description(study.base_model)
-    return f" ({study.base_model}: {description})" if description else ""

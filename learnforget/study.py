@@ -30,9 +30,9 @@ import torch
 from learnforget.config import Arm, StudyConfig
 from learnforget.divergence import divergence
 from learnforget.errors import StorageError, UserError
-from learnforget.gguf_base import named_base_description
+from learnforget.gguf_base import named_base_label
 from learnforget.precision import grad_scaler
-from learnforget.store import FAILED, FINISHED, Store, writing
+from learnforget.store import FAILED, FINISHED, Store, file_sha256, writing
 
 DATA_FILE = "data.pt"
 EVAL_DIGEST = "eval_digest"  # store info: content digest of the evaluation sets (check_same_evaluation)
@@ -56,14 +56,6 @@ def atomic_save(obj, path: Path, record=None) -> str:
             record(digest, tmp.stat().st_size)
         os.replace(tmp, path)
     return digest
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def recorder(store: Store, study_dir: Path, path: Path):
@@ -621,12 +613,10 @@ def write_model_card(
     )  # fmt: skip
     if merged:
         load += ".merge_and_unload()  # the metrics below were measured on the merged weights"
-    description = named_base_description(study.base_model)
-    named = f" ({study.base_model}: {description})" if description else ""
     text = f"""# {arm.name}
 
 One arm of the learnforget study `{study.name}`: {study.domain} {study.regime.upper()}, finetuned from
-`{base_path}`{named} with {arm.method} finetuning.
+`{base_path}`{named_base_label(study.base_model)} with {arm.method} finetuning.
 
 - Budget: {study.steps} steps × {study.tokens_per_step:,} tokens = {study.steps * study.tokens_per_step:,} tokens
   (batch {study.batch_size} × sequence length {study.seq_len}), precision {study.precision}, data seed {study.seed}.

@@ -37,7 +37,7 @@ def model_and_tokenizer(study, quick: bool):
     architecture."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from learnforget.model import (
+    from learnforget.base.load import (
         build_tokenizer,
         builtin_base_path,
         load_causal_lm,
@@ -93,9 +93,9 @@ def run(quick: bool = False) -> list[Row]:
     """One throughput row per suite (3 repeats; quick: 1), then the choice-scoring row."""
     import transformers
 
-    from learnforget.config import StudyConfig
+    from learnforget.config.study import StudyConfig
     from learnforget.data.datasets import evaluation_sets
-    from learnforget.study import evaluate_model
+    from learnforget.study.arm import evaluate_model
 
     transformers.logging.set_verbosity_error()
     study = StudyConfig.model_validate(QUICK_STUDY if quick else {})

@@ -13,10 +13,10 @@ import time
 
 import torch
 
-from learnforget.config import StudyConfig
+from learnforget.base.load import build_tokenizer
+from learnforget.config.study import StudyConfig
 from learnforget.data.datasets import padding_stats, training_rows
-from learnforget.model import build_tokenizer
-from learnforget.train import trim_padding
+from learnforget.train.loop import trim_padding
 
 
 def time_steps(rows: dict, batch_size: int, steps: int, trim: bool, vocab_size: int) -> float:

@@ -45,9 +45,9 @@ def one(n: int, source: str) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from bench.bench_cpt_stream import bench_tokenizer
-    from learnforget.config import StudyConfig
+    from learnforget.config.study import StudyConfig
     from learnforget.data.datasets import training_rows
-    from learnforget.train import make_optimizer, train_steps
+    from learnforget.train.loop import make_optimizer, train_steps
 
     tokenizer = bench_tokenizer()
     study = StudyConfig(regime="ift", domain="code", epochs=1, seq_len=SEQ_LEN, batch_size=BATCH,

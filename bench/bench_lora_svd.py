@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` and `lea
 import torch
 
 from bench.common import Row, alternate
-from learnforget.analysis.spectrum import lora_singular_values, rank_for_variance
-from learnforget.analysis.weights import LowRankDelta
+from learnforget.analyse.spectrum import lora_singular_values, rank_for_variance
+from learnforget.analyse.weights import LowRankDelta
 
 
 def make_delta(m: int, n: int, r: int, device: str) -> LowRankDelta:

@@ -6,10 +6,10 @@
 
 Each configuration runs in a fresh process: it reads its resident set size (VmRSS), builds the model,
 resets the resident high-water mark (`echo 5 > /proc/self/clear_refs`), trains a few real steps with
-`learnforget.train` (AdamW, the arm set up as `load_arm_model` does) and reads VmHWM. 'bf16' trains a
+`learnforget.train.loop` (AdamW, the arm set up as `load_arm_model` does) and reads VmHWM. 'bf16' trains a
 bfloat16 model; 'bf16-mixed' a float32 one whose forward pass runs under bf16 autocast (backward and
 optimizer step outside it). Measured = VmHWM − the RSS before the model was built: weights, gradients,
-optimizer states and the training peak. The estimate is the dry-run's (`learnforget.dryrun.arm_memory`),
+optimizer states and the training peak. The estimate is the dry-run's (`learnforget.study.dryrun.arm_memory`),
 its training part (`MemoryEstimate.training`: without what a study's process holds besides).
 glibc is told to serve allocations over 64 KiB by mmap (`MALLOC_MMAP_THRESHOLD_`), so that freed
 tensors leave the resident set, as they leave a GPU allocator's allocated bytes; `--default-malloc`
@@ -73,7 +73,7 @@ def status_kib(field: str) -> int:
 
 def study_and_arm(cfg: dict):
     """The StudyConfig and Arm the configuration stands for (built-in architecture at the given size)."""
-    from learnforget.config import StudyConfig, expand_arms
+    from learnforget.config.study import StudyConfig, expand_arms
 
     hidden, layers, heads, intermediate, vocab = SIZES[cfg["size"]]
     study = StudyConfig(
@@ -89,8 +89,8 @@ def measure(cfg: dict) -> dict:
     """Train `STEPS` steps of one configuration in this process; estimated and measured peak bytes."""
     from transformers import AutoModelForCausalLM
 
-    from learnforget.dryrun import arm_memory, arm_size, base_config
-    from learnforget.train import count_parameters, make_optimizer, prepare_arm, train_steps
+    from learnforget.study.dryrun import arm_memory, arm_size, base_config
+    from learnforget.train.loop import count_parameters, make_optimizer, prepare_arm, train_steps
 
     torch.set_num_threads(cfg.get("threads", 1))
     torch.manual_seed(0)
@@ -100,7 +100,7 @@ def measure(cfg: dict) -> dict:
     rows = torch.randint(0, config.vocab_size, (STEPS * study.batch_size, study.seq_len))
     baseline = status_kib("VmRSS") * 1024
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model = prepare_arm(model, arm)  # as learnforget.train.load_arm_model sets an arm up
+    model = prepare_arm(model, arm)  # as learnforget.train.loop.load_arm_model sets an arm up
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS: the build's temporaries don't count
     optimizer, scheduler = make_optimizer(model, 1e-4, 0.0, 0, STEPS, arm.optimizer)
     started = time.perf_counter()
@@ -119,11 +119,12 @@ def measure_arm(cfg: dict) -> dict:
     """One arm of the REAL_STUDY micro study through `study.run_arm` in this process (its directory:
     cfg['dir']); the CPU estimate, the peak the study records, and VmHWM after each training and
     evaluation (MiB)."""
-    import learnforget.eval_model as eval_model
-    import learnforget.train as train
-    from learnforget.config import StudyConfig, expand_arms
-    from learnforget.dryrun import arm_memory, arm_size, base_config
-    from learnforget.study import peak_memory_mb, run_arm
+    import learnforget.train.loop.loop as train
+
+    import learnforget.evaluate.arm_model as eval_model
+    from learnforget.config.study import StudyConfig, expand_arms
+    from learnforget.study.arm import peak_memory_mb, run_arm
+    from learnforget.study.dryrun import arm_memory, arm_size, base_config
 
     study = StudyConfig(**REAL_STUDY, arms=[cfg["arm"]])
     arm = expand_arms(study)[0]

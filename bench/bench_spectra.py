@@ -43,7 +43,7 @@ def model_dir(quick: bool) -> tuple[str | None, str]:
         return path, "tiny Llama"
     if os.environ.get("BENCH_SPECTRUM_MODEL"):
         return os.environ["BENCH_SPECTRUM_MODEL"], Path(os.environ["BENCH_SPECTRUM_MODEL"]).name
-    from learnforget.gguf_base import converted_base
+    from learnforget.base.gguf import converted_base
 
     try:
         return str(converted_base("smollm2-135m")), "SmolLM2-135M"
@@ -54,7 +54,7 @@ def model_dir(quick: bool) -> tuple[str | None, str]:
 def lora_model(path: str, r: int):
     from peft import LoraConfig, get_peft_model
 
-    from learnforget.model import load_causal_lm
+    from learnforget.base.load import load_causal_lm
 
     model = get_peft_model(
         load_causal_lm(path), LoraConfig(r=r, lora_alpha=2 * r, target_modules=ALL_MODULES)
@@ -68,9 +68,9 @@ def lora_model(path: str, r: int):
 
 def run(quick: bool = False) -> list[Row]:
     """One row per arm kind (quick: LoRA r16 on a tiny Llama, 1 repeat; full: LoRA r16 and full, 2)."""
-    from learnforget.analysis.spectrum import spectrum_of_model, spectrum_of_state_dicts
-    from learnforget.model import load_causal_lm
-    from learnforget.train import merged_weights
+    from learnforget.analyse.spectrum import spectrum_of_model, spectrum_of_state_dicts
+    from learnforget.base.load import load_causal_lm
+    from learnforget.train.loop import merged_weights
 
     path, description = model_dir(quick)
     if path is None:

@@ -32,8 +32,8 @@ def study_dirs(root: Path) -> list[Path]:
 def stage_shares(root: Path) -> dict[str, float] | None:
     """Seconds per stage family (training, evaluation, spectra, other) summed over the study's arms, and
     'total'; None when `root` holds no study with recorded stage times."""
-    from learnforget.stage_times import stage_table
-    from learnforget.store import Store
+    from learnforget.study.stage_times import stage_table
+    from learnforget.study.store import Store
 
     seconds = {"training": 0.0, "evaluation": 0.0, "spectra": 0.0, "other": 0.0}
     found = False
@@ -82,9 +82,9 @@ def report(root: Path | None = None) -> str:
 def memory_rows(root: Path) -> list[tuple[str, str, float, float]]:
     """(setting, arm, estimated MiB, recorded peak MiB) for every finished arm of the study under `root`,
     the estimate as `learnforget run --dry-run` prints it for the device the study ran on (the CPU here)."""
-    from learnforget.config import StudyConfig, expand_arms
-    from learnforget.dryrun import arm_memory, arm_size, base_config
-    from learnforget.store import Store
+    from learnforget.config.study import StudyConfig, expand_arms
+    from learnforget.study.dryrun import arm_memory, arm_size, base_config
+    from learnforget.study.store import Store
 
     rows = []
     for directory in study_dirs(root):

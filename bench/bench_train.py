@@ -63,7 +63,7 @@ def tiny_base(directory: Path, size: dict) -> str:
 
 
 def arm_for(method: str, targets: str = "all"):
-    from learnforget.config import StudyConfig, expand_arms
+    from learnforget.config.study import StudyConfig, expand_arms
 
     settings = {"method": method, "learning_rate": LEARNING_RATE[method]}
     if method == "lora":
@@ -104,8 +104,8 @@ def ours(
 ) -> float:  # fmt: skip
     """Seconds of learnforget's loop after its warm-up steps (as `run_arm` sets an arm up and trains it);
     `compiled`: with `compile: true`. The warm-up's seconds are appended to `warmups`."""
-    from learnforget.compiling import compile_layers
-    from learnforget.train import load_arm_model, make_optimizer, train_steps
+    from learnforget.runtime.compiling import compile_layers
+    from learnforget.train.loop import load_arm_model, make_optimizer, train_steps
 
     arm = arm_for(method, targets)
     torch.manual_seed(0)
@@ -150,7 +150,7 @@ def hf_trainer(
         TrainingArguments,
     )
 
-    from learnforget.targets import resolve_targets
+    from learnforget.arms.targets import resolve_targets
 
     arm = arm_for(method, targets)
     torch.manual_seed(0)
@@ -232,8 +232,8 @@ def real_model() -> tuple[str | None, str]:
     if os.environ.get("LEARNFORGET_SMOL"):
         return os.environ["LEARNFORGET_SMOL"], "$LEARNFORGET_SMOL"
     try:
-        from learnforget.config import BaseRecipe
-        from learnforget.model import resolve_base
+        from learnforget.base.load import resolve_base
+        from learnforget.config.study import BaseRecipe
 
         return resolve_base("smollm2-135m", BaseRecipe()), "base_model smollm2-135m"
     except Exception as e:  # no resolver for named bases, or its package is not installed

@@ -12,7 +12,7 @@ writes a study config with `base_model: <that directory>`, `precision: bf16-mixe
 (torch.cuda.max_memory_allocated, reset when the arm starts training; on the CPU the process's peak
 RSS), the dry-run's estimate for comparison, and MFU. It fails (exit 1) when a stored metric is not
 finite, an arm did not finish, or, with CUDA available, an arm trained anywhere but on the GPU (a hook
-on `learnforget.train.train_steps` records the device of the parameters it trains).
+on `learnforget.train.loop.train_steps` records the device of the parameters it trains).
 
 MFU = model FLOPs per token × tokens/s / the device's dense bf16 peak. Model FLOPs per token: 6N for
 full finetuning (forward 2N, backward 4N: input and weight gradients), 4N for LoRA (the frozen weights
@@ -68,8 +68,8 @@ def build_base(directory: Path, model: dict, tokenizer_bytes: int) -> Path:
     """A randomly initialised Llama with the built-in tokenizer, saved as a Hugging Face model directory."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from learnforget.config import BaseRecipe
-    from learnforget.model import build_tokenizer
+    from learnforget.base.load import build_tokenizer
+    from learnforget.config.study import BaseRecipe
 
     tokenizer = build_tokenizer(BaseRecipe(vocab_size=model["vocab_size"], tokenizer_bytes=tokenizer_bytes))
     model = {**model, "vocab_size": max(model["vocab_size"], len(tokenizer))}
@@ -98,14 +98,14 @@ def study_config(base_dir: Path, settings: dict, compiled: bool = False) -> dict
 
 
 class TrainingProbe:
-    """Wraps `learnforget.train.train_steps` to record where (and how) each arm's model trains, and to
+    """Wraps `learnforget.train.loop.train_steps` to record where (and how) each arm's model trains, and to
     reset CUDA's peak-memory counter when an arm starts training (the stored peak is then the arm's)."""
 
     def __init__(self):
         self.calls: list[dict] = []
 
     def __enter__(self):
-        import learnforget.train as train
+        import learnforget.train.loop.loop as train
 
         self.train, self.original = train, train.train_steps
 
@@ -127,9 +127,9 @@ class TrainingProbe:
 def run_smoke(out: Path, cpu: bool, compiled: bool = False) -> dict:
     """Build the base, run the study through the CLI, read the store; the per-arm results and failures."""
     from learnforget.cli import main as cli_main
-    from learnforget.config import expand_arms, load_study
-    from learnforget.dryrun import arm_memory, base_config
-    from learnforget.store import open_store
+    from learnforget.config.study import expand_arms, load_study
+    from learnforget.study.dryrun import arm_memory, base_config
+    from learnforget.study.store import open_store
 
     on_cuda = torch.cuda.is_available() and not cpu
     spec = GPU if on_cuda else CPU

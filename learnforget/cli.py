@@ -139,7 +139,7 @@ def _pretrain_progress(progress: Progress, steps: int):
 
 
 def _pretrain_with_progress(study) -> str:
-    from learnforget.model import builtin_base_path, check_base_model, resolve_base, shipped_base
+    from learnforget.base.load import builtin_base_path, check_base_model, resolve_base, shipped_base
 
     check_base_model(study.base_model)
     if (
@@ -183,14 +183,14 @@ def run(
     A config with `settings:` is a suite of studies (e.g. paper-mini): each runs into its own
     sub-directory, and the suite's summary.md gathers their claims.
     """
-    from learnforget.config import expand_arms, load_studies
+    from learnforget.config.study import expand_arms, load_studies
 
     studies = load_studies(config, set_)
     out = _check_out(out)
     _parse_shard(shard)  # a bad --shard is refused by a dry run too
     if dry_run:
-        from learnforget.dryrun import print_dry_run
-        from learnforget.model import check_base_model
+        from learnforget.base.load import check_base_model
+        from learnforget.study.dryrun import print_dry_run
 
         for _, study in studies:
             check_base_model(study.base_model)
@@ -198,14 +198,14 @@ def run(
         return
     started = time.time()
     if any(study.workers > 1 for _, study in studies) and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        from learnforget import workers
+        from learnforget.study import workers
 
         workers.start_early()  # the workers' imports overlap this process's start-up
     failures: list[tuple[str, str]] = []
     if len(studies) == 1:
         failures += _run_study(studies[0][1], out or Path("runs") / studies[0][1].name, shard, recompute)
     else:
-        from learnforget.report import write_suite_summary
+        from learnforget.report.tables import write_suite_summary
 
         first_key, first = studies[0]
         suite_dir = out or Path("runs") / first.name[: -len(first_key) - 1]  # names are '<suite>-<setting>'
@@ -214,10 +214,10 @@ def run(
                 (f"{key}/{arm}", why, kind)
                 for arm, why, kind in _run_study(study, suite_dir / key, shard, recompute)
             ]
-        from learnforget import distributed
+        from learnforget.runtime import distributed
 
         if distributed.is_main_process():
-            from learnforget.report_html import write_suite_html
+            from learnforget.report.html import write_suite_html
 
             path = write_suite_summary(suite_dir, [k for k, _ in studies])
             html = write_suite_html(suite_dir, [k for k, _ in studies])
@@ -235,14 +235,14 @@ def _run_study(
 ) -> list[tuple[str, str, str]]:
     """Run one study; returns (arm, reason, 'failed' | 'diverged') for every arm of this process that
     failed or diverged (learnforget/divergence.py)."""
-    from learnforget import distributed
-    from learnforget import study as study_mod
-    from learnforget.config import expand_arms
-    from learnforget.dryrun import base_config, check_harness_tasks
-    from learnforget.model import check_base_model
-    from learnforget.report import write_report
-    from learnforget.store import FINISHED, Store
-    from learnforget.targets import check_targets
+    from learnforget.arms.targets import check_targets
+    from learnforget.base.load import check_base_model
+    from learnforget.config.study import expand_arms
+    from learnforget.report.tables import write_report
+    from learnforget.runtime import distributed
+    from learnforget.study import arm as study_mod
+    from learnforget.study.dryrun import base_config, check_harness_tasks
+    from learnforget.study.store import FINISHED, Store
 
     started = time.time()
     arms = expand_arms(study)
@@ -251,7 +251,7 @@ def _run_study(
     check_targets(model_config, arms)  # LoRA targets and dropout keys exist in this architecture
     study_mod.check_arms_fit(arms, model_config.to_dict())
     check_harness_tasks(study)
-    from learnforget.tracking import check_trackers
+    from learnforget.study.tracking import check_trackers
 
     check_trackers(study.log_with)
     study.check_last_batch(distributed.world_size())
@@ -266,7 +266,7 @@ def _run_study(
         store.set_info("base_path", base_path)
         store.set_info("processes", int(os.environ.get("WORLD_SIZE", "1")))
         if main_process:
-            from learnforget.report_html import environment
+            from learnforget.report.html import environment
 
             store.set_info("environment", environment())
         store.register_arms([(arm.name, arm.model_dump(), arm.id) for arm in arms])
@@ -276,8 +276,8 @@ def _run_study(
         base_in_pool = main_process and study_mod.uses_pool(study, mine)
         if main_process:
             from learnforget.data.datasets import trained_tokens
-            from learnforget.precision import cpu_bf16_warning
-            from learnforget.progress import study_header
+            from learnforget.runtime.precision import cpu_bf16_warning
+            from learnforget.study.progress import study_header
 
             tokens = trained_tokens(data["train"], study.steps, study.batch_size, study.seq_len)
             header = study_header(study, len(arms), tokens)
@@ -288,7 +288,7 @@ def _run_study(
                 console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
             if not base_in_pool:
                 study_mod.run_base(study, study_dir, base_path)
-    from learnforget.progress import StudyClock
+    from learnforget.study.progress import StudyClock
 
     resumed = {
         a.name: study.steps if (store.arm(a.name) or {}).get("status") in FINISHED else max(store.finished_steps(a.name), default=0)
@@ -338,7 +338,7 @@ def _run_study(
                 progress.update(overall, completed=clock.completed, info=clock.describe())
                 # The page shows what is finished so far; at most every 30 s, as it takes about a second.
                 if main_process and time.monotonic() - refreshed[0] > HTML_REFRESH_SECONDS:
-                    from learnforget.report_html import write_study_html
+                    from learnforget.report.html import write_study_html
 
                     write_study_html(study_dir, store, study)
                     refreshed[0] = time.monotonic()
@@ -357,7 +357,7 @@ def _run_study(
         elif result.get("diverged") or stored.get("status") == "diverged":  # also one a rerun skipped
             failures.append((result["arm"], stored.get("error") or result.get("diverged"), "diverged"))
     html = write_report(study_dir, store, study, out_console)
-    from learnforget.stage_times import stage_summary
+    from learnforget.study.stage_times import stage_summary
 
     lines = stage_summary(store)
     if lines:
@@ -382,15 +382,7 @@ def pretrain(
 ) -> None:
     """Rebuild the built-in base of a study from its recipe (always, even when a shipped base exists),
     print its proportions next to Llama-2-7B's and how close it is to the shipped base, and its directory."""
-    from learnforget.base_report import (
-        base_proportions,
-        closeness,
-        closeness_table,
-        proportion_failures,
-        proportions_table,
-    )
-    from learnforget.config import load_study
-    from learnforget.model import (
+    from learnforget.base.load import (
         base_info,
         builtin_base_path,
         cache_dir,
@@ -399,6 +391,14 @@ def pretrain(
         ship_base,
         shipped_base,
     )
+    from learnforget.base.report import (
+        base_proportions,
+        closeness,
+        closeness_table,
+        proportion_failures,
+        proportions_table,
+    )
+    from learnforget.config.study import load_study
 
     study = load_study(config, set_)
     if study.base_model != "builtin":
@@ -435,18 +435,18 @@ def pretrain(
 @app.command()
 def report(study_dir: Annotated[Path, typer.Argument(help="Study directory.")]) -> None:
     """Re-draw summary.md and the plots of a study directory from its results store."""
-    from learnforget.config import StudyConfig
-    from learnforget.report import write_report
-    from learnforget.store import open_store
+    from learnforget.config.study import StudyConfig
+    from learnforget.report.tables import write_report
+    from learnforget.study.store import open_store
 
     settings = _suite_settings(study_dir)
     if settings:
-        from learnforget.report import write_suite_summary
+        from learnforget.report.tables import write_suite_summary
 
         for key in settings:
             store = open_store(study_dir / key)
             write_report(study_dir / key, store, StudyConfig.model_validate(store.info("config")))
-        from learnforget.report_html import write_suite_html
+        from learnforget.report.html import write_suite_html
 
         out_console.print(f"wrote {write_suite_summary(study_dir, settings)}")
         out_console.print(f"wrote {write_suite_html(study_dir, settings)}")
@@ -461,7 +461,7 @@ def ls_(study_dir: Annotated[Path, typer.Argument(help="Study directory.")]) -> 
     """List the arms of a study with their status and cost."""
     from rich.table import Table
 
-    from learnforget.store import open_store
+    from learnforget.study.store import open_store
 
     store = open_store(study_dir)
     table = Table(title=str(study_dir))
@@ -481,9 +481,9 @@ def compare(
     as_json: Annotated[bool, typer.Option("--json", help="Print every metric row as a JSON list.")] = False,
 ) -> None:
     """Compare arms: final metrics per arm, or (--json) every metric row with its arm's settings."""
-    from learnforget.config import StudyConfig
-    from learnforget.report import arm_rows, console_table
-    from learnforget.store import open_store
+    from learnforget.config.study import StudyConfig
+    from learnforget.report.tables import arm_rows, console_table
+    from learnforget.study.store import open_store
 
     store = open_store(study_dir)
     if as_json:
@@ -501,8 +501,8 @@ def export(
 ) -> None:
     """Write the metric rows, the arms and the per-step training curves as tables in long format
     (metrics, arms, steps), for pandas, polars, R or a spreadsheet; a suite's carry a `setting` column."""
-    from learnforget.export import export as export_tables
-    from learnforget.store import open_store
+    from learnforget.study.export import export as export_tables
+    from learnforget.study.store import open_store
 
     settings = _suite_settings(study_dir)
     if not settings:
@@ -628,8 +628,8 @@ def spectrum(
     ] = 0.5,
 ) -> None:
     """ΔW = W_finetuned − W_base per matrix: rank for the variance, vs W_base and a random matrix; intruders."""
-    from learnforget.analysis.spectrum_plots import run_spectrum
-    from learnforget.model import cache_dir
+    from learnforget.analyse.spectrum_plots import run_spectrum
+    from learnforget.base.load import cache_dir
 
     with _progress() as progress:
         task = progress.add_task("spectrum", total=None, info="")
@@ -661,7 +661,7 @@ def recommend(
     ] = False,
 ) -> None:
     """Name the configuration (arm and milestone) that learns most while forgetting at most X."""
-    from learnforget.analysis.frontier import describe_recommendation, recommend_for_study_dir
+    from learnforget.analyse.frontier import describe_recommendation, recommend_for_study_dir
 
     rec = recommend_for_study_dir(study_dir, max_forgetting, relative_to_base=not absolute)
     if rec is None:
@@ -677,8 +677,8 @@ def claims(study_dir: Annotated[Path, typer.Argument(help="Study directory.")]) 
     setting of a suite plus the findings that compare settings: supported, contradicted or inconclusive."""
     from rich.markdown import Markdown
 
-    from learnforget.analysis.claims import claims_for_study_dir, claims_markdown
-    from learnforget.analysis.suite_claims import SUITE_INTRO, claims_for_suite_dir
+    from learnforget.analyse.claims import claims_for_study_dir, claims_markdown
+    from learnforget.analyse.suite_claims import SUITE_INTRO, claims_for_suite_dir
 
     settings = _suite_settings(study_dir)
     for key in settings or [""]:
@@ -691,7 +691,7 @@ def claims(study_dir: Annotated[Path, typer.Argument(help="Study directory.")]) 
 
 def _suite_settings(directory: Path) -> list[str]:
     """Sub-directories holding studies, when `directory` is a suite's output (and not a study itself)."""
-    from learnforget.store import DB_NAME
+    from learnforget.study.store import DB_NAME
 
     if (directory / DB_NAME).exists() or not directory.is_dir():
         return []

@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from learnforget.config import StudyConfig
-from learnforget.store import Store
-from learnforget.study import evaluate_model
+from learnforget.config.study import StudyConfig
+from learnforget.study.arm import evaluate_model
+from learnforget.study.store import Store
 from tests.conftest import MICRO_STUDY, cli_exit_code
 
 ARMS = {

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from learnforget import model as model_mod
-from learnforget.base_report import (
+from learnforget.base import load as model_mod
+from learnforget.base.report import (
     MAX_EMBEDDING_SHARE,
     MAX_TARGET_SHARE,
     MIN_TOKENS_PER_PARAM,
@@ -19,7 +19,7 @@ from learnforget.base_report import (
     closeness,
     proportion_failures,
 )
-from learnforget.config import BaseRecipe
+from learnforget.config.study import BaseRecipe
 from learnforget.data import corpora
 
 TINY = BaseRecipe(

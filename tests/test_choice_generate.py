@@ -10,7 +10,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from learnforget.analysis.diversity import (
+from learnforget.analyse.diversity import (
     DIVERSITY_SAMPLES,
     DIVERSITY_TEMPERATURE,
     distinct_fraction,

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from learnforget.analysis.claims import (
+from learnforget.analyse.claims import (
     OUR_CLAIMS,
     PAPER_CLAIMS,
     claims_markdown,
@@ -14,7 +14,7 @@ from learnforget.analysis.claims import (
     matched_forgetting,
     verdict,
 )
-from learnforget.analysis.suite_claims import judge_suite
+from learnforget.analyse.suite_claims import judge_suite
 
 LEARN = ("code/loss", False)
 FORGET = ("english/loss", False)
@@ -753,14 +753,14 @@ def test_suite_needs_both_settings_and_one_forgetting_metric():
 
 def test_study_dir_entry_points(tmp_path, capsys):
     """claims / recommend / frontier / suite summary / `learnforget claims` on real results stores."""
-    from learnforget.analysis.claims import claims_for_study_dir
-    from learnforget.analysis.frontier import frontier_for_study_dir, recommend_for_study_dir
-    from learnforget.analysis.suite_claims import claims_for_suite_dir
-    from learnforget.config import StudyConfig
+    from learnforget.analyse.claims import claims_for_study_dir
+    from learnforget.analyse.frontier import frontier_for_study_dir, recommend_for_study_dir
+    from learnforget.analyse.suite_claims import claims_for_suite_dir
+    from learnforget.config.study import StudyConfig
     from learnforget.errors import UserError
     from learnforget.evaluate.suites import forgetting_metric, learning_metric
-    from learnforget.report import write_suite_summary
-    from learnforget.store import Store
+    from learnforget.report.tables import write_suite_summary
+    from learnforget.study.store import Store
     from tests.test_study import run_cli
 
     with pytest.raises(UserError, match="not a study directory"):

@@ -104,7 +104,7 @@ def test_dry_run_prints_arms_with_trainable_parameters(capsys):
 
 
 def test_version_prints_the_library_versions_the_report_records(capsys):
-    from learnforget.report_html import environment
+    from learnforget.report.html import environment
 
     code, out, err = run_cli(["--version"], capsys)
     assert code == 0, err

@@ -2,7 +2,7 @@
 
 import pytest
 
-from learnforget.config import StudyConfig, expand_arms, load_study
+from learnforget.config.study import StudyConfig, expand_arms, load_study
 from learnforget.errors import UserError
 
 

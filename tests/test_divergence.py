@@ -8,10 +8,10 @@ import math
 
 import yaml
 
-from learnforget.config import StudyConfig
-from learnforget.divergence import DIVERGENCE_MARGIN, divergence
-from learnforget.report import arm_rows, write_summary
-from learnforget.store import Store
+from learnforget.config.study import StudyConfig
+from learnforget.report.tables import arm_rows, write_summary
+from learnforget.study.divergence import DIVERGENCE_MARGIN, divergence
+from learnforget.study.store import Store
 from tests.conftest import MICRO_STUDY, cli_exit_code
 
 

@@ -8,14 +8,14 @@ import math
 import pytest
 import torch
 
-from learnforget.analysis import spectrum
-from learnforget.analysis.spectrum import spectrum_of_state_dicts
-from learnforget.config import EvalConfig, StudyConfig
+from learnforget.analyse import spectrum
+from learnforget.analyse.spectrum import spectrum_of_state_dicts
+from learnforget.config.study import EvalConfig, StudyConfig
 from learnforget.evaluate.choice import build_choice_items, choice_loglikelihoods
-from learnforget.evaluate.device import model_device
 from learnforget.evaluate.generate import generate
 from learnforget.evaluate.likelihood import completion_nll, mean_token_loss
 from learnforget.evaluate.suites import evaluate_suites
+from learnforget.runtime.device import model_device
 from tests.device_guard import MetaDeviceGuard
 from tests.test_choice_generate import SONNETS, make_tokenizer, tiny_llama, train_on_sonnets
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from learnforget.config import StudyConfig
+from learnforget.config.study import StudyConfig
 from learnforget.data.datasets import builtin_pairs, encode_pair, training_rows
 from learnforget.data.examples import ExampleRows, step_rows
 from learnforget.data.templates import IGNORE_INDEX
@@ -151,7 +151,7 @@ def _rows_path_in_child(study_json: str, tokenizer_dir: str) -> str:
 def test_resuming_from_a_step_reads_the_same_rows_and_gives_the_same_weights(tokenizer, cache, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from learnforget.train import make_optimizer, train_steps
+    from learnforget.train.loop import make_optimizer, train_steps
 
     study = math_study()
     train = training_rows(study, tokenizer)
@@ -241,7 +241,7 @@ def test_bad_records_name_file_and_line_and_records_past_the_examples_are_not_re
 def test_data_pt_names_the_example_file_and_a_cleared_cache_is_rebuilt(tokenizer, cache, tmp_path):
     import shutil
 
-    from learnforget.study import DATA_FILE, prepare_data
+    from learnforget.study.arm import DATA_FILE, prepare_data
 
     tokenizer.save_pretrained(tmp_path / "base")
     study = math_study(eval={"loss_tokens": 128, "choice_items": 0, "generation_problems": 0,
@@ -284,7 +284,7 @@ def test_exact_epochs_take_every_example_once_ending_with_a_short_batch(tokenize
 def test_a_short_batch_averages_its_own_tokens_and_accumulates(tokenizer, cache):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from learnforget.train import make_optimizer, train_steps, trim_padding
+    from learnforget.train.loop import make_optimizer, train_steps, trim_padding
 
     train = training_rows(math_study(), tokenizer)
     ids, labels = train["input_ids"][56:60], train["labels"][56:60]  # step 7: epoch 1's last 4 rows
@@ -306,7 +306,7 @@ def test_a_short_batch_averages_its_own_tokens_and_accumulates(tokenizer, cache)
 
 
 def test_a_short_batch_with_fewer_rows_than_processes_is_refused_at_load():
-    from learnforget.dryrun import data_plan
+    from learnforget.study.dryrun import data_plan
 
     study = math_study()  # each epoch ends with 60 % 8 = 4 rows
     study.check_last_batch(4)  # 4 processes take one row each; 8 rows split unevenly over 3

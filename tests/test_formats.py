@@ -10,7 +10,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 import pytest
 
-from learnforget.config import DataConfig
+from learnforget.config.study import DataConfig
 from learnforget.data.loaders import iter_conversations, load_conversations, load_text_records
 from learnforget.errors import UserError
 
@@ -152,8 +152,8 @@ def test_presets_fill_fields_that_the_config_does_not_give():
 
 
 def test_dry_run_data_plan_shows_source_budget_and_template():
-    from learnforget.config import load_studies
-    from learnforget.dryrun import data_plan
+    from learnforget.config.study import load_studies
+    from learnforget.study.dryrun import data_plan
 
     ((_, code_ift),) = load_studies("paper/code-ift", [])
     plan = data_plan(code_ift)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from learnforget.analysis.frontier import (
+from learnforget.analyse.frontier import (
     configuration_name,
     describe_recommendation,
     frontier_markdown,

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from learnforget.store import Store
+from learnforget.study.store import Store
 from tests.conftest import MICRO_STUDY, cli_exit_code, launch_env, loss_metrics
 
 LLAMA = dict(
@@ -43,7 +43,7 @@ def test_decoder_layers_found_by_structure_in_llama_gpt2_and_peft():
     from peft import LoraConfig, get_peft_model
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from learnforget.sharding import decoder_layers
+    from learnforget.runtime.sharding import decoder_layers
 
     llama = tiny_llama(lora=False)
     assert decoder_layers(llama) is llama.model.layers
@@ -76,9 +76,9 @@ def test_sharded_arm_trains_gathers_checkpoints_and_saves_like_a_plain_one(proce
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
     from transformers.distributed.fsdp import is_fsdp_managed_module
 
-    from learnforget import sharding
-    from learnforget.study import checkpoint_state, restore_checkpoint, save_final
-    from learnforget.train import make_optimizer, merged_weights, train_steps
+    from learnforget.runtime import sharding
+    from learnforget.study.arm import checkpoint_state, restore_checkpoint, save_final
+    from learnforget.train.loop import make_optimizer, merged_weights, train_steps
 
     rows = torch.randint(0, LLAMA["vocab_size"], (16, 16), generator=torch.Generator().manual_seed(1))
     plain, sharded = tiny_llama(lora), sharding.shard_model(tiny_llama(lora))
@@ -126,8 +126,8 @@ def test_sharded_model_scores_choices_from_shared_contexts_like_a_plain_one(proc
     """Choice scoring runs each context once and its continuations on the KV cache: under FSDP2 too."""
     import copy
 
-    from learnforget import sharding
     from learnforget.evaluate.choice import build_choice_items, choice_loglikelihoods
+    from learnforget.runtime import sharding
     from tests.test_choice_generate import SONNETS, lora_llama, make_tokenizer
     from tests.test_choice_generate import tiny_llama as sonnet_llama
 
@@ -163,7 +163,7 @@ class Stack(torch.nn.Module):
 def _clipping_worker(rank: int, init_file: str) -> None:
     import copy
 
-    from learnforget import sharding
+    from learnforget.runtime import sharding
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
@@ -203,8 +203,8 @@ def test_a_short_batch_split_unevenly_over_two_shards_trains_with_micro_batches(
 
 
 def _short_batch_worker(rank: int, init_file: str) -> None:
-    from learnforget import sharding
-    from learnforget.train import make_optimizer, train_steps
+    from learnforget.runtime import sharding
+    from learnforget.train.loop import make_optimizer, train_steps
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:

@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from learnforget.config import StudyConfig, expand_arms
-from learnforget.fused_loss import causal_lm_loss, fused_loss_parts
-from learnforget.train import make_optimizer, prepare_arm, train_steps
+from learnforget.config.study import StudyConfig, expand_arms
+from learnforget.train.fused_loss import causal_lm_loss, fused_loss_parts
+from learnforget.train.loop import make_optimizer, prepare_arm, train_steps
 
 LOSS_TOLERANCE = 1e-5  # nats/token, over 6 steps: float rounding of a different summation order
 

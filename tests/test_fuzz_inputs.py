@@ -197,7 +197,7 @@ def test_generated_malformed_data_files_end_cleanly(tmp_path, loader):
 
 def test_config_metric_names_match_what_the_suites_record():
     """The names config validation accepts are the names `evaluate_suites` writes (same source study)."""
-    from learnforget.config import load_study
+    from learnforget.config.study import load_study
     from learnforget.evaluate.metric_names import produced_metrics
 
     study = load_study(None, ["domain=code", "eval.pass_k=[1, 3]", "eval.diversity_samples=3"])
@@ -301,7 +301,7 @@ def test_inputs_found_accepted_are_refused_in_one_line(
 
 
 def test_a_file_of_empty_documents_is_refused_and_some_are_skipped_with_a_warning(tmp_path, capsys):
-    from learnforget.config import load_study
+    from learnforget.config.study import load_study
     from learnforget.data.datasets import user_text_pass
 
     empty = tmp_path / "empty.jsonl"
@@ -321,8 +321,8 @@ def test_a_long_document_tokenizes_in_pieces_to_the_same_ids_in_linear_time():
     byte-level pre-tokenizer splits anyway, so the ids are those of the whole text."""
     import time
 
+    from learnforget.base.load import SHIPPED_BASE, load_tokenizer
     from learnforget.data.tokens import LONG_TEXT_CHARS, encode_texts, text_pieces
-    from learnforget.model import SHIPPED_BASE, load_tokenizer
 
     tokenizer = load_tokenizer(str(SHIPPED_BASE))
     rng = random.Random(SEED)

@@ -14,10 +14,10 @@ import pytest
 import torch
 import yaml
 
-from learnforget import gguf_base
-from learnforget.config import BaseRecipe
+from learnforget.base import gguf as gguf_base
+from learnforget.base.load import resolve_base
+from learnforget.config.study import BaseRecipe
 from learnforget.errors import UserError
-from learnforget.model import resolve_base
 from tests.conftest import MICRO_STUDY, cli_exit_code
 
 gguf = pytest.importorskip("gguf", reason="GGUF bases need the gguf package: pip install 'learnforget[gguf]'")
@@ -231,9 +231,9 @@ def test_smollm2_micro_study_and_exact_adapter_reload(tmp_path):
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoTokenizer
 
-    from learnforget.config import StudyConfig
-    from learnforget.store import Store
-    from learnforget.study import evaluate_model
+    from learnforget.config.study import StudyConfig
+    from learnforget.study.arm import evaluate_model
+    from learnforget.study.store import Store
 
     study = {
         "name": "smollm2", "base_model": "smollm2-135m", "domain": "math", "regime": "cpt",

@@ -12,8 +12,8 @@ import torch
 from learnforget.data import corpora
 from learnforget.data.tokens import pack_documents, sample_packed_rows, train_tokenizer
 from learnforget.errors import UserError
-from learnforget.store import Store
-from learnforget.study import EVAL_DIGEST, check_same_evaluation, content_digest
+from learnforget.study.arm import EVAL_DIGEST, check_same_evaluation, content_digest
+from learnforget.study.store import Store
 
 SEQ_LEN, ROWS, SEED = 64, 48, 1234
 
@@ -82,11 +82,11 @@ def test_forgetting_can_be_measured_on_other_source_corpora():
     forgetting axis and the text of the multiple-choice items; the default study keeps only english."""
     from transformers import AutoTokenizer
 
-    from learnforget.config import StudyConfig
+    from learnforget.base.load import SHIPPED_BASE
+    from learnforget.config.study import StudyConfig
     from learnforget.data.datasets import evaluation_sets
     from learnforget.evaluate.metric_names import produced_metrics
     from learnforget.evaluate.suites import forgetting_metric
-    from learnforget.model import SHIPPED_BASE
 
     prose = corpora.documents("prose", "heldout")
     assert len(prose) > 50 and all(d.name.startswith("pydoc/") and d.text.strip() for d in prose)

@@ -188,7 +188,7 @@ def test_length_grouping_keeps_epochs_exact_and_cuts_padding():
 def test_trimmed_batches_give_the_loss_and_gradients_of_full_padded_rows():
     import torch
 
-    from learnforget.train import trim_padding
+    from learnforget.train.loop import trim_padding
 
     tokenizer = tiny_tokenizer()
     pairs = [("Question: What is 2 plus 3?\nAnswer:", " 5"), ("def add(a, b):\n", "    return a + b\n")]
@@ -213,7 +213,7 @@ def test_trimmed_batches_give_the_loss_and_gradients_of_full_padded_rows():
 def test_overlong_user_examples_are_truncated_or_dropped_and_counted(tmp_path):
     import json
 
-    from learnforget.config import StudyConfig
+    from learnforget.config.study import StudyConfig
     from learnforget.data.datasets import training_examples
     from learnforget.errors import UserError
 
@@ -285,7 +285,7 @@ def test_chat_template_responses_lose_the_separating_space_and_the_plain_templat
 
 
 def test_built_in_ift_examples_under_a_chat_template_learn_no_leading_space():
-    from learnforget.config import StudyConfig
+    from learnforget.config.study import StudyConfig
     from learnforget.data.datasets import training_examples
 
     study = StudyConfig(regime="ift", domain="math", seq_len=512, data={"examples": 8})
@@ -300,7 +300,7 @@ def test_built_in_ift_examples_under_a_chat_template_learn_no_leading_space():
 
 
 def cpt_and_ift(**data):
-    from learnforget.config import StudyConfig
+    from learnforget.config.study import StudyConfig
 
     return StudyConfig(regime="cpt", domain="math", data=data), StudyConfig(
         regime="ift", domain="math", data=data
@@ -310,8 +310,8 @@ def cpt_and_ift(**data):
 def test_cpt_scores_plain_prompts_unless_prompt_template_names_one_and_the_dry_run_says_which():
     from learnforget.data import corpora
     from learnforget.data.datasets import generation_problems, study_template
-    from learnforget.dryrun import data_plan
     from learnforget.errors import UserError
+    from learnforget.study.dryrun import data_plan
 
     chat, plain = chatml_tokenizer(), tiny_tokenizer()
     cpt, ift = cpt_and_ift()

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from learnforget import study as study_mod
-from learnforget.store import Store
+from learnforget.study import arm as study_mod
+from learnforget.study.store import Store
 from tests.conftest import MICRO_STUDY, cli_exit_code
 
 pytestmark = pytest.mark.slow

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from learnforget.config import expand_arms, load_study
-from learnforget.memory import activation_bytes, estimate_memory
+from learnforget.config.study import expand_arms, load_study
+from learnforget.train.memory import activation_bytes, estimate_memory
 from tests.test_study import run_cli
 
 BENCH = Path(__file__).parents[1] / "bench"
@@ -37,7 +37,7 @@ def test_estimate_is_within_30_percent_of_a_measured_cpu_peak():
 @pytest.fixture(scope="module")
 def paper():
     """paper/code-cpt's study, its model config, and the (trainable, total) of its full and LoRA-r16 arms."""
-    from learnforget.dryrun import arm_size, base_config
+    from learnforget.study.dryrun import arm_size, base_config
 
     torch.set_num_threads(1)
     study = load_study("paper/code-cpt")
@@ -47,7 +47,7 @@ def paper():
 
 
 def memory(paper, method: str, world_size: int = 1, **settings):
-    from learnforget.dryrun import arm_memory
+    from learnforget.study.dryrun import arm_memory
 
     study, config, arms, sizes = paper
     arm = arms[method].model_copy(update={"optimizer": settings.pop("optimizer", arms[method].optimizer)})
@@ -125,7 +125,7 @@ def test_estimate_memory_shards_only_under_fsdp():
 
 
 def test_dry_run_prints_per_device_memory_for_the_world_size(paper, capsys):
-    from learnforget.dryrun import arm_memory
+    from learnforget.study.dryrun import arm_memory
 
     one_arm = "arms=[{method: full, learning_rate: 1.0e-5, optimizer: lion}]"
     args = ["run", "paper/code-cpt", "--dry-run", "--set", one_arm, "--set", "sharding=fsdp",
@@ -164,7 +164,7 @@ def test_mfu_counts_6n_for_full_and_4n_for_lora():
 
 
 def test_a_cpu_estimate_holds_the_runtime_the_spectra_base_and_lora_s_evaluation_copy():
-    from learnforget.memory import CPU_HEAP_SLACK, PROCESS_BYTES
+    from learnforget.train.memory import CPU_HEAP_SLACK, PROCESS_BYTES
 
     common = dict(hidden=64, intermediate=128, layers=2, heads=4, vocab=100, trainable=10, total=1000,
                   embedding_params=0, sequences=1, seq_len=8, adapted=["q_proj"])  # fmt: skip
@@ -195,7 +195,7 @@ def test_each_arm_records_its_own_peak_memory_not_its_workers_lifetime_peak():
     """Workers run arm after arm: the peak an arm records must start at the arm (run_arm resets it)."""
     import sys
 
-    from learnforget.study import peak_memory_mb, reset_peak_memory
+    from learnforget.study.arm import peak_memory_mb, reset_peak_memory
 
     if not sys.platform.startswith("linux"):
         pytest.skip("the resettable high-water mark is Linux's /proc/self/clear_refs")

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from learnforget.config import StudyConfig, expand_arms, load_study
+from learnforget.config.study import StudyConfig, expand_arms, load_study
 from learnforget.errors import UserError
 
 torch.set_num_threads(1)
@@ -79,7 +79,7 @@ def test_bad_peft_settings_are_one_line_user_errors(tmp_path, arm, expected):
 
 
 def test_qlora_arm_is_refused_without_gpu_and_bitsandbytes():
-    from learnforget.peft_arms import check_quantization
+    from learnforget.config.peft import check_quantization
 
     arms = arms_of({"method": "lora", "rank": 4, "quantization": "4bit"}, {"method": "full"})
     assert arms[0].name == "lora-r4-all-q4bit-lr1e-3-s0" and arms[1].quantization is None
@@ -122,7 +122,7 @@ def base_dir(tmp_path_factory):
 
 
 def trained_arm(base_dir, settings: dict, steps: int):
-    from learnforget.train import load_arm_model, make_optimizer, train_steps
+    from learnforget.train.loop import load_arm_model, make_optimizer, train_steps
 
     (arm,) = arms_of({"method": "peft", "peft": settings, "learning_rate": 2e-2})
     torch.manual_seed(0)
@@ -135,9 +135,9 @@ def trained_arm(base_dir, settings: dict, steps: int):
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_delta_w_of_every_method_equals_peft_dense_merge(base_dir, method):
-    from learnforget.analysis.spectrum import spectrum_of_state_dicts
-    from learnforget.model import load_causal_lm
-    from learnforget.train import merged_weights
+    from learnforget.analyse.spectrum import spectrum_of_state_dicts
+    from learnforget.base.load import load_causal_lm
+    from learnforget.train.loop import merged_weights
 
     arm, model = trained_arm(base_dir, METHODS[method], steps=2)
     assert arm.method == method
@@ -162,8 +162,8 @@ def test_delta_w_of_every_method_equals_peft_dense_merge(base_dir, method):
 
 @pytest.mark.parametrize("method", ["pissa", "olora"])
 def test_base_rewriting_methods_measure_delta_w_from_the_original_base(base_dir, method):
-    from learnforget.model import load_causal_lm
-    from learnforget.train import merged_weights
+    from learnforget.base.load import load_causal_lm
+    from learnforget.train.loop import merged_weights
 
     _, model = trained_arm(base_dir, METHODS[method], steps=0)
     residual = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
@@ -175,10 +175,10 @@ def test_base_rewriting_methods_measure_delta_w_from_the_original_base(base_dir,
 
 @pytest.mark.parametrize("method", ["dora", "ia3", "pissa"])
 def test_saved_adapters_of_any_method_give_the_same_spectra(base_dir, tmp_path, method):
-    from learnforget.analysis.spectrum import compare_checkpoints, spectrum_of_state_dicts
-    from learnforget.model import load_causal_lm
-    from learnforget.study import save_initial_adapter
-    from learnforget.train import merged_weights
+    from learnforget.analyse.spectrum import compare_checkpoints, spectrum_of_state_dicts
+    from learnforget.base.load import load_causal_lm
+    from learnforget.study.arm import save_initial_adapter
+    from learnforget.train.loop import merged_weights
 
     arm, model = trained_arm(base_dir, METHODS[method], steps=0)
     initial = save_initial_adapter(model, arm, tmp_path)
@@ -199,7 +199,7 @@ def test_saved_adapters_of_any_method_give_the_same_spectra(base_dir, tmp_path, 
 
 
 def test_peft_methods_study_matches_trainable_budgets_where_the_method_allows():
-    from learnforget.dryrun import arm_size, base_config
+    from learnforget.study.dryrun import arm_size, base_config
 
     study = load_study("peft-methods")
     arms = expand_arms(study)
@@ -255,8 +255,8 @@ def eval_setup(tmp_path_factory):
     """A tiny Llama (untied head) with the built-in tokenizer, and a small study's evaluation sets."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from learnforget.base.load import SHIPPED_BASE, load_tokenizer
     from learnforget.data.datasets import evaluation_sets
-    from learnforget.model import SHIPPED_BASE, load_tokenizer
 
     tokenizer = load_tokenizer(str(SHIPPED_BASE))
     torch.manual_seed(0)
@@ -273,7 +273,7 @@ def eval_setup(tmp_path_factory):
 
 
 def train_arm(path, spec: dict, steps: int, start: int = 0, model=None, optimizer=None):
-    from learnforget.train import load_arm_model, make_optimizer, train_steps
+    from learnforget.train.loop import load_arm_model, make_optimizer, train_steps
 
     (arm,) = arms_of({**spec, "learning_rate": 2e-2})
     if model is None:
@@ -287,9 +287,9 @@ def train_arm(path, spec: dict, steps: int, start: int = 0, model=None, optimize
 
 @pytest.mark.parametrize("name", list(MERGED_EVAL_ARMS))
 def test_merged_copy_evaluates_like_the_adapter_model_and_leaves_it_untouched(eval_setup, name):
-    from learnforget.eval_model import ArmEvaluator
-    from learnforget.study import evaluate_model
-    from learnforget.train import merged_weights
+    from learnforget.evaluate.arm_model import ArmEvaluator
+    from learnforget.study.arm import evaluate_model
+    from learnforget.train.loop import merged_weights
 
     path, tokenizer, study, data = eval_setup
     arm, model, _, _ = train_arm(path, MERGED_EVAL_ARMS[name], steps=2)
@@ -320,13 +320,13 @@ def test_merged_copy_evaluates_like_the_adapter_model_and_leaves_it_untouched(ev
 
 
 def load_causal_lm_state(path):
-    from learnforget.model import load_causal_lm
+    from learnforget.base.load import load_causal_lm
 
     return load_causal_lm(str(path)).state_dict()
 
 
 def test_training_goes_on_bit_for_bit_after_a_merged_evaluation(eval_setup):
-    from learnforget.eval_model import ArmEvaluator
+    from learnforget.evaluate.arm_model import ArmEvaluator
 
     path, tokenizer, study, data = eval_setup
     spec = MERGED_EVAL_ARMS["lora"]
@@ -340,8 +340,8 @@ def test_training_goes_on_bit_for_bit_after_a_merged_evaluation(eval_setup):
 def test_sharded_large_or_mismatched_arms_evaluate_the_adapter_model(eval_setup, monkeypatch, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from learnforget import eval_model
-    from learnforget.eval_model import ArmEvaluator, unmerged_reason
+    from learnforget.evaluate import arm_model as eval_model
+    from learnforget.evaluate.arm_model import ArmEvaluator, unmerged_reason
 
     path, tokenizer, study, data = eval_setup
     arm, model, _, _ = train_arm(path, MERGED_EVAL_ARMS["lora"], steps=0)
@@ -372,8 +372,8 @@ def test_sharded_large_or_mismatched_arms_evaluate_the_adapter_model(eval_setup,
 def test_a_head_trained_apart_from_its_tied_embeddings_evaluates_the_adapter_model(eval_setup, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from learnforget.eval_model import ArmEvaluator
-    from learnforget.study import evaluate_model
+    from learnforget.evaluate.arm_model import ArmEvaluator
+    from learnforget.study.arm import evaluate_model
 
     _, tokenizer, study, data = eval_setup
     config = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,

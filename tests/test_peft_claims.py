@@ -7,8 +7,8 @@ from contextlib import closing
 
 import pytest
 
-from learnforget.analysis.claims import claims_for_study_dir, claims_markdown
-from learnforget.analysis.frontier import recommend_for_study_dir
+from learnforget.analyse.claims import claims_for_study_dir, claims_markdown
+from learnforget.analyse.frontier import recommend_for_study_dir
 from tests.synthetic_grid import synthetic_study
 
 PAPER_ARMS = [
@@ -102,7 +102,7 @@ def test_recommend_considers_every_method(tmp_path):
 
 
 def test_methods_table_ranks_methods_on_the_frontier_with_costs_and_spreads(tmp_path):
-    from learnforget.analysis.methods import method_rows, methods_markdown
+    from learnforget.analyse.methods import method_rows, methods_markdown
 
     synthetic_study(tmp_path, [*PAPER_ARMS, *OTHERS])
     with_intruders(tmp_path, "more")
@@ -116,7 +116,7 @@ def test_methods_table_ranks_methods_on_the_frontier_with_costs_and_spreads(tmp_
     assert vera["intruders"][0] is not None and rows[0]["rank_fraction"][0] is not None
     text = methods_markdown(tmp_path)
     assert text.startswith("## Methods") and "| VeRA | " in text and "`vera-r64-lr1e-2` (n=2)" in text
-    from learnforget.report_html import methods_section
+    from learnforget.report.html import methods_section
 
     html = "".join(methods_section(tmp_path))
     assert "id='methods'" in html and "vera-r64-lr1e-2" in html

@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from learnforget.config import Arm
+from learnforget.config.study import Arm
 from learnforget.errors import UserError
-from learnforget.train import load_arm_model, make_optimizer, train_steps
+from learnforget.train.loop import load_arm_model, make_optimizer, train_steps
 from tests.conftest import MICRO_STUDY
 from tests.test_choice_generate import make_tokenizer
 
@@ -74,7 +74,7 @@ def test_mixed_precision_runs_matmuls_in_low_precision_and_trains(tiny_base):
     assert seen and set(seen) == {torch.bfloat16}
     assert abs(mixed - reference) < 0.05 * reference  # bf16 rounding, same model
     fp16 = load_arm_model(tiny_base, arm(), precision="fp16-mixed")
-    from learnforget.precision import grad_scaler
+    from learnforget.runtime.precision import grad_scaler
 
     torch.manual_seed(0)
     opt, sched = make_optimizer(fp16, 1e-3, 0.0, 0, 3)
@@ -103,7 +103,7 @@ def test_unknown_attention_kernel_is_a_one_line_error(tiny_base):
 def test_bf16_on_a_cpu_without_native_bf16_is_a_one_line_warning(monkeypatch):
     import platform
 
-    from learnforget import precision
+    from learnforget.runtime import precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
@@ -128,7 +128,7 @@ def test_bf16_on_a_cpu_without_native_bf16_is_a_one_line_warning(monkeypatch):
 
 
 def test_dry_run_warns_of_bf16_on_a_cpu_without_native_bf16(monkeypatch, capsys):
-    from learnforget import precision
+    from learnforget.runtime import precision
     from tests.test_study import run_cli
 
     monkeypatch.setattr(precision, "native_cpu_bf16", lambda: False)
@@ -147,8 +147,8 @@ def test_bf16_study_end_to_end_saves_in_the_base_dtype(tiny_base, tmp_path, caps
 
     from transformers import AutoModelForCausalLM
 
-    from learnforget import precision
     from learnforget.cli import main
+    from learnforget.runtime import precision
 
     monkeypatch.setattr(precision, "native_cpu_bf16", lambda: False)
 

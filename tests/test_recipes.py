@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from learnforget.config import BUILTIN_CONFIG_DIR, expand_arms, load_studies, load_study, resolve_config_path
+from learnforget.config.study import (
+    BUILTIN_CONFIG_DIR,
+    expand_arms,
+    load_studies,
+    load_study,
+    resolve_config_path,
+)
 from tests.test_study import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -139,7 +145,7 @@ def test_paper_recipe_matches_the_papers_setting(name):
     ],
 )
 def test_trainable_parameters_of_paper_arms_on_llama2_7b(method, rank, targets, expected):
-    from learnforget.dryrun import arm_size, base_config
+    from learnforget.study.dryrun import arm_size, base_config
 
     study = load_study("paper/code-cpt")
     arm = next(

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from learnforget.store import Store
+from learnforget.study.store import Store
 from tests.conftest import cli_exit_code
 from tests.synthetic_grid import synthetic_study
 
@@ -148,9 +148,9 @@ def test_report_html_renders_in_headless_chromium(tracked_run, tmp_path):
 
 
 def test_150_arm_grid_gets_seed_means_family_colours_and_small_multiples(tmp_path):
-    from learnforget.plotting import colors, family
-    from learnforget.report_html import plane_figure, status_banner
-    from learnforget.report_plots import _panels, by_configuration, study_points
+    from learnforget.report.html import plane_figure, status_banner
+    from learnforget.report.plots import _panels, by_configuration, study_points
+    from learnforget.report.style import colors, family
 
     store, study, names = synthetic_study(tmp_path, unfinished=5)
     assert len(names) >= 145
@@ -178,7 +178,7 @@ def test_150_arm_grid_gets_seed_means_family_colours_and_small_multiples(tmp_pat
 
 @pytest.mark.slow
 def test_150_arm_grid_report_writes_every_plot_and_page(tmp_path):
-    from learnforget.report import write_report
+    from learnforget.report.tables import write_report
 
     store, study, names = synthetic_study(tmp_path, unfinished=5)
     page = write_report(tmp_path, store, study).read_text()
@@ -230,7 +230,7 @@ def test_export_writes_metrics_arms_and_steps_in_long_format(tracked_run, tmp_pa
 
 
 def test_study_clock_counts_milestones_and_estimates_from_measured_times():
-    from learnforget.progress import StudyClock
+    from learnforget.study.progress import StudyClock
 
     # 2 arms × 2 milestones of 4 steps, 2 workers; arm b resumed from its first milestone.
     clock = StudyClock(4, [2, 4], workers=2, resumed={"a": 0, "b": 2}, now=0.0)
@@ -251,7 +251,7 @@ def test_study_clock_counts_milestones_and_estimates_from_measured_times():
 
 
 def test_study_clock_eta_line_is_right_before_during_and_after_milestones_of_one_step_epochs():
-    from learnforget.progress import StudyClock
+    from learnforget.study.progress import StudyClock
 
     # IFT, 2 epochs of one step each: every step but the first follows a milestone (and its checkpoint).
     clock = StudyClock(2, [1, 2], workers=1, resumed={"a": 0}, now=0.0)
@@ -268,8 +268,8 @@ def test_study_clock_eta_line_is_right_before_during_and_after_milestones_of_one
 
 
 def test_study_header_counts_real_ift_tokens_and_a_milestone_per_epoch():
-    from learnforget.config import StudyConfig
-    from learnforget.progress import arm_budget, study_header
+    from learnforget.config.study import StudyConfig
+    from learnforget.study.progress import arm_budget, study_header
 
     ift = StudyConfig(regime="ift", domain="math", epochs=2, data={"examples": 16})
     assert study_header(ift, 1, 7340) == "1 arm × 7,340 tokens (2 epochs × 16 examples), 2 milestones"

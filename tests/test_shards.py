@@ -5,7 +5,7 @@ import os
 import numpy as np
 import torch
 
-from learnforget.config import StudyConfig
+from learnforget.config.study import StudyConfig
 from learnforget.data import corpora
 from learnforget.data.datasets import training_rows
 from learnforget.data.shards import TokenRows
@@ -120,8 +120,8 @@ def test_dry_run_data_plan_gives_token_file_size_and_memory(tmp_path, monkeypatc
     import shutil
     from collections import namedtuple
 
-    from learnforget.config import load_studies
-    from learnforget.dryrun import data_plan
+    from learnforget.config.study import load_studies
+    from learnforget.study.dryrun import data_plan
 
     monkeypatch.setenv("LEARNFORGET_CACHE", str(tmp_path))
     ((_, cpt),) = load_studies("paper/code-cpt", [])

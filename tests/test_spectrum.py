@@ -7,7 +7,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from learnforget.analysis.spectrum import (
+from learnforget.analyse.spectrum import (
     compare_checkpoints,
     count_intruders,
     lora_singular_values,
@@ -15,8 +15,8 @@ from learnforget.analysis.spectrum import (
     rank_random,
     spectrum_of_state_dicts,
 )
-from learnforget.analysis.spectrum_plots import plot_spectrum, run_spectrum, spectrum_table
-from learnforget.analysis.weights import LowRankDelta
+from learnforget.analyse.spectrum_plots import plot_spectrum, run_spectrum, spectrum_table
+from learnforget.analyse.weights import LowRankDelta
 from learnforget.errors import UserError
 
 torch.set_num_threads(1)
@@ -109,7 +109,7 @@ def test_rank_random_is_cached_in_memory_and_on_disk(tmp_path, monkeypatch):
     value = rank_random((64, 64), 0.9, seed=3, cache_dir=tmp_path)
     assert 0.4 * 64 < value < 0.6 * 64  # ≈ 0.51 n for a square Gaussian matrix
     assert (tmp_path / "gaussian_64x64_seed3.npy").is_file()
-    import learnforget.analysis.spectrum as spectrum
+    import learnforget.analyse.spectrum as spectrum
 
     spectrum._RANDOM_SPECTRA.clear()
     monkeypatch.setattr(torch.linalg, "svdvals", lambda *a, **k: pytest.fail("recomputed a cached spectrum"))
@@ -301,7 +301,7 @@ def test_user_errors(base_dir, tmp_path, monkeypatch):
 
 
 def test_cached_base_factors_give_the_same_spectra_and_are_reused(tmp_path, monkeypatch):
-    from learnforget.analysis import spectrum_cache
+    from learnforget.analyse import spectrum_cache
 
     base_sd = tiny_llama().state_dict()
     tuned_sd = perturbed_state_dict(tiny_llama())[0]
@@ -331,7 +331,7 @@ def test_cached_base_factors_give_the_same_spectra_and_are_reused(tmp_path, monk
 
 
 def test_save_atomic_keeps_the_first_writer(tmp_path):
-    from learnforget.analysis.spectrum_cache import save_atomic
+    from learnforget.analyse.spectrum_cache import save_atomic
 
     path = tmp_path / "deep" / "file.bin"
     save_atomic(lambda p: p.write_bytes(b"first"), path)
@@ -345,8 +345,8 @@ def test_save_atomic_keeps_the_first_writer(tmp_path):
 def test_lora_milestone_spectra_are_factored_and_match_the_dense_path(tmp_path, r):
     from peft import LoraConfig, get_peft_model
 
-    from learnforget.analysis.spectrum import spectrum_of_model
-    from learnforget.train import merged_weights
+    from learnforget.analyse.spectrum import spectrum_of_model
+    from learnforget.train.loop import merged_weights
 
     base_sd = {k: v.clone() for k, v in tiny_llama().state_dict().items()}
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]  # the paper's "All"

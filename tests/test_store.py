@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from learnforget.store import Store
+from learnforget.study.store import Store
 
 MILESTONES, METRICS = 150, 12
 
@@ -160,7 +160,7 @@ ARMS = [f"arm{i}" for i in range(9)]
 
 def claim_and_train(study_dir: str, start) -> None:
     """One `run` process: claim each arm's lease, record a training start, 'train' it, release."""
-    from learnforget.lease import Lease
+    from learnforget.study.lease import Lease
 
     store = Store(study_dir)
     store.register_arms([(a, {"method": "full"}, a) for a in ARMS])
@@ -195,7 +195,7 @@ def test_three_processes_on_one_directory_split_the_arms_and_lose_nothing(tmp_pa
 def test_a_stale_lease_is_taken_over_and_a_live_one_is_not(tmp_path, monkeypatch):
     import json
 
-    from learnforget.lease import Lease
+    from learnforget.study.lease import Lease
 
     mine = Lease(tmp_path, "x")
     assert mine.acquire() and not Lease(tmp_path, "x").acquire()  # same process, but held: refused
@@ -227,7 +227,7 @@ def _small_study(study_dir: Path, config: Path | None = None) -> Store:
     """Two arms with one milestone each (the study of `config`, by default the default study's)."""
     import json
 
-    from learnforget.config import load_study
+    from learnforget.config.study import load_study
 
     store = Store(study_dir)
     store.set_info("config", json.loads(load_study(str(config) if config else None).model_dump_json()))
@@ -241,7 +241,7 @@ def _small_study(study_dir: Path, config: Path | None = None) -> Store:
 
 def _forget_merges() -> None:
     """Each command is a fresh process: drop this one's cached merges."""
-    from learnforget import store as store_module
+    from learnforget.study import store as store_module
 
     store_module._MERGES.clear()
 
@@ -317,7 +317,7 @@ def test_a_full_disk_is_one_line_naming_the_directory_and_leaves_no_temporary_fi
     import torch
 
     from learnforget.errors import StorageError
-    from learnforget.study import atomic_save
+    from learnforget.study.arm import atomic_save
     from tests.conftest import cli_exit_code
 
     study = small_disk / "study"

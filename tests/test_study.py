@@ -63,8 +63,8 @@ def test_same_config_and_seed_give_identical_numbers(micro_run, micro_config, tm
 
 
 def test_every_arm_records_seconds_per_stage_within_its_wall_time(micro_run):
-    from learnforget.stage_times import stage_summary, stage_table
-    from learnforget.store import Store
+    from learnforget.study.stage_times import stage_summary, stage_table
+    from learnforget.study.store import Store
 
     store = Store(micro_run)
     totals = store.stage_totals()

@@ -25,11 +25,11 @@ from transformers import (
     Qwen2Config,
 )
 
-from learnforget.config import Arm, StudyConfig, expand_arms, load_study
-from learnforget.dryrun import arm_size
+from learnforget.arms.targets import dropout_overrides, resolve_targets
+from learnforget.config.study import Arm, StudyConfig, expand_arms, load_study
 from learnforget.errors import UserError
-from learnforget.targets import dropout_overrides, resolve_targets
-from learnforget.train import count_parameters, load_arm_model, make_optimizer, prepare_arm, train_steps
+from learnforget.study.dryrun import arm_size
+from learnforget.train.loop import count_parameters, load_arm_model, make_optimizer, prepare_arm, train_steps
 from tests.test_study import run_cli
 
 RANK = 4

@@ -3,7 +3,7 @@
 import os
 from concurrent.futures import ProcessPoolExecutor
 
-from learnforget import workers
+from learnforget.study import workers
 
 
 def _where() -> tuple[str | None, str]:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from learnforget.errors import UserError
-from learnforget.evaluate.device import model_device
+from learnforget.runtime.device import model_device
 
 TARGET_DELIMITER = " "  # lm-eval's default target_delimiter between context and choice
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when neither model config nor tokenizer gives a window

@@ -21,7 +21,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from learnforget.errors import UserError
 from learnforget.evaluate.choice import model_max_length
-from learnforget.evaluate.device import forked_rng, model_device
+from learnforget.runtime.device import forked_rng, model_device
 
 
 def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

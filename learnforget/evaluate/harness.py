@@ -65,7 +65,7 @@ def run_harness(
     import torch
     from lm_eval.models.huggingface import HFLM
 
-    from learnforget.evaluate.device import model_device
+    from learnforget.runtime.device import model_device
 
     if device is not None:
         model.to(device)

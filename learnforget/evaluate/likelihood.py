@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from learnforget.data.templates import special_prefix
-from learnforget.evaluate.device import model_device
+from learnforget.runtime.device import model_device
 
 LOGITS_BYTES = 256 * 2**20
 """Float32 logits one evaluation forward pass may hold (rows × width × vocab × 4 bytes)."""

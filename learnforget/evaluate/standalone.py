@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from learnforget.config import EvalConfig, StudyConfig
+from learnforget.config.study import EvalConfig, StudyConfig
 from learnforget.errors import UserError
 
 SUITES = ("code", "math", "source", "paper")
@@ -26,8 +26,8 @@ PAPER_HARNESS_TASKS = ["hellaswag", "arc_challenge", "winogrande", "gsm8k"]
 
 def load_checkpoint(model: str, adapter: str | None = None, precision: str = "fp32"):
     """(model, tokenizer) from an HF directory or hub id, with a peft adapter applied when given."""
-    from learnforget.distributed import device
-    from learnforget.model import check_base_model, load_causal_lm, load_tokenizer
+    from learnforget.base.load import check_base_model, load_causal_lm, load_tokenizer
+    from learnforget.runtime.distributed import device
 
     check_base_model(model)
     loaded = load_causal_lm(model, precision)
@@ -40,7 +40,7 @@ def load_checkpoint(model: str, adapter: str | None = None, precision: str = "fp
         loaded = PeftModel.from_pretrained(loaded, adapter)
         if (Path(adapter) / "tokenizer_config.json").exists():
             tokenizer_source = adapter
-        from learnforget.eval_model import merge_refusal
+        from learnforget.evaluate.arm_model import merge_refusal
 
         # Measured as a study measures its adapter arms (eval_model.py).
         if merge_refusal(loaded, precision, quantized=False, sharded=False) is None:
@@ -92,9 +92,9 @@ def evaluate_checkpoint(
     """Every metric of the suite for one checkpoint (under autocast for the mixed precisions);
     `on_suite` hears when each of its suites starts and ends (see `evaluate_suites`)."""
     from learnforget.data.datasets import evaluation_sets
-    from learnforget.evaluate.device import model_device
     from learnforget.evaluate.suites import evaluate_suites
-    from learnforget.precision import autocast
+    from learnforget.runtime.device import model_device
+    from learnforget.runtime.precision import autocast
 
     model, tokenizer = load_checkpoint(model_path, adapter, precision)
     study = suite_study(suite, model, limit, code_problems, include_path, harness_limit)
@@ -129,9 +129,9 @@ def evaluate_tasks(
 ) -> dict[str, float]:
     """lm-eval tasks by name ({"task/metric": value}) for one checkpoint. lm-eval's ~15k built-in tasks are
     indexed only when some task is not defined under `include_path` (indexing takes ~10 s)."""
-    from learnforget.evaluate.device import model_device
     from learnforget.evaluate.harness import run_harness
-    from learnforget.precision import autocast
+    from learnforget.runtime.device import model_device
+    from learnforget.runtime.precision import autocast
 
     if include_path is not None and not Path(include_path).is_dir():
         raise UserError(f"--include-path {include_path}: not a directory of lm-eval task YAMLs")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from learnforget.config import StudyConfig
+from learnforget.config.study import StudyConfig
 from learnforget.data.datasets import CODE_STOP, MATH_STOP
 from learnforget.data.templates import PLAIN, render_prompt, render_response, resolve_template
 from learnforget.evaluate.likelihood import completion_nll, mean_token_loss
@@ -119,8 +119,8 @@ def _completions(
 
 
 def _score_code(problems: list[dict], completions: list[list[str]], ks: list[int]) -> dict:
-    from learnforget.distributed import is_main_process
     from learnforget.evaluate.passk import score_completions
+    from learnforget.runtime.distributed import is_main_process
 
     if not is_main_process():  # a sharded model is evaluated by every process; the main one keeps the score
         return {f"pass@{k}": float("nan") for k in ks}
@@ -163,7 +163,7 @@ def diversity_metrics(
 ) -> dict[str, float]:
     """n samples per prompt at temperature T: distinct outputs (and pass@k from them, for code).
     `completions`: the samples, when already drawn."""
-    from learnforget.analysis.diversity import diversity_report
+    from learnforget.analyse.diversity import diversity_report
 
     ev = study.eval
     if completions is None:

@@ -73,7 +73,8 @@ def status_kib(field: str) -> int:
 
 def study_and_arm(cfg: dict):
     """The StudyConfig and Arm the configuration stands for (built-in architecture at the given size)."""
-    from learnforget.config.study import StudyConfig, expand_arms
+    from learnforget.config.arms import expand_arms
+    from learnforget.config.study import StudyConfig
 
     hidden, layers, heads, intermediate, vocab = SIZES[cfg["size"]]
     study = StudyConfig(
@@ -119,10 +120,11 @@ def measure_arm(cfg: dict) -> dict:
     """One arm of the REAL_STUDY micro study through `study.run_arm` in this process (its directory:
     cfg['dir']); the CPU estimate, the peak the study records, and VmHWM after each training and
     evaluation (MiB)."""
-    import learnforget.train.loop.loop as train
+    import learnforget.train.loop as train
 
     import learnforget.evaluate.arm_model as eval_model
-    from learnforget.config.study import StudyConfig, expand_arms
+    from learnforget.config.arms import expand_arms
+    from learnforget.config.study import StudyConfig
     from learnforget.study.arm import peak_memory_mb, run_arm
     from learnforget.study.dryrun import arm_memory, arm_size, base_config
 

@@ -82,7 +82,8 @@ def report(root: Path | None = None) -> str:
 def memory_rows(root: Path) -> list[tuple[str, str, float, float]]:
     """(setting, arm, estimated MiB, recorded peak MiB) for every finished arm of the study under `root`,
     the estimate as `learnforget run --dry-run` prints it for the device the study ran on (the CPU here)."""
-    from learnforget.config.study import StudyConfig, expand_arms
+    from learnforget.config.arms import expand_arms
+    from learnforget.config.study import StudyConfig
     from learnforget.study.dryrun import arm_memory, arm_size, base_config
     from learnforget.study.store import Store
 

@@ -63,7 +63,8 @@ def tiny_base(directory: Path, size: dict) -> str:
 
 
 def arm_for(method: str, targets: str = "all"):
-    from learnforget.config.study import StudyConfig, expand_arms
+    from learnforget.config.arms import expand_arms
+    from learnforget.config.study import StudyConfig
 
     settings = {"method": method, "learning_rate": LEARNING_RATE[method]}
     if method == "lora":

@@ -105,7 +105,7 @@ class TrainingProbe:
         self.calls: list[dict] = []
 
     def __enter__(self):
-        import learnforget.train.loop.loop as train
+        import learnforget.train.loop as train
 
         self.train, self.original = train, train.train_steps
 
@@ -127,7 +127,8 @@ class TrainingProbe:
 def run_smoke(out: Path, cpu: bool, compiled: bool = False) -> dict:
     """Build the base, run the study through the CLI, read the store; the per-arm results and failures."""
     from learnforget.cli import main as cli_main
-    from learnforget.config.study import expand_arms, load_study
+    from learnforget.config.arms import expand_arms
+    from learnforget.config.load import load_study
     from learnforget.study.dryrun import arm_memory, base_config
     from learnforget.study.store import open_store
 

@@ -183,7 +183,8 @@ def run(
     A config with `settings:` is a suite of studies (e.g. paper-mini): each runs into its own
     sub-directory, and the suite's summary.md gathers their claims.
     """
-    from learnforget.config.study import expand_arms, load_studies
+    from learnforget.config.arms import expand_arms
+    from learnforget.config.load import load_studies
 
     studies = load_studies(config, set_)
     out = _check_out(out)
@@ -237,7 +238,7 @@ def _run_study(
     failed or diverged (learnforget/divergence.py)."""
     from learnforget.arms.targets import check_targets
     from learnforget.base.load import check_base_model
-    from learnforget.config.study import expand_arms
+    from learnforget.config.arms import expand_arms
     from learnforget.report.tables import write_report
     from learnforget.runtime import distributed
     from learnforget.study import arm as study_mod
@@ -398,7 +399,7 @@ def pretrain(
         proportion_failures,
         proportions_table,
     )
-    from learnforget.config.study import load_study
+    from learnforget.config.load import load_study
 
     study = load_study(config, set_)
     if study.base_model != "builtin":

@@ -26,7 +26,8 @@ GRID_ARMS = [
 def synthetic_study(study_dir: Path, arms=GRID_ARMS, unfinished: int = 0, seed: int = 0):
     """Write a store for a CPT code study with `arms`; the last `unfinished` arms are left running with
     no numbers. Returns (store, StudyConfig, arm names)."""
-    from learnforget.config.study import StudyConfig, expand_arms
+    from learnforget.config.arms import expand_arms
+    from learnforget.config.study import StudyConfig
     from learnforget.study.store import ARM_COLUMNS, Store
 
     study = StudyConfig.model_validate(

@@ -756,9 +756,9 @@ def test_study_dir_entry_points(tmp_path, capsys):
     from learnforget.analyse.claims import claims_for_study_dir
     from learnforget.analyse.frontier import frontier_for_study_dir, recommend_for_study_dir
     from learnforget.analyse.suite_claims import claims_for_suite_dir
+    from learnforget.config.metrics import forgetting_metric, learning_metric
     from learnforget.config.study import StudyConfig
     from learnforget.errors import UserError
-    from learnforget.evaluate.suites import forgetting_metric, learning_metric
     from learnforget.report.tables import write_suite_summary
     from learnforget.study.store import Store
     from tests.test_study import run_cli

@@ -2,7 +2,9 @@
 
 import pytest
 
-from learnforget.config.study import StudyConfig, expand_arms, load_study
+from learnforget.config.arms import expand_arms
+from learnforget.config.load import load_study
+from learnforget.config.study import StudyConfig
 from learnforget.errors import UserError
 
 

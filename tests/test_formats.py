@@ -152,7 +152,7 @@ def test_presets_fill_fields_that_the_config_does_not_give():
 
 
 def test_dry_run_data_plan_shows_source_budget_and_template():
-    from learnforget.config.study import load_studies
+    from learnforget.config.load import load_studies
     from learnforget.study.dryrun import data_plan
 
     ((_, code_ift),) = load_studies("paper/code-ift", [])

@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from learnforget.config.study import StudyConfig, expand_arms
+from learnforget.config.arms import expand_arms
+from learnforget.config.study import StudyConfig
 from learnforget.train.fused_loss import causal_lm_loss, fused_loss_parts
 from learnforget.train.loop import make_optimizer, prepare_arm, train_steps
 

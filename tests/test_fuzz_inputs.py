@@ -197,8 +197,8 @@ def test_generated_malformed_data_files_end_cleanly(tmp_path, loader):
 
 def test_config_metric_names_match_what_the_suites_record():
     """The names config validation accepts are the names `evaluate_suites` writes (same source study)."""
-    from learnforget.config.study import load_study
-    from learnforget.evaluate.metric_names import produced_metrics
+    from learnforget.config.load import load_study
+    from learnforget.config.metrics import produced_metrics
 
     study = load_study(None, ["domain=code", "eval.pass_k=[1, 3]", "eval.diversity_samples=3"])
     names = produced_metrics(study)
@@ -301,7 +301,7 @@ def test_inputs_found_accepted_are_refused_in_one_line(
 
 
 def test_a_file_of_empty_documents_is_refused_and_some_are_skipped_with_a_warning(tmp_path, capsys):
-    from learnforget.config.study import load_study
+    from learnforget.config.load import load_study
     from learnforget.data.datasets import user_text_pass
 
     empty = tmp_path / "empty.jsonl"

@@ -83,10 +83,9 @@ def test_forgetting_can_be_measured_on_other_source_corpora():
     from transformers import AutoTokenizer
 
     from learnforget.base.load import SHIPPED_BASE
+    from learnforget.config.metrics import forgetting_metric, produced_metrics
     from learnforget.config.study import StudyConfig
     from learnforget.data.datasets import evaluation_sets
-    from learnforget.evaluate.metric_names import produced_metrics
-    from learnforget.evaluate.suites import forgetting_metric
 
     prose = corpora.documents("prose", "heldout")
     assert len(prose) > 50 and all(d.name.startswith("pydoc/") and d.text.strip() for d in prose)

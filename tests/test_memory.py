@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from learnforget.config.study import expand_arms, load_study
+from learnforget.config.arms import expand_arms
+from learnforget.config.load import load_study
 from learnforget.train.memory import activation_bytes, estimate_memory
 from tests.test_study import run_cli
 

@@ -5,7 +5,9 @@ import copy
 import pytest
 import torch
 
-from learnforget.config.study import StudyConfig, expand_arms, load_study
+from learnforget.config.arms import expand_arms
+from learnforget.config.load import load_study
+from learnforget.config.study import StudyConfig
 from learnforget.errors import UserError
 
 torch.set_num_threads(1)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from learnforget.config.study import Arm
+from learnforget.config.arms import Arm
 from learnforget.errors import UserError
 from learnforget.train.loop import load_arm_model, make_optimizer, train_steps
 from tests.conftest import MICRO_STUDY

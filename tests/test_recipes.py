@@ -12,13 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from learnforget.config.study import (
-    BUILTIN_CONFIG_DIR,
-    expand_arms,
-    load_studies,
-    load_study,
-    resolve_config_path,
-)
+from learnforget.config.arms import expand_arms
+from learnforget.config.load import BUILTIN_CONFIG_DIR, load_studies, load_study, resolve_config_path
 from tests.test_study import run_cli
 
 REPO = Path(__file__).resolve().parent.parent

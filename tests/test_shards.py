@@ -120,7 +120,7 @@ def test_dry_run_data_plan_gives_token_file_size_and_memory(tmp_path, monkeypatc
     import shutil
     from collections import namedtuple
 
-    from learnforget.config.study import load_studies
+    from learnforget.config.load import load_studies
     from learnforget.study.dryrun import data_plan
 
     monkeypatch.setenv("LEARNFORGET_CACHE", str(tmp_path))

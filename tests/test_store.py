@@ -227,7 +227,7 @@ def _small_study(study_dir: Path, config: Path | None = None) -> Store:
     """Two arms with one milestone each (the study of `config`, by default the default study's)."""
     import json
 
-    from learnforget.config.study import load_study
+    from learnforget.config.load import load_study
 
     store = Store(study_dir)
     store.set_info("config", json.loads(load_study(str(config) if config else None).model_dump_json()))

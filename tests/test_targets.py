@@ -26,7 +26,9 @@ from transformers import (
 )
 
 from learnforget.arms.targets import dropout_overrides, resolve_targets
-from learnforget.config.study import Arm, StudyConfig, expand_arms, load_study
+from learnforget.config.arms import Arm, expand_arms
+from learnforget.config.load import load_study
+from learnforget.config.study import StudyConfig
 from learnforget.errors import UserError
 from learnforget.study.dryrun import arm_size
 from learnforget.train.loop import count_parameters, load_arm_model, make_optimizer, prepare_arm, train_steps

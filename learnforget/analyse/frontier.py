@@ -417,8 +417,8 @@ def study_axes(study_dir: str | Path) -> tuple[list[dict], list[dict], Axis, Axi
     """(metric rows, matrix rows, learning axis, forgetting axis, StudyConfig) of a study directory."""
     from pydantic import ValidationError
 
+    from learnforget.config.metrics import forgetting_metric, learning_metric
     from learnforget.config.study import StudyConfig
-    from learnforget.evaluate.suites import forgetting_metric, learning_metric
     from learnforget.study.store import open_store
 
     store = open_store(study_dir)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from learnforget.config.study import MODULE_SEPARATOR, TargetGroup
+from learnforget.config.arms import MODULE_SEPARATOR, TargetGroup
 from learnforget.errors import UserError
 
 GROUPS = TargetGroup.__args__

@@ -1,4 +1,4 @@
-"""Study configuration: typed, documented, validated; YAML in, `--set key=value` overrides on top.
+"""The study: typed, documented, validated (reading YAML and `--set` overrides: config/load.py).
 
 A study is one base model, one target domain, one regime and a grid of arms. Every field has a
 default, and the defaults *are* the built-in miniature study, so `learnforget run` needs no file.
@@ -8,40 +8,14 @@ Arm fields that accept a list are swept: the grid is their cartesian product (se
 from __future__ import annotations
 
 import hashlib
-import itertools
-import json
-import math
-import re
-from decimal import Decimal
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from learnforget.config.arms import ArmSpec, expand_arms
+from learnforget.config.metrics import check_metric_name
+from learnforget.config.strict import Strict
 from learnforget.errors import UserError
-
-BUILTIN_CONFIG_DIR = Path(__file__).parent.parent / "configs"
-DEFAULT_STUDY_PATH = BUILTIN_CONFIG_DIR / "default.yaml"
-
-# Named sets of linear layers LoRA adapts, resolved from each model's structure (learnforget/targets.py).
-TargetGroup = Literal["all", "attention", "mlp", "paper-all", "paper-mlp"]
-Method = Literal["full", "lora", "peft"]
-# Joins an explicit module list into the arm's one-string `target_modules` ('q_proj+v_proj').
-MODULE_SEPARATOR = "+"
-
-
-def _as_list(value: Any) -> list:
-    return value if isinstance(value, list) else [value]
-
-
-class Strict(BaseModel):
-    """Unknown keys are errors: a typo must never silently fall back to a default. Types are strict: a
-    quoted '1e-3' is text, not a learning rate (YAML numbers such as 1e-3 load as numbers, `_Loader`)."""
-
-    model_config = ConfigDict(
-        extra="forbid", use_attribute_docstrings=True, validate_default=True, allow_inf_nan=False, strict=True
-    )
 
 
 class BaseRecipe(Strict):
@@ -99,6 +73,20 @@ class BaseRecipe(Strict):
     def digest(self) -> str:
         """Short hash of the recipe: the cache key of the pretrained base."""
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+
+
+# The paper's data (Biderman et al. 2024): hub ids and the fields that hold the text.
+PRESETS: dict[str, dict[str, Any]] = {
+    "magicoder-evol-instruct": {
+        "train": "ise-uiuc/Magicoder-Evol-Instruct-110K", "format": "pairs",
+        "prompt_field": "instruction", "response_field": "response",
+    },
+    "metamathqa": {
+        "train": "meta-math/MetaMathQA", "format": "pairs", "prompt_field": "query", "response_field": "response",
+    },
+    "starcoder-python": {"train": "bigcode/starcoderdata", "data_dir": "python", "text_field": "content"},
+    "openwebmath": {"train": "open-web-math/open-web-math", "text_field": "text"},
+}  # fmt: skip
 
 
 class DataConfig(Strict):
@@ -161,8 +149,7 @@ class DataConfig(Strict):
     @classmethod
     def _apply_preset(cls, values: Any) -> Any:
         if isinstance(values, dict) and values.get("preset"):
-            from learnforget.data.formats import PRESETS
-
+            
             preset = PRESETS.get(values["preset"], {})
             values = {**preset, **values}  # fields given in the config win
         return values
@@ -233,201 +220,6 @@ class EvalConfig(Strict):
     """Few-shot examples for harness tasks (None = each task's default)."""
     harness_include_path: str | None = None
     """Folder of extra lm-eval task YAMLs (local tasks)."""
-
-
-class ExplicitModules(Strict):
-    """An explicit set of layers for LoRA, e.g. `{modules: [q_proj, v_proj]}`."""
-
-    modules: list[str] = Field(min_length=1)
-    """Module-name suffixes inside the decoder blocks, e.g. q_proj or attn.c_proj (GPT-2's attention output)."""
-
-    def label(self) -> str:
-        """The arm's target_modules string (and part of its name)."""
-        return MODULE_SEPARATOR.join(self.modules)
-
-
-class ArmSpec(Strict):
-    """One arm, or a grid of arms when fields are lists (cartesian product)."""
-
-    method: Method | list[Method] = "full"
-    """'full' finetuning, 'lora' (the paper's LoRA: rank, alpha = 2r, target_modules) or 'peft' (any peft
-    method, set by `peft`)."""
-    peft: dict[str, Any] | None = None
-    """For method 'peft': peft's method type and the keywords of its config class, passed straight to it,
-    e.g. {type: LORA, r: 16, lora_alpha: 32, use_dora: true}, {type: VERA, r: 256}, {type: IA3},
-    {type: LOHA, r: 8} (type = peft's PeftType name, any case). Target modules come from `target_modules`
-    unless given here. A list value sweeps the keyword (a keyword that takes a list sweeps a list of lists)."""
-    quantization: Literal["4bit", "8bit"] | None = None
-    """Load the frozen base quantized with bitsandbytes (QLoRA: 4bit NF4, computing in bfloat16), for
-    method lora or peft; needs a CUDA GPU and `pip install bitsandbytes`."""
-    rank: int | list[int] = 8
-    """LoRA rank r (ignored for full)."""
-    alpha: float | None = None
-    """LoRA alpha; default 2r as in the paper."""
-    target_modules: TargetGroup | ExplicitModules | list[TargetGroup | ExplicitModules] = "all"
-    """Which linear layers LoRA adapts, found from the model's blocks (any architecture): 'attention' (the
-    attention's linear layers, e.g. q,k,v,o or GPT-2's c_attn,c_proj), 'mlp' (the rest of the block, e.g.
-    gate,up,down), 'all' (both); the paper's sets 'paper-mlp' (up and down, the gate left out; refused
-    where gate and up are one fused matrix, as Phi-3's gate_up_proj) and 'paper-all' (attention +
-    paper-mlp). An explicit set is a mapping `{modules: [q_proj, v_proj]}`. A list sweeps its items,
-    e.g. [attention, mlp, {modules: [q_proj, v_proj]}]."""
-    learning_rate: float | list[float] = 1e-3
-    """Peak learning rate; a list sweeps it. The paper found LoRA's best about 10x full finetuning's."""
-    weight_decay: float | list[float] = 0.0
-    """Decoupled weight decay (a regularized full-finetuning baseline when > 0)."""
-    dropout: float | list[float] = 0.0
-    """Attention dropout for full finetuning; LoRA dropout for LoRA."""
-    train_embeddings: bool | None = None
-    """Train the token embeddings / LM head. Default: yes for full, no for LoRA."""
-    optimizer: Literal["adamw", "lion"] | list[Literal["adamw", "lion"]] = "adamw"
-    """AdamW (β = 0.9, 0.95), or Lion with decoupled weight decay (LionW, as the paper used)."""
-    seed: int | list[int] = 0
-    """Seed of the arm's initialisation and dropout; a list runs repeats."""
-
-    @field_validator("target_modules", mode="before")
-    @classmethod
-    def _check_targets(cls, value: Any) -> Any:
-        # One clear message instead of pydantic's attempt at every member of the union.
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, str) and item not in TargetGroup.__args__:
-                raise ValueError(
-                    f"{item!r} is not a group ({', '.join(TargetGroup.__args__)}); "
-                    "explicit modules go as {modules: [name, ...]}"
-                )
-            if isinstance(item, dict) and (set(item) != {"modules"} or not item["modules"]):
-                raise ValueError("explicit modules go as {modules: [name, ...]} (one name at least)")
-            for name in item["modules"] if isinstance(item, dict) else []:
-                if name in TargetGroup.__args__ or MODULE_SEPARATOR in str(name):
-                    raise ValueError(
-                        f"{name!r} is not a module name (a group goes as target_modules: {name})"
-                    )
-        return value
-
-    @model_validator(mode="after")
-    def _check(self) -> ArmSpec:
-        for rank in _as_list(self.rank):
-            if rank < 1:
-                raise ValueError(f"rank must be at least 1 (got {rank})")
-        if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha > 0):
-            raise ValueError(f"alpha must be a positive number (got {self.alpha}); omit it for 2r")
-        for lr in _as_list(self.learning_rate):
-            if not (math.isfinite(lr) and 0 < lr <= 10):
-                raise ValueError(f"learning_rate must be a number in (0, 10] (got {lr})")
-        for wd in _as_list(self.weight_decay):
-            if not (math.isfinite(wd) and 0 <= wd <= 1e3):
-                raise ValueError(f"weight_decay must be a number ≥ 0 (got {wd})")
-        for dropout in _as_list(self.dropout):
-            if not (math.isfinite(dropout) and 0 <= dropout < 1):
-                raise ValueError(f"dropout must be in [0, 1) (got {dropout})")
-        for seed in _as_list(self.seed):
-            if not 0 <= seed < 2**63:
-                raise ValueError(f"seed must be in [0, 2^63) (got {seed})")
-        for field in ("method", "rank", "target_modules", "learning_rate", "weight_decay", "dropout",
-                      "optimizer", "seed"):  # fmt: skip
-            if getattr(self, field) == []:
-                raise ValueError(f"{field}: an empty list gives no arms")
-        self._check_peft()
-        return self
-
-    def _check_peft(self) -> None:
-        methods = set(_as_list(self.method))
-        if self.quantization and methods == {"full"}:
-            raise ValueError("quantization: only for method lora or peft (full finetuning trains the base)")
-        if "peft" not in methods:
-            if self.peft is not None:
-                raise ValueError("peft: only for method peft (e.g. method: peft, peft: {type: LORA, r: 16})")
-            return
-        if self.peft is None:
-            raise ValueError("method peft needs peft: {type: ..., keywords}, e.g. peft: {type: LORA, r: 16}")
-        from learnforget.config.peft import build_config, check_peft_settings
-
-        check_peft_settings(self.peft)
-        if "lora" not in methods:
-            for field in ("rank", "alpha"):  # set away from its default (a dumped config repeats the default)
-                if getattr(self, field) != ArmSpec.model_fields[field].default:
-                    raise ValueError(
-                        f"{field}: for method lora; a peft method takes its own keyword, e.g. peft: {{r: 16}}"
-                    )
-        if any(_as_list(self.dropout)):
-            raise ValueError("dropout: for methods full and lora; a peft method takes its own keyword, "
-                             "e.g. peft: {lora_dropout: 0.05}")  # fmt: skip
-        if "target_modules" in self.peft and self.target_modules != "all":
-            raise ValueError("target_modules: given twice (in the arm and in peft); keep one")
-        for settings in peft_grid(self.peft):
-            rank = settings.get("r")  # peft checks it only when it builds the layers
-            if rank is not None and (type(rank) is not int or rank < 1):
-                raise ValueError(f"peft.r must be a whole number ≥ 1 (got {rank!r})")
-            try:
-                build_config(settings)
-            except UserError as e:
-                raise ValueError(str(e)) from None
-
-
-ARM_SETTINGS = (
-    "method", "rank", "alpha", "target_modules", "learning_rate", "weight_decay", "dropout",
-    "train_embeddings", "optimizer", "seed",
-)  # fmt: skip
-
-
-def peft_grid(settings: dict) -> list[dict]:
-    """Every combination of a peft block's swept keywords ({type: LORA, r: [8, 16]} -> two settings)."""
-    from learnforget.config.peft import normalized_type, takes_list
-
-    peft_type = normalized_type(settings["type"])
-    options = []
-    for key, value in settings.items():
-        if key == "type":
-            options.append([peft_type])
-        elif isinstance(value, list) and (
-            not takes_list(peft_type, key) or all(isinstance(v, list) for v in value)
-        ):
-            if not value:
-                raise ValueError(f"peft.{key}: an empty list gives no arms")
-            options.append(value)
-        else:
-            options.append([value])
-    return [dict(zip(settings, combo, strict=True)) for combo in itertools.product(*options)]
-
-
-# Arm settings added after the first store schema: left out of the identity while unset.
-ADDED_SETTINGS = ("peft", "quantization")
-
-
-class Arm(Strict):
-    """One concrete arm after grid expansion."""
-
-    name: str
-    method: (
-        str  # 'full', 'lora', or a peft method's family ('dora', 'vera', 'ia3', ...: peft_arms.method_family)
-    )
-    rank: int | None
-    alpha: float | None
-    target_modules: str  # a group (all, attention, ...) or module suffixes joined by '+': 'q_proj+v_proj'
-    learning_rate: float
-    weight_decay: float
-    dropout: float
-    train_embeddings: bool
-    optimizer: str
-    seed: int
-    peft: dict[str, Any] | None = None  # a peft arm's type and keywords (None: full or the paper's LoRA)
-    quantization: str | None = None
-
-    @property
-    def id(self) -> str:
-        """Identity of the arm: a hash of all its settings (the name is for display). Settings added since
-        the first version count only when set, so earlier arms keep their identities."""
-        unset = {k for k in ADDED_SETTINGS if getattr(self, k) is None}
-        return arm_id(self.model_dump(exclude={"name"} | unset))
-
-    @property
-    def adapted(self) -> bool:
-        """Whether the arm trains an adapter on a frozen base (LoRA or any peft method)."""
-        return self.method != "full"
-
-
-def arm_id(settings: dict) -> str:
-    """12 hex digits of the sha256 of the settings' canonical JSON."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 class StudyConfig(Strict):
@@ -533,8 +325,6 @@ class StudyConfig(Strict):
                     f"eval.pass_k: k = {k} needs {k} samples per problem, but {samples} are drawn "
                     "(1 greedy, or eval.diversity_samples when eval.diversity_prompts > 0)"
                 )
-        from learnforget.evaluate.metric_names import check_metric_name
-
         for field in ("learning_metric", "forgetting_metric"):
             check_metric_name(self, field, getattr(self.eval, field))
         return self
@@ -585,335 +375,3 @@ class StudyConfig(Strict):
         return sorted({max(1, round(self.steps * (i + 1) / self.milestones)) for i in range(self.milestones)})
 
 
-def _fmt_lr(lr: float) -> str:
-    """Exact and short: 5e-4, 1.4e-3, 1.23456e-3 (never rounded, so distinct rates get distinct names)."""
-    mantissa, exponent = f"{Decimal(repr(float(lr))).normalize():e}".split("e")
-    return f"{mantissa}e{int(exponent)}"
-
-
-def _fmt(value: float) -> str:
-    """Short when exact (0.1, 1), else every digit: distinct values get distinct names."""
-    short = f"{value:g}"
-    return short if float(short) == value else repr(float(value))
-
-
-def arm_name(arm: dict) -> str:
-    """Deterministic readable name, e.g. 'lora-r16-all-lr5e-3-s0' or 'full-lr5e-4-wd0.1-s0'."""
-    parts = [arm["method"]]
-    if arm.get("peft") is not None:
-        parts += _peft_name_parts(arm)
-    elif arm["method"] == "lora":
-        parts += [f"r{arm['rank']}", arm["target_modules"]]
-        if arm["alpha"] != 2 * arm["rank"]:
-            parts.append(f"a{_fmt(arm['alpha'])}")
-    if arm.get("quantization"):
-        parts.append(f"q{arm['quantization']}")
-    parts.append(f"lr{_fmt_lr(arm['learning_rate'])}")
-    if arm["weight_decay"]:
-        parts.append(f"wd{_fmt(arm['weight_decay'])}")
-    if arm["dropout"]:
-        parts.append(f"do{_fmt(arm['dropout'])}")
-    default_embeddings = arm["method"] == "full"
-    if arm["train_embeddings"] != default_embeddings:
-        parts.append("emb" if arm["train_embeddings"] else "noemb")
-    if arm["optimizer"] != "adamw":
-        parts.append(arm["optimizer"])
-    parts.append(f"s{arm['seed']}")
-    return "-".join(parts)
-
-
-# Keywords a peft arm's name already says through its family (dora, rslora, pissa, ...) or its rank.
-_NAMED_BY_FAMILY = {"type", "r", "use_dora", "use_rslora", "init_lora_weights"}
-# Module-set keywords: a peft arm that names its own modules is 'custom' (its settings show which).
-_MODULE_KEYWORDS = {"target_modules", "feedforward_modules", "exclude_modules"}
-_SHORT_KEYWORDS = {"lora_alpha": "a", "alpha": "a", "lora_dropout": "do"}
-
-
-def _peft_name_parts(arm: dict) -> list[str]:
-    """'r16', the target set unless 'all', then every other keyword: 'a32', 'do0.05', 'd_initial0.1'."""
-    peft = arm["peft"]
-    parts = [f"r{peft['r']}"] if "r" in peft else []
-    if _MODULE_KEYWORDS & set(peft):
-        parts.append("custom")
-    elif arm["target_modules"] != "all":
-        parts.append(arm["target_modules"])
-    for key in sorted(set(peft) - _NAMED_BY_FAMILY - _MODULE_KEYWORDS):
-        value = peft[key]
-        if isinstance(value, list):
-            text = MODULE_SEPARATOR.join(str(v) for v in value)
-        else:
-            text = _fmt(value) if isinstance(value, float) else str(value).lower().replace(" ", "")
-        parts.append(f"{_SHORT_KEYWORDS.get(key, key)}{text}")
-    return parts
-
-
-def _peft_arms(spec: ArmSpec) -> list[dict]:
-    """The peft part of a spec's grid: {method (family), rank, alpha, peft} per keyword combination."""
-    from learnforget.config.peft import alpha_of, method_family, rank_of
-
-    return [
-        dict(method=method_family(settings), rank=rank_of(settings), alpha=alpha_of(settings), peft=settings)
-        for settings in peft_grid(spec.peft)
-    ]
-
-
-def expand_arms(study: StudyConfig) -> list[Arm]:
-    """The grid: every combination of list-valued fields of every arm spec, in order (an arm given twice
-    is a ValueError: the study's validation refuses it)."""
-    arms: dict[str, dict] = {}
-    where: dict[str, int] = {}  # arm id -> the spec that gave it
-    for index, spec in enumerate(study.arms):
-        for method in _as_list(spec.method):
-            if method == "peft":
-                variants = _peft_arms(spec)
-            else:
-                variants = [
-                    dict(method=method, rank=rank, alpha=(spec.alpha if spec.alpha is not None else 2 * rank) if rank else None)
-                    for rank in (_as_list(spec.rank) if method == "lora" else [None])
-                ]  # fmt: skip
-            targets = [
-                t.label() if isinstance(t, ExplicitModules) else t for t in _as_list(spec.target_modules)
-            ]
-            targets = targets if method != "full" else ["all"]
-            for variant, target, lr, wd, dropout, optimizer, seed in itertools.product(
-                variants,
-                targets,
-                _as_list(spec.learning_rate),
-                _as_list(spec.weight_decay),
-                _as_list(spec.dropout),
-                _as_list(spec.optimizer),
-                _as_list(spec.seed),
-            ):
-                arm = dict(
-                    method=variant["method"],
-                    rank=variant["rank"],
-                    alpha=variant["alpha"],
-                    target_modules=target,
-                    learning_rate=lr,
-                    weight_decay=wd,
-                    dropout=dropout,
-                    train_embeddings=(method == "full")
-                    if spec.train_embeddings is None
-                    else spec.train_embeddings,
-                    optimizer=optimizer,
-                    seed=seed,
-                )
-                if variant.get("peft") is not None:
-                    arm["peft"] = variant["peft"]
-                if spec.quantization and method != "full":
-                    arm["quantization"] = spec.quantization
-                key = Arm(name="", **arm).id
-                if key in arms:  # a repeated list value or spec would train (and count) one arm twice
-                    twice = (
-                        f"arms.{where[key]} and arms.{index}"
-                        if where[key] != index
-                        else f"arms.{index} repeats a value"
-                    )
-                    raise ValueError(f"arm {arm_name(arm)} is given twice ({twice}); remove one")
-                arms[key], where[key] = arm, index
-    # Names are injective for plain values; should two distinct arms still share one, both get their id.
-    names = [arm_name(a) for a in arms.values()]
-    return [
-        Arm(name=name if names.count(name) == 1 else f"{name}-{key}", **arm)
-        for (key, arm), name in zip(arms.items(), names, strict=True)
-    ]
-
-
-# ---------------------------------------------------------------------------------------------------
-# Loading
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, reading 1e-3 as a number (YAML 1.2; YAML 1.1 wants 1.0e-3)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
-# A study file is a few hundred values; aliases that repeat collections (a "billion laughs") would
-# expand to far more when validated.
-MAX_YAML_VALUES = 100_000
-
-
-def _load_yaml(text: str, where: str) -> Any:
-    data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
-    if _tree_size(data, {}) > MAX_YAML_VALUES:
-        raise UserError(
-            f"{where}: expands to more than {MAX_YAML_VALUES:,} values (aliases repeating collections?); "
-            "write the study out"
-        )
-    return data
-
-
-def _tree_size(value: Any, seen: dict[int, int]) -> int:
-    """Values of `value` counted as a tree (an aliased collection once per use), without expanding it."""
-    if not isinstance(value, dict | list):
-        return 1
-    if id(value) not in seen:
-        seen[id(value)] = 0  # a recursive alias counts as itself
-        items = value.values() if isinstance(value, dict) else value
-        seen[id(value)] = min(1 + sum(_tree_size(v, seen) for v in items), 10 * MAX_YAML_VALUES)
-    return seen[id(value)]
-
-
-def _parse_override(text: str) -> tuple[list[str], Any]:
-    if "=" not in text:
-        raise UserError(f"--set {text!r}: expected key=value, e.g. --set budget_tokens=100000")
-    key, raw = text.split("=", 1)
-    try:
-        value = _load_yaml(raw, f"--set {text.split('=', 1)[0]}")
-    except yaml.YAMLError:
-        value = raw
-    except (ValueError, RecursionError) as e:
-        raise UserError(f"--set {key}: invalid value ({str(e).splitlines()[0]})") from None
-    return key.strip().split("."), value
-
-
-def apply_override(data: dict, text: str) -> None:
-    """Set a dotted key (list items by index: arms.0.learning_rate=1e-3) in a raw config dict."""
-    path, value = _parse_override(text)
-    node: Any = data
-    for i, part in enumerate(path[:-1]):
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise UserError(f"--set {text!r}: {'.'.join(path[: i + 1])} is not an item of the list")
-            node = node[int(part)]
-        else:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict | list):
-                raise UserError(f"--set {text!r}: {'.'.join(path[: i + 1])} is not a section")
-    last = path[-1]
-    if isinstance(node, list):
-        if not last.isdigit() or int(last) >= len(node):
-            raise UserError(f"--set {text!r}: {last} is not an item of the list")
-        node[int(last)] = value
-    else:
-        node[last] = value
-
-
-def resolve_config_path(config: str | None) -> Path | None:
-    """A path, or the name of a built-in study (e.g. 'grid-tiny'); None means the default study."""
-    if config is None or config == "default":
-        return DEFAULT_STUDY_PATH
-    path = Path(config)
-    if path.exists():
-        return path
-    builtin = BUILTIN_CONFIG_DIR / f"{config}.yaml"
-    if builtin.exists():
-        return builtin
-    names = ", ".join(
-        sorted(str(p.relative_to(BUILTIN_CONFIG_DIR).with_suffix("")) for p in BUILTIN_CONFIG_DIR.rglob("*.yaml")
-               if p.parent.name != "accelerate")
-    )  # fmt: skip
-    raise UserError(f"{config}: no such config file, and not a built-in study ({names})")
-
-
-_UNION_MEMBER = re.compile(r"^(int|float|str|bool|(list|literal|dict|tuple)\[.*\]|[A-Z]\w*)$")
-
-
-def _validation_message(where: str, err: ValidationError) -> str:
-    first = err.errors()[0]
-    # pydantic names the member of a union it tried (learning_rate.float): the key is what users wrote.
-    loc = ".".join(str(x) for x in first["loc"] if not _UNION_MEMBER.match(str(x))) or "(top level)"
-    if first["type"] == "extra_forbidden":
-        return f"{where}: {loc}: unknown key"
-    if first["type"] == "value_error":  # our own checks: the message says it all
-        message = str(first["msg"]).removeprefix("Value error, ")
-        return f"{where}: {message}" if loc == "(top level)" else f"{where}: {loc}: {message}"
-    return f"{where}: {loc}: {first['msg']} (got {first.get('input')!r})"
-
-
-def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"{path}: not a regular file (give a study YAML file)")
-    try:
-        data = _load_yaml(path.read_bytes().decode("utf-8"), str(path))
-    except UnicodeDecodeError as e:
-        raise UserError(
-            f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}); give a study YAML file"
-        ) from None
-    except RecursionError:
-        raise UserError(f"{path}: YAML nested too deeply") from None
-    except ValueError as e:  # e.g. an integer with more digits than Python converts
-        raise UserError(f"{path}: invalid value: {e}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise UserError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
-    if data is None:  # empty, blank or `null`: the default study was not what was asked for
-        raise UserError(f"{path}: empty study file; give the keys that differ from the defaults, "
-                        "or run without a file for the default study")  # fmt: skip
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: a study file must be a mapping of keys to values")
-    return data
-
-
-def _deep_merge(base: dict, extra: dict) -> dict:
-    merged = dict(base)
-    for key, value in extra.items():
-        merged[key] = (
-            _deep_merge(merged[key], value)
-            if isinstance(value, dict) and isinstance(merged.get(key), dict)
-            else value
-        )
-    return merged
-
-
-def _validate(data: dict, overrides: list[str], where: str) -> StudyConfig:
-    if overrides:
-        # Overrides apply on top of the full config, so list items that only exist as defaults
-        # (arms.0...) can be addressed too.
-        data = json.loads(StudyConfig.model_validate(data).model_dump_json()) if _valid(data) else data
-        for text in overrides:
-            apply_override(data, text)
-        where += " with --set"
-    try:
-        return StudyConfig.model_validate(data)
-    except ValidationError as e:
-        raise UserError(_validation_message(where, e)) from None
-
-
-def load_studies(config: str | None = None, overrides: list[str] = ()) -> list[tuple[str, StudyConfig]]:
-    """[(setting, study)]: one study with setting '' or, for a file with `settings:`, one per setting.
-
-    In such a suite every key but `settings` is common to all settings, and each setting's keys are
-    merged on top (e.g. `settings: {code-cpt: {domain: code}, math-ift: {domain: math, regime: ift}}`).
-    Its studies are named '<name>-<setting>' and stored in sub-directories named after the setting.
-    """
-    path = resolve_config_path(config)
-    data = _read_yaml(path)
-    settings = data.pop("settings", None)
-    if settings is None:
-        label = "default study" if path == DEFAULT_STUDY_PATH else str(path)
-        return [("", _validate(data, list(overrides), label))]
-    if (
-        not isinstance(settings, dict)
-        or not settings
-        or not all(isinstance(v, dict) for v in settings.values())
-    ):
-        raise UserError(f"{path}: settings: expected a mapping of setting names to study keys")
-    studies = []
-    for key, extra in settings.items():
-        merged = _deep_merge(data, extra)
-        merged["name"] = f"{data.get('name', path.stem)}-{key}"
-        studies.append((str(key), _validate(merged, list(overrides), f"{path} (settings.{key})")))
-    return studies
-
-
-def load_study(config: str | None = None, overrides: list[str] = ()) -> StudyConfig:
-    """Read one study (file path, built-in name or None for the default), apply overrides, validate."""
-    studies = load_studies(config, overrides)
-    if len(studies) != 1:
-        raise UserError(f"{config}: holds {len(studies)} studies (settings: {', '.join(k for k, _ in studies)}); "
-                        "this command takes one")  # fmt: skip
-    return studies[0][1]
-
-
-def _valid(data: dict) -> bool:
-    try:
-        StudyConfig.model_validate(data)
-        return True
-    except ValidationError:
-        return False

@@ -33,20 +33,6 @@ SHAREGPT_ROLES = {
 }
 CHAT_ROLES = ("system", "user", "assistant")
 
-# The paper's data (Biderman et al. 2024): hub ids and the fields that hold the text.
-PRESETS: dict[str, dict[str, Any]] = {
-    "magicoder-evol-instruct": {
-        "train": "ise-uiuc/Magicoder-Evol-Instruct-110K", "format": "pairs",
-        "prompt_field": "instruction", "response_field": "response",
-    },
-    "metamathqa": {
-        "train": "meta-math/MetaMathQA", "format": "pairs", "prompt_field": "query", "response_field": "response",
-    },
-    "starcoder-python": {"train": "bigcode/starcoderdata", "data_dir": "python", "text_field": "content"},
-    "openwebmath": {"train": "open-web-math/open-web-math", "text_field": "text"},
-}  # fmt: skip
-
-
 def pair(prompt: str, response: str) -> Conversation:
     """The single-turn conversation of a prompt/response pair."""
     return [("user", prompt), ("assistant", response)]

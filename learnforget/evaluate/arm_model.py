@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from learnforget.config.study import Arm, StudyConfig
+from learnforget.config.arms import Arm
+from learnforget.config.study import StudyConfig
 
 # Above this many bytes of weights the second copy is not worth its memory (large models on a GPU).
 MAX_MERGED_BYTES = 2 * 2**30

@@ -27,8 +27,6 @@ from learnforget.data.datasets import CODE_STOP, MATH_STOP
 from learnforget.data.templates import PLAIN, render_prompt, render_response, resolve_template
 from learnforget.evaluate.likelihood import completion_nll, mean_token_loss
 
-LOWER_IS_BETTER = ("loss", "nll", "rank")
-
 
 def evaluate_suites(
     model,
@@ -191,20 +189,3 @@ def harness_metrics(model, tokenizer, study: StudyConfig) -> dict[str, float]:
     return metrics
 
 
-def higher_is_better(metric: str) -> bool:
-    """Losses, NLLs and ranks go down when things improve; accuracies and pass rates go up."""
-    return not any(word in metric.rsplit("/", 1)[-1] for word in LOWER_IS_BETTER)
-
-
-def learning_metric(study: StudyConfig) -> tuple[str, bool]:
-    """(metric name, higher is better) of the learning axis: held-out target loss (CPT) or reference NLL (IFT)."""
-    name = study.eval.learning_metric or (
-        f"{study.domain}/loss" if study.regime == "cpt" else f"{study.domain}/ref_nll"
-    )
-    return name, higher_is_better(name)
-
-
-def forgetting_metric(study: StudyConfig) -> tuple[str, bool]:
-    """(metric name, higher is better) of the forgetting axis: the source domain's held-out loss by default."""
-    name = study.eval.forgetting_metric or f"{study.eval.source_corpora[0]}/loss"
-    return name, higher_is_better(name)

@@ -530,7 +530,7 @@ def study_sections(study_dir: Path, store, study, prefix: str = "", curves: bool
 def write_study_html(study_dir: Path, store, study) -> Path:
     """report.html of one study."""
     study_dir = Path(study_dir)
-    from learnforget.evaluate.suites import forgetting_metric, learning_metric
+    from learnforget.config.metrics import forgetting_metric, learning_metric
 
     learn, forget = learning_metric(study)[0], forgetting_metric(study)[0]
     header = [

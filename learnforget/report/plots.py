@@ -24,7 +24,7 @@ GREY = "#d0d0d0"
 def study_points(store, study) -> tuple[list[dict], list[dict], tuple, tuple]:
     """(per-arm points, seed-averaged points, learning axis, forgetting axis) of a study's store."""
     from learnforget.analyse.frontier import points, seed_average
-    from learnforget.evaluate.suites import forgetting_metric, learning_metric
+    from learnforget.config.metrics import forgetting_metric, learning_metric
 
     learn, forget = learning_metric(study), forgetting_metric(study)
     pts = points(store.metric_rows(), learn, forget)

@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from learnforget.base.gguf import named_base_label
+from learnforget.config.metrics import forgetting_metric, learning_metric
 from learnforget.config.study import StudyConfig
-from learnforget.evaluate.suites import forgetting_metric, learning_metric
 from learnforget.report.plots import (  # noqa: F401 (re-exported: the report's plots)
     PLOT_NAME,
     SPECTRUM_PLOT_NAME,

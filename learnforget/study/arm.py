@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 from learnforget.base.gguf import named_base_label
-from learnforget.config.study import Arm, StudyConfig
+from learnforget.config.arms import Arm
+from learnforget.config.study import StudyConfig
 from learnforget.errors import StorageError, UserError
 from learnforget.runtime.precision import grad_scaler
 from learnforget.study.divergence import divergence
@@ -687,7 +688,7 @@ def record_spectra(
 def check_same_study(store: Store, study: StudyConfig, arms: list[Arm] | None = None) -> None:
     """Refuse to mix two different studies in one directory: resuming needs the same config, and results
     belong to the arm (settings) that produced them. Adding arms is allowed: finished ones stay valid."""
-    from learnforget.config.study import ARM_SETTINGS, expand_arms
+    from learnforget.config.arms import ARM_SETTINGS, expand_arms
 
     saved = store.info("config")
     current = json.loads(study.model_dump_json())

@@ -11,7 +11,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from learnforget.config.study import Arm, StudyConfig
+from learnforget.config.arms import Arm
+from learnforget.config.study import StudyConfig
 from learnforget.errors import UserError
 from learnforget.runtime.precision import cpu_bf16_warning
 from learnforget.study.progress import study_header

@@ -15,7 +15,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, PreTrainedModel
 
 from learnforget.arms.targets import dropout_overrides, resolve_targets, uses_conv1d
-from learnforget.config.study import Arm
+from learnforget.config.arms import Arm
 
 GRAD_CLIP = 1.0
 IGNORE_INDEX = -100  # label of tokens without loss (transformers' convention)

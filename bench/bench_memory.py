@@ -120,9 +120,8 @@ def measure_arm(cfg: dict) -> dict:
     """One arm of the REAL_STUDY micro study through `study.run_arm` in this process (its directory:
     cfg['dir']); the CPU estimate, the peak the study records, and VmHWM after each training and
     evaluation (MiB)."""
-    import learnforget.train.loop as train
-
     import learnforget.evaluate.arm_model as eval_model
+    import learnforget.train.loop as train
     from learnforget.config.arms import expand_arms
     from learnforget.config.study import StudyConfig
     from learnforget.study.arm import peak_memory_mb, run_arm

@@ -386,7 +386,6 @@ def pretrain(
     from learnforget.base.load import (
         base_info,
         builtin_base_path,
-        cache_dir,
         load_causal_lm,
         pretrain_base,
         ship_base,
@@ -400,6 +399,7 @@ def pretrain(
         proportions_table,
     )
     from learnforget.config.load import load_study
+    from learnforget.files import cache_dir
 
     study = load_study(config, set_)
     if study.base_model != "builtin":
@@ -630,7 +630,7 @@ def spectrum(
 ) -> None:
     """ΔW = W_finetuned − W_base per matrix: rank for the variance, vs W_base and a random matrix; intruders."""
     from learnforget.analyse.spectrum_plots import run_spectrum
-    from learnforget.base.load import cache_dir
+    from learnforget.files import cache_dir
 
     with _progress() as progress:
         task = progress.add_task("spectrum", total=None, info="")

@@ -317,7 +317,7 @@ def test_a_full_disk_is_one_line_naming_the_directory_and_leaves_no_temporary_fi
     import torch
 
     from learnforget.errors import StorageError
-    from learnforget.study.arm import atomic_save
+    from learnforget.files import atomic_save
     from tests.conftest import cli_exit_code
 
     study = small_disk / "study"

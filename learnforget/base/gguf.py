@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from learnforget.errors import UserError
-from learnforget.study.store import file_sha256
+from learnforget.files import file_sha256
 
 SOURCE_FILE = "gguf_source.json"  # next to a converted base: where it came from
 GGUF_MAGIC = b"GGUF"
@@ -105,7 +105,7 @@ def gguf_path(base_model: str) -> Path:
 
 def converted_base(base_model: str) -> Path:
     """The Hugging Face model directory converted from a GGUF base, converting it on first use."""
-    from learnforget.base.load import cache_dir
+    from learnforget.files import cache_dir
 
     source = gguf_path(base_model)
     digest = file_sha256(source)

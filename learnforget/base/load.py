@@ -32,15 +32,11 @@ from learnforget.config.study import BaseRecipe
 from learnforget.data import corpora
 from learnforget.data.tokens import interleave, pack_documents, sample_text, train_tokenizer
 from learnforget.errors import UserError
+from learnforget.files import cache_dir
 from learnforget.train.loop import make_optimizer, train_steps
 
 SHIPPED_BASE = Path(__file__).parent / "builtin_base"
 RECIPE_FILE = "learnforget_recipe.json"  # recipe, its hash, pretraining tokens and seconds, torch version
-
-
-def cache_dir() -> Path:
-    """Where built-in bases are cached."""
-    return Path(os.environ.get("LEARNFORGET_CACHE", Path.home() / ".cache" / "learnforget"))
 
 
 def builtin_base_path(recipe: BaseRecipe) -> Path:

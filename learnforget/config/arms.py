@@ -248,7 +248,9 @@ class Arm(Strict):
 
 def settings_id(settings: dict) -> str:
     """An arm's identity from its settings (ADDED_SETTINGS count only when set)."""
-    return arm_id({k: v for k, v in settings.items() if k in ARM_SETTINGS and not (k in ADDED_SETTINGS and v is None)})
+    return arm_id(
+        {k: v for k, v in settings.items() if k in ARM_SETTINGS and not (k in ADDED_SETTINGS and v is None)}
+    )
 
 
 def arm_id(settings: dict) -> str:
@@ -275,7 +277,8 @@ def name_parts(arm: dict) -> dict[str, list[str]]:
     if (arm.get("optimizer") or "adamw") != "adamw":
         rest.append(arm["optimizer"])
     return {
-        "method": [arm["method"], *kind.name_parts()] + ([f"q{arm['quantization']}"] if arm.get("quantization") else []),
+        "method": [arm["method"], *kind.name_parts()]
+        + ([f"q{arm['quantization']}"] if arm.get("quantization") else []),
         "learning_rate": [f"lr{_fmt_lr(arm['learning_rate'])}"],
         "rest": rest,
         "seed": [f"s{arm['seed']}"],
@@ -372,5 +375,3 @@ def expand_arms(study: StudyConfig) -> list[Arm]:
         Arm(name=name if names.count(name) == 1 else f"{name}-{key}", **arm)
         for (key, arm), name in zip(arms.items(), names, strict=True)
     ]
-
-

@@ -130,7 +130,9 @@ class Peft:
             if isinstance(value, list):
                 text = MODULE_SEPARATOR.join(str(v) for v in value)
             else:
-                text = short_number(value) if isinstance(value, float) else str(value).lower().replace(" ", "")
+                text = (
+                    short_number(value) if isinstance(value, float) else str(value).lower().replace(" ", "")
+                )
             parts.append(f"{_SHORT_KEYWORDS.get(key, key)}{text}")
         return parts
 
@@ -153,4 +155,9 @@ def method_of(settings: dict) -> MethodType:
         if isinstance(peft, str):  # a row of the store
             peft = json.loads(peft)
         return Peft(peft, settings.get("target_modules") or "all")
-    return Lora(settings["rank"], settings["alpha"], settings.get("target_modules") or "all", settings.get("dropout") or 0.0)
+    return Lora(
+        settings["rank"],
+        settings["alpha"],
+        settings.get("target_modules") or "all",
+        settings.get("dropout") or 0.0,
+    )

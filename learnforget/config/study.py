@@ -149,7 +149,6 @@ class DataConfig(Strict):
     @classmethod
     def _apply_preset(cls, values: Any) -> Any:
         if isinstance(values, dict) and values.get("preset"):
-            
             preset = PRESETS.get(values["preset"], {})
             values = {**preset, **values}  # fields given in the config win
         return values
@@ -373,5 +372,3 @@ class StudyConfig(Strict):
         if self.epochs is not None:
             return [self.steps_per_epoch * (e + 1) for e in range(self.epochs)]
         return sorted({max(1, round(self.steps * (i + 1) / self.milestones)) for i in range(self.milestones)})
-
-

@@ -223,9 +223,9 @@ IFT_FIELDS = {"train", "data_dir", "dataset_name", "split", "format", "prompt_fi
 
 def ift_example_rows(study: StudyConfig, tokenizer, n_rows: int):
     """IFT rows of a cached example file (examples.py), encoded on first use."""
-    from learnforget.base.load import cache_dir
     from learnforget.data.examples import ExampleRows, example_key, write_example_file
     from learnforget.data.shards import token_dtype
+    from learnforget.files import cache_dir
 
     source = data_source(study, IFT_FIELDS)
     if study.data.train == "builtin":  # the built-in tasks drawn depend on the seed and their number
@@ -248,8 +248,8 @@ def cpt_token_rows(study: StudyConfig, tokenizer, n_rows: int):
     """CPT rows in a cached token file (shards.py), packed on first use: the rows of ``pack_documents``
     in a seeded shuffled order (a batch mixes many files instead of a run of one, which would make
     held-out loss jump with whatever file comes next)."""
-    from learnforget.base.load import cache_dir
     from learnforget.data.shards import TokenRows, shard_key, token_dtype, write_token_file
+    from learnforget.files import cache_dir
 
     d = study.data
     source = data_source(study, {"train", "data_dir", "dataset_name", "split", "text_field", "max_documents"})

@@ -33,6 +33,7 @@ SHAREGPT_ROLES = {
 }
 CHAT_ROLES = ("system", "user", "assistant")
 
+
 def pair(prompt: str, response: str) -> Conversation:
     """The single-turn conversation of a prompt/response pair."""
     return [("user", prompt), ("assistant", response)]

@@ -187,5 +187,3 @@ def harness_metrics(model, tokenizer, study: StudyConfig) -> dict[str, float]:
     if all(m in raw for m in PAPER_FORGETTING_METRICS):
         metrics["harness/paper_forgetting"] = paper_forgetting_score(raw)
     return metrics
-
-

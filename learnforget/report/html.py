@@ -17,8 +17,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from learnforget.base.gguf import named_base_description
+from learnforget.files import writing
 from learnforget.report.style import colors, family
-from learnforget.study.store import writing
 
 HTML_NAME = "report.html"
 

@@ -12,6 +12,7 @@ from rich.table import Table
 from learnforget.base.gguf import named_base_label
 from learnforget.config.metrics import forgetting_metric, learning_metric
 from learnforget.config.study import StudyConfig
+from learnforget.files import writing
 from learnforget.report.plots import (  # noqa: F401 (re-exported: the report's plots)
     PLOT_NAME,
     SPECTRUM_PLOT_NAME,
@@ -20,7 +21,7 @@ from learnforget.report.plots import (  # noqa: F401 (re-exported: the report's 
     plot_spectrum_over_training,
     plot_training_curves,
 )
-from learnforget.study.store import FAILED, Store, writing
+from learnforget.study.store import FAILED, Store
 
 
 def metric_curves(store: Store) -> dict[str, dict[int, dict[str, float]]]:

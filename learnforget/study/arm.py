@@ -31,9 +31,10 @@ from learnforget.base.gguf import named_base_label
 from learnforget.config.arms import Arm
 from learnforget.config.study import StudyConfig
 from learnforget.errors import StorageError, UserError
+from learnforget.files import atomic_save, file_sha256, writing
 from learnforget.runtime.precision import grad_scaler
 from learnforget.study.divergence import divergence
-from learnforget.study.store import FAILED, FINISHED, Store, file_sha256, writing
+from learnforget.study.store import FAILED, FINISHED, Store
 
 DATA_FILE = "data.pt"
 EVAL_DIGEST = "eval_digest"  # store info: content digest of the evaluation sets (check_same_evaluation)
@@ -41,22 +42,6 @@ EVAL_DIGEST = "eval_digest"  # store info: content digest of the evaluation sets
 
 def arm_dir(study_dir: Path, arm: str) -> Path:
     return study_dir / "arms" / arm
-
-
-def atomic_save(obj, path: Path, record=None) -> str:
-    """torch.save to a temp file, then rename: a kill leaves the old file or the new, never half.
-
-    Returns the file's sha256; `record(sha256, size)` is called before the rename, so a checksum is
-    on record for every file that can appear under `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with writing(path.parent, path.name, tmp):  # a full or read-only disk: one line, no .tmp left
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(obj, tmp)
-        digest = file_sha256(tmp)
-        if record is not None:
-            record(digest, tmp.stat().st_size)
-        os.replace(tmp, path)
-    return digest
 
 
 def recorder(store: Store, study_dir: Path, path: Path):
@@ -660,7 +645,7 @@ def record_spectra(
     `merged_weights()` (the arm's `train.merged_weights`; `model` None for a sharded arm), with W_base's
     factors cached on disk (`analysis.spectrum_cache`); returns summary metrics for the metrics table."""
     from learnforget.analyse.spectrum import spectrum_of_model
-    from learnforget.base.load import cache_dir
+    from learnforget.files import cache_dir
 
     result = spectrum_of_model(
         base_weights, model, merged_weights, progress=on_matrix or False, cache_dir=cache_dir() / "spectra"

@@ -349,8 +349,8 @@ def disk_room(where, n_bytes: int) -> str:
 def token_file_plan(study: StudyConfig, vocab_size: int | None) -> str:
     """The CPT token file: size on disk (2 or 4 bytes a token), free space there, and why it is not
     resident (a step reads its own rows from it)."""
-    from learnforget.base.load import cache_dir
     from learnforget.data.parallel import tokenize_workers
+    from learnforget.files import cache_dir
 
     tokens = study.steps * study.tokens_per_step
     width, how_wide = token_width(vocab_size)
@@ -371,8 +371,8 @@ def token_file_plan(study: StudyConfig, vocab_size: int | None) -> str:
 def example_file_plan(study: StudyConfig, vocab_size: int | None, n_rows: int) -> str:
     """The IFT example file: its size on disk at most (every example seq_len tokens; the real size is
     known once tokenized), free space there, and what each training process holds."""
-    from learnforget.base.load import cache_dir
     from learnforget.data.parallel import PARALLEL_MIN_EXAMPLES, tokenize_workers
+    from learnforget.files import cache_dir
 
     n = study.data.examples
     tokens = n * study.seq_len

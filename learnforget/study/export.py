@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from learnforget.errors import UserError
-from learnforget.study.store import writing
+from learnforget.files import writing
 
 FORMATS = ("csv", "parquet", "jsonl")
 STEP_QUANTITIES = ("loss", "learning_rate", "grad_norm")

@@ -51,17 +51,10 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterable
-from contextlib import closing, contextmanager
+from contextlib import closing
 from pathlib import Path
 
 from learnforget.errors import UserError, storage_error
-
-
-def file_sha256(path: Path) -> str:
-    """A file's content hash (about 0.1 s per 100 MB): recorded checksums, GGUF cache keys."""
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
 
 DB_NAME = "results.db"
 PARTS_DIR = "results"
@@ -146,22 +139,6 @@ def row_checksum(arm: str, step: int, tokens: int, metric: str, value: float | N
 
 class StoreDamaged(UserError):
     """A part's rows do not match their checksums: edited or damaged after they were written."""
-
-
-@contextmanager
-def writing(directory: Path, what: str, tmp: Path | None = None):
-    """Turn a full or unwritable disk into one line naming `directory` and `what` (a StorageError), and
-    remove `tmp` (a half-written file) whatever went wrong."""
-    try:
-        yield
-    except BaseException as e:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        if isinstance(e, Exception) and not isinstance(e, UserError):
-            problem = storage_error(e, directory, what)
-            if problem is not None:
-                raise problem from None
-        raise
 
 
 class Store:

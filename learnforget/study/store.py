@@ -55,6 +55,7 @@ from contextlib import closing
 from pathlib import Path
 
 from learnforget.errors import UserError, storage_error
+from learnforget.files import writing
 
 DB_NAME = "results.db"
 PARTS_DIR = "results"

@@ -94,8 +94,8 @@ def run(quick: bool = False) -> list[Row]:
     import transformers
 
     from learnforget.config.study import StudyConfig
-    from learnforget.data.datasets import evaluation_sets
-    from learnforget.study.arm import evaluate_model
+    from learnforget.evaluate.arm_model import evaluate_model
+    from learnforget.evaluate.sets import evaluation_sets
 
     transformers.logging.set_verbosity_error()
     study = StudyConfig.model_validate(QUICK_STUDY if quick else {})

@@ -90,8 +90,9 @@ def measure(cfg: dict) -> dict:
     """Train `STEPS` steps of one configuration in this process; estimated and measured peak bytes."""
     from transformers import AutoModelForCausalLM
 
+    from learnforget.arms.build import count_parameters, prepare_arm
     from learnforget.study.dryrun import arm_memory, arm_size, base_config
-    from learnforget.train.loop import count_parameters, make_optimizer, prepare_arm, train_steps
+    from learnforget.train.loop import make_optimizer, train_steps
 
     torch.set_num_threads(cfg.get("threads", 1))
     torch.manual_seed(0)
@@ -101,7 +102,7 @@ def measure(cfg: dict) -> dict:
     rows = torch.randint(0, config.vocab_size, (STEPS * study.batch_size, study.seq_len))
     baseline = status_kib("VmRSS") * 1024
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model = prepare_arm(model, arm)  # as learnforget.train.loop.load_arm_model sets an arm up
+    model = prepare_arm(model, arm)  # as learnforget.arms.build.load_arm_model sets an arm up
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS: the build's temporaries don't count
     optimizer, scheduler = make_optimizer(model, 1e-4, 0.0, 0, STEPS, arm.optimizer)
     started = time.perf_counter()
@@ -121,10 +122,11 @@ def measure_arm(cfg: dict) -> dict:
     cfg['dir']); the CPU estimate, the peak the study records, and VmHWM after each training and
     evaluation (MiB)."""
     import learnforget.evaluate.arm_model as eval_model
-    import learnforget.train.loop as train
+    import learnforget.study.arm as train  # the arm recipe's own reference to train_steps
     from learnforget.config.arms import expand_arms
     from learnforget.config.study import StudyConfig
-    from learnforget.study.arm import peak_memory_mb, run_arm
+    from learnforget.runtime.peak_memory import peak_memory_mb
+    from learnforget.study.arm import run_arm
     from learnforget.study.dryrun import arm_memory, arm_size, base_config
 
     study = StudyConfig(**REAL_STUDY, arms=[cfg["arm"]])
@@ -139,9 +141,9 @@ def measure_arm(cfg: dict) -> dict:
 
         return wrapped
 
-    train.train_steps = after("train", train.train_steps)  # run_arm imports it from the module when called
+    train.train_steps = after("train", train.train_steps)
     eval_model.ArmEvaluator.evaluate = after("eval", eval_model.ArmEvaluator.evaluate)
-    run_arm(study.model_dump_json(), arm.model_dump_json(), cfg["dir"], REAL_MODEL)
+    run_arm(study, arm, cfg["dir"], REAL_MODEL)
     config = base_config(study)
     trainable, total = arm_size(config, arm)
     estimate = arm_memory(config, study, arm, trainable, total, device="cpu")

@@ -69,8 +69,8 @@ def lora_model(path: str, r: int):
 def run(quick: bool = False) -> list[Row]:
     """One row per arm kind (quick: LoRA r16 on a tiny Llama, 1 repeat; full: LoRA r16 and full, 2)."""
     from learnforget.analyse.spectrum import spectrum_of_model, spectrum_of_state_dicts
+    from learnforget.arms.delta import merged_weights
     from learnforget.base.load import load_causal_lm
-    from learnforget.train.loop import merged_weights
 
     path, description = model_dir(quick)
     if path is None:

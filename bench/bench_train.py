@@ -105,8 +105,9 @@ def ours(
 ) -> float:  # fmt: skip
     """Seconds of learnforget's loop after its warm-up steps (as `run_arm` sets an arm up and trains it);
     `compiled`: with `compile: true`. The warm-up's seconds are appended to `warmups`."""
+    from learnforget.arms.build import load_arm_model
     from learnforget.runtime.compiling import compile_layers
-    from learnforget.train.loop import load_arm_model, make_optimizer, train_steps
+    from learnforget.train.loop import make_optimizer, train_steps
 
     arm = arm_for(method, targets)
     torch.manual_seed(0)

@@ -98,14 +98,14 @@ def study_config(base_dir: Path, settings: dict, compiled: bool = False) -> dict
 
 
 class TrainingProbe:
-    """Wraps `learnforget.train.loop.train_steps` to record where (and how) each arm's model trains, and to
+    """Wraps `train_steps` (as the arm recipe, study/arm.py, calls it) to record where (and how) each arm's model trains, and to
     reset CUDA's peak-memory counter when an arm starts training (the stored peak is then the arm's)."""
 
     def __init__(self):
         self.calls: list[dict] = []
 
     def __enter__(self):
-        import learnforget.train.loop as train
+        import learnforget.study.arm as train
 
         self.train, self.original = train, train.train_steps
 

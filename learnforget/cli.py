@@ -14,14 +14,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from learnforget.errors import UserError
 
@@ -32,7 +24,6 @@ app = typer.Typer(
     help="How much does a causal LM learn, and forget, when finetuned with LoRA versus full finetuning?",
 )
 console = Console(stderr=True)
-HTML_REFRESH_SECONDS = 30
 # Tables are wide; when output goes to a file or pipe, don't squeeze them into 80 columns.
 out_console = Console() if sys.stdout.isatty() else Console(width=200)
 
@@ -65,45 +56,6 @@ def _options(
     """How much does a causal LM learn, and forget, when finetuned with LoRA versus full finetuning?"""
 
 
-class _Remaining(TimeRemainingColumn):
-    """rich's estimate, except where a task carries its own (the study's ETA is in its info)."""
-
-    def render(self, task):
-        from rich.text import Text
-
-        return Text(task.fields["eta"]) if "eta" in task.fields else super().render(task)
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        _Remaining(),
-        console=console,
-    )
-
-
-def _log_tenth(what: str, step: int, total: int, loss: float) -> None:
-    """Without a terminal progress bars draw nothing until the end: log every tenth instead."""
-    if not console.is_terminal and step % max(1, total // 10) == 0:
-        console.print(f"{what}: step {step}/{total}, loss {loss:.3f}", highlight=False)
-
-
-def _parse_shard(shard: str | None) -> tuple[int, int] | None:
-    if shard is None:
-        return None
-    try:
-        index, count = (int(x) for x in shard.split("/"))
-    except ValueError:
-        raise UserError(f"--shard {shard!r}: expected I/N, e.g. --shard 0/4") from None
-    if count < 1 or not 0 <= index < count:
-        raise UserError(f"--shard {shard!r}: expected I/N with N ≥ 1 and I in 0..N-1, e.g. --shard 0/4")
-    return index, count
-
-
 def _parse_timeout(text: str | float) -> float:
     """--timeout: seconds the sandbox can honour, else one line (a parser, so 'abc' gets no usage box)."""
     from learnforget.evaluate.sandbox import checked_timeout
@@ -125,35 +77,6 @@ def _check_out(out: str | None) -> Path | None:
     if path.exists() and not path.is_dir():
         raise UserError(f"--out {out}: not a directory (a file, device or FIFO); name a study directory")
     return path
-
-
-def _pretrain_progress(progress: Progress, steps: int):
-    """A pretraining progress callback drawing a bar (and logging every tenth step without a terminal)."""
-    task = progress.add_task("pretrain base", total=steps, info="")
-
-    def update(step: int, total: int, loss: float) -> None:
-        progress.update(task, completed=step, info=f"loss {loss:.3f}")
-        _log_tenth("pretrain base", step, total, loss)
-
-    return update
-
-
-def _pretrain_with_progress(study) -> str:
-    from learnforget.base.load import builtin_base_path, check_base_model, resolve_base, shipped_base
-
-    check_base_model(study.base_model)
-    if (
-        study.base_model != "builtin"
-        or shipped_base(study.base) is not None
-        or (builtin_base_path(study.base) / "config.json").exists()
-    ):
-        return resolve_base(study.base_model, study.base)
-    console.print(
-        "This base recipe differs from the shipped base's: pretraining it "
-        f"(cached afterwards in {builtin_base_path(study.base)})"
-    )
-    with _progress() as progress:
-        return resolve_base(study.base_model, study.base, _pretrain_progress(progress, study.base.steps))
 
 
 @app.command()
@@ -183,12 +106,14 @@ def run(
     A config with `settings:` is a suite of studies (e.g. paper-mini): each runs into its own
     sub-directory, and the suite's summary.md gathers their claims.
     """
+    # Each command imports what it runs: `learnforget --help` and config errors answer without torch (~10 s).
     from learnforget.config.arms import expand_arms
     from learnforget.config.load import load_studies
+    from learnforget.study.identity import parse_shard
 
     studies = load_studies(config, set_)
     out = _check_out(out)
-    _parse_shard(shard)  # a bad --shard is refused by a dry run too
+    parse_shard(shard)  # a bad --shard is refused by a dry run too
     if dry_run:
         from learnforget.base.load import check_base_model
         from learnforget.study.dryrun import print_dry_run
@@ -197,177 +122,18 @@ def run(
             check_base_model(study.base_model)
             print_dry_run(study, expand_arms(study), out_console, world_size)
         return
-    started = time.time()
     if any(study.workers > 1 for _, study in studies) and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         from learnforget.study import workers
 
         workers.start_early()  # the workers' imports overlap this process's start-up
-    failures: list[tuple[str, str]] = []
-    if len(studies) == 1:
-        failures += _run_study(studies[0][1], out or Path("runs") / studies[0][1].name, shard, recompute)
-    else:
-        from learnforget.report.tables import write_suite_summary
+    from learnforget.pipeline import run_studies
 
-        first_key, first = studies[0]
-        suite_dir = out or Path("runs") / first.name[: -len(first_key) - 1]  # names are '<suite>-<setting>'
-        for key, study in studies:
-            failures += [
-                (f"{key}/{arm}", why, kind)
-                for arm, why, kind in _run_study(study, suite_dir / key, shard, recompute)
-            ]
-        from learnforget.runtime import distributed
-
-        if distributed.is_main_process():
-            from learnforget.report.html import write_suite_html
-
-            path = write_suite_summary(suite_dir, [k for k, _ in studies])
-            html = write_suite_html(suite_dir, [k for k, _ in studies])
-            console.print(f"Suite done in {time.time() - started:.0f} s. Results: {path}")
-            console.print(f"Open the report: {html.resolve().as_uri()}", highlight=False, soft_wrap=True)
+    failures = run_studies(studies, out, shard, recompute)
     if failures:  # the study's results are incomplete: scripts must see it
         console.print(f"[red]{len(failures)} arm(s) failed or diverged:[/]", highlight=False)
         for arm, reason, kind in failures:
             console.print(f"{kind}: {arm}: {reason}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
-
-
-def _run_study(
-    study, study_dir: Path, shard: str | None, recompute: bool = False
-) -> list[tuple[str, str, str]]:
-    """Run one study; returns (arm, reason, 'failed' | 'diverged') for every arm of this process that
-    failed or diverged (learnforget/divergence.py)."""
-    from learnforget.arms.targets import check_targets
-    from learnforget.base.load import check_base_model
-    from learnforget.config.arms import expand_arms
-    from learnforget.report.tables import write_report
-    from learnforget.runtime import distributed
-    from learnforget.study import arm as study_mod
-    from learnforget.study.dryrun import base_config, check_harness_tasks
-    from learnforget.study.store import FINISHED, Store
-
-    started = time.time()
-    arms = expand_arms(study)
-    check_base_model(study.base_model)
-    model_config = base_config(study)
-    check_targets(model_config, arms)  # LoRA targets and dropout keys exist in this architecture
-    study_mod.check_arms_fit(arms, model_config.to_dict())
-    check_harness_tasks(study)
-    from learnforget.study.tracking import check_trackers
-
-    check_trackers(study.log_with)
-    study.check_last_batch(distributed.world_size())
-    main_process = distributed.is_main_process()
-    with distributed.main_process_first():  # under accelerate launch: pretrain, prepare and check once
-        store = Store(study_dir)
-        lost = store.lost_results()
-        if lost and not recompute:  # else the lost arms are trained again, their model files overwritten
-            raise UserError(lost)
-        study_mod.check_same_study(store, study, arms)
-        base_path = _pretrain_with_progress(study)
-        store.set_info("base_path", base_path)
-        store.set_info("processes", int(os.environ.get("WORLD_SIZE", "1")))
-        if main_process:
-            from learnforget.report.html import environment
-
-            store.set_info("environment", environment())
-        store.register_arms([(arm.name, arm.model_dump(), arm.id) for arm in arms])
-        data = study_mod.prepare_data(study, study_dir, base_path)
-        mine = study_mod.shard_arms(arms, _parse_shard(shard))
-        # With worker processes, one of them evaluates the base while the others train.
-        base_in_pool = main_process and study_mod.uses_pool(study, mine)
-        if main_process:
-            from learnforget.data.datasets import trained_tokens
-            from learnforget.runtime.precision import cpu_bf16_warning
-            from learnforget.study.progress import study_header
-
-            tokens = trained_tokens(data["train"], study.steps, study.batch_size, study.seq_len)
-            header = study_header(study, len(arms), tokens)
-            line = f"Study [bold]{study.name}[/]: {header} → {study_dir}"
-            console.print(line, highlight=False, soft_wrap=True)
-            warning = cpu_bf16_warning(study.precision)
-            if warning:
-                console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
-            if not base_in_pool:
-                study_mod.run_base(study, study_dir, base_path)
-    from learnforget.study.progress import StudyClock
-
-    resumed = {
-        a.name: study.steps if (store.arm(a.name) or {}).get("status") in FINISHED else max(store.finished_steps(a.name), default=0)
-        for a in mine
-    }  # fmt: skip
-    clock = StudyClock(study.steps, study.milestone_steps(), study.workers, resumed)
-    # When report.html was last rewritten: first after HTML_REFRESH_SECONDS, so that a short study's
-    # workers do not share the cores with it.
-    refreshed = [time.monotonic()]
-    with _progress() as progress:
-        overall = progress.add_task(
-            f"study ({len(mine)} arm{'s' * (len(mine) != 1)} × {len(study.milestone_steps())} milestones)",
-            total=clock.total, completed=clock.completed, info=clock.describe(), eta="",
-        )  # fmt: skip
-        tasks = {
-            a.name: progress.add_task(a.name, total=study.steps, completed=resumed[a.name], info="")
-            for a in mine
-        }
-
-        def on_message(message) -> None:
-            kind, name, *rest = message
-            if kind == "step":
-                step, total, loss = rest
-                clock.on_step(name, step)
-                progress.update(tasks[name], completed=step, info=f"loss {loss:.3f}")
-                _log_tenth(name, step, total, loss)
-            elif kind == "milestone":
-                step, tokens, metrics = rest
-                clock.on_milestone(name, step)
-                progress.update(overall, completed=clock.completed, info=clock.describe())
-                shown = "  ".join(
-                    f"{k} {v:.3f}" for k, v in sorted(metrics.items()) if not k.startswith("spectrum/")
-                )
-                progress.console.print(f"[dim]{name} @ {tokens:,} tokens:[/] {shown}")
-                if not console.is_terminal:
-                    console.print(f"study: {clock.completed}/{clock.total} milestones, {clock.describe()}")
-            elif kind == "spectra":
-                done, total = rest
-                progress.update(tasks[name], info=f"ΔW spectra {done}/{total} matrices")
-                if done == 0 and not console.is_terminal:
-                    console.print(f"{name}: ΔW spectra of {total} matrices", highlight=False)
-            elif kind in ("failed", "diverged", "done"):
-                if kind != "done":
-                    progress.console.print(f"[red]{name} {kind}:[/] {rest[0]}", highlight=False)
-                clock.on_done(name)
-                progress.update(tasks[name], completed=study.steps)
-                progress.update(overall, completed=clock.completed, info=clock.describe())
-                # The page shows what is finished so far; at most every 30 s, as it takes about a second.
-                if main_process and time.monotonic() - refreshed[0] > HTML_REFRESH_SECONDS:
-                    from learnforget.report.html import write_study_html
-
-                    write_study_html(study_dir, store, study)
-                    refreshed[0] = time.monotonic()
-
-        results = study_mod.run_arms(study, study_dir, base_path, mine, on_message, base_in_pool)
-    if not main_process:
-        return []
-    store.refresh_snapshot()
-    failures = []
-    for result in results:
-        stored = store.arm(result["arm"]) or {}
-        if result.get("failed") or result.get("by_other") == "failed":
-            failures.append(
-                (result["arm"], result.get("failed") or stored.get("error") or "failed", "failed")
-            )
-        elif result.get("diverged") or stored.get("status") == "diverged":  # also one a rerun skipped
-            failures.append((result["arm"], stored.get("error") or result.get("diverged"), "diverged"))
-    html = write_report(study_dir, store, study, out_console)
-    from learnforget.study.stage_times import stage_summary
-
-    lines = stage_summary(store)
-    if lines:
-        console.print("Time per stage, summed over arms and worker processes:", highlight=False)
-        for line in lines:
-            console.print(f"  {line}", highlight=False)
-    console.print(f"Done in {time.time() - started:.0f} s. Results: {study_dir}/summary.md")
-    console.print(f"Open the report: {html.resolve().as_uri()}", highlight=False, soft_wrap=True)
-    return failures
 
 
 @app.command()
@@ -391,15 +157,16 @@ def pretrain(
         ship_base,
         shipped_base,
     )
-    from learnforget.base.report import (
+    from learnforget.config.load import load_study
+    from learnforget.files import cache_dir
+    from learnforget.report.base import (
         base_proportions,
         closeness,
         closeness_table,
         proportion_failures,
         proportions_table,
     )
-    from learnforget.config.load import load_study
-    from learnforget.files import cache_dir
+    from learnforget.study.display import pretrain_progress, progress_bars
 
     study = load_study(config, set_)
     if study.base_model != "builtin":
@@ -412,8 +179,8 @@ def pretrain(
     if target.exists():
         raise UserError(f"--out {target}: already exists; name a new directory")
     console.print(f"Pretraining the built-in base from its recipe ({recipe.digest()}) into {target}")
-    with _progress() as progress:
-        pretrain_base(recipe, target, _pretrain_progress(progress, recipe.steps))
+    with progress_bars() as progress:
+        pretrain_base(recipe, target, pretrain_progress(progress, recipe.steps))
     info = base_info(target)
     props = base_proportions(load_causal_lm(str(target)), info)
     out_console.print(proportions_table(props))
@@ -631,8 +398,9 @@ def spectrum(
     """ΔW = W_finetuned − W_base per matrix: rank for the variance, vs W_base and a random matrix; intruders."""
     from learnforget.analyse.spectrum_plots import run_spectrum
     from learnforget.files import cache_dir
+    from learnforget.study.display import progress_bars
 
-    with _progress() as progress:
+    with progress_bars() as progress:
         task = progress.add_task("spectrum", total=None, info="")
 
         def on_matrix(done: int, total: int, name: str) -> None:
@@ -662,7 +430,8 @@ def recommend(
     ] = False,
 ) -> None:
     """Name the configuration (arm and milestone) that learns most while forgetting at most X."""
-    from learnforget.analyse.frontier import describe_recommendation, recommend_for_study_dir
+    from learnforget.analyse.frontier import describe_recommendation
+    from learnforget.report.study_data import recommend_for_study_dir
 
     rec = recommend_for_study_dir(study_dir, max_forgetting, relative_to_base=not absolute)
     if rec is None:
@@ -678,8 +447,9 @@ def claims(study_dir: Annotated[Path, typer.Argument(help="Study directory.")]) 
     setting of a suite plus the findings that compare settings: supported, contradicted or inconclusive."""
     from rich.markdown import Markdown
 
-    from learnforget.analyse.claims import claims_for_study_dir, claims_markdown
-    from learnforget.analyse.suite_claims import SUITE_INTRO, claims_for_suite_dir
+    from learnforget.analyse.claims_text import claims_markdown
+    from learnforget.analyse.suite_claims import SUITE_INTRO
+    from learnforget.report.study_data import claims_for_study_dir, claims_for_suite_dir
 
     settings = _suite_settings(study_dir)
     for key in settings or [""]:
@@ -692,7 +462,7 @@ def claims(study_dir: Annotated[Path, typer.Argument(help="Study directory.")]) 
 
 def _suite_settings(directory: Path) -> list[str]:
     """Sub-directories holding studies, when `directory` is a suite's output (and not a study itself)."""
-    from learnforget.study.store import DB_NAME
+    from learnforget.study.store_schema import DB_NAME
 
     if (directory / DB_NAME).exists() or not directory.is_dir():
         return []

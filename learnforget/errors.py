@@ -48,8 +48,8 @@ def _storage_problem(error: BaseException, directory) -> str | None:
 
 def _directory_problem(directory) -> str | None:
     """Why nothing can be written in `directory` (or its nearest existing parent), or None."""
-    import os
-    from pathlib import Path
+    import os  # only this path needs it
+    from pathlib import Path  # only this path needs it
 
     path = Path(directory).absolute()
     existing = next((p for p in (path, *path.parents) if p.exists()), None)

@@ -28,7 +28,8 @@ def synthetic_study(study_dir: Path, arms=GRID_ARMS, unfinished: int = 0, seed: 
     no numbers. Returns (store, StudyConfig, arm names)."""
     from learnforget.config.arms import expand_arms
     from learnforget.config.study import StudyConfig
-    from learnforget.study.store import ARM_COLUMNS, Store
+    from learnforget.study.store import Store
+    from learnforget.study.store_schema import ARM_COLUMNS
 
     study = StudyConfig.model_validate(
         {"name": "grid", "budget_tokens": 40_960, "milestones": 3, "arms": arms}
@@ -49,9 +50,9 @@ def synthetic_study(study_dir: Path, arms=GRID_ARMS, unfinished: int = 0, seed: 
         done = i < len(expanded) - unfinished
         cost = (1000 * (arm.rank or 1500), 9000.0, 4.5, 480.0) if done else (None,) * 4
         settings = arm.model_dump()
+        settings["peft"] = json.dumps(arm.peft, sort_keys=True) if arm.peft else None
         row = (arm.name, *[settings.get(c) for c in ARM_COLUMNS], "done" if done else "running", *cost)
-        peft = json.dumps(arm.peft, sort_keys=True) if arm.peft else None
-        arms.append((*row, time.time() + i * 1e-3, peft))  # registration time: the display order
+        arms.append((*row, time.time() + i * 1e-3))  # registration time: the display order
         if not done:
             continue
         strength = (
@@ -80,7 +81,6 @@ def synthetic_study(study_dir: Path, arms=GRID_ARMS, unfinished: int = 0, seed: 
         "train_seconds",
         "peak_memory_mb",
         "registered",
-        "peft",
     )
     columns = ", ".join(("name", *ARM_COLUMNS, *extra))
     with closing(sqlite3.connect(store.part_path)) as conn, conn:  # this process's part of the store

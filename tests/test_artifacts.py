@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from learnforget.config.study import StudyConfig
-from learnforget.study.arm import evaluate_model
+from learnforget.evaluate.arm_model import evaluate_model
 from learnforget.study.store import Store
 from tests.conftest import MICRO_STUDY, cli_exit_code
 

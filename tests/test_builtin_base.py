@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from learnforget.base import load as model_mod
-from learnforget.base.report import (
+from learnforget.config.study import BaseRecipe
+from learnforget.data import corpora
+from learnforget.report.base import (
     MAX_EMBEDDING_SHARE,
     MAX_TARGET_SHARE,
     MIN_TOKENS_PER_PARAM,
@@ -19,8 +21,6 @@ from learnforget.base.report import (
     closeness,
     proportion_failures,
 )
-from learnforget.config.study import BaseRecipe
-from learnforget.data import corpora
 
 TINY = BaseRecipe(
     vocab_size=300, tokenizer_bytes=20_000, hidden_size=16, num_layers=1, num_heads=2,

@@ -10,15 +10,15 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from learnforget.analyse.diversity import (
+from learnforget.errors import UserError
+from learnforget.evaluate import choice
+from learnforget.evaluate.choice import build_choice_items, choice_loglikelihoods, encode_pair, score_choices
+from learnforget.evaluate.diversity import (
     DIVERSITY_SAMPLES,
     DIVERSITY_TEMPERATURE,
     distinct_fraction,
     diversity_report,
 )
-from learnforget.errors import UserError
-from learnforget.evaluate import choice
-from learnforget.evaluate.choice import build_choice_items, choice_loglikelihoods, encode_pair, score_choices
 from learnforget.evaluate.generate import generate, truncate_at_stop
 
 torch.set_num_threads(1)

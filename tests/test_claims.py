@@ -6,15 +6,11 @@ import math
 
 import pytest
 
-from learnforget.analyse.claims import (
-    OUR_CLAIMS,
-    PAPER_CLAIMS,
-    claims_markdown,
-    judge_claims,
-    matched_forgetting,
-    verdict,
-)
+from learnforget.analyse.claims import OUR_CLAIMS, PAPER_CLAIMS, judge_claims
+from learnforget.analyse.claims_matched import matched_forgetting
+from learnforget.analyse.claims_text import claims_markdown
 from learnforget.analyse.suite_claims import judge_suite
+from learnforget.analyse.verdicts import verdict
 
 LEARN = ("code/loss", False)
 FORGET = ("english/loss", False)
@@ -753,12 +749,15 @@ def test_suite_needs_both_settings_and_one_forgetting_metric():
 
 def test_study_dir_entry_points(tmp_path, capsys):
     """claims / recommend / frontier / suite summary / `learnforget claims` on real results stores."""
-    from learnforget.analyse.claims import claims_for_study_dir
-    from learnforget.analyse.frontier import frontier_for_study_dir, recommend_for_study_dir
-    from learnforget.analyse.suite_claims import claims_for_suite_dir
     from learnforget.config.metrics import forgetting_metric, learning_metric
     from learnforget.config.study import StudyConfig
     from learnforget.errors import UserError
+    from learnforget.report.study_data import (
+        claims_for_study_dir,
+        claims_for_suite_dir,
+        frontier_for_study_dir,
+        recommend_for_study_dir,
+    )
     from learnforget.report.tables import write_suite_summary
     from learnforget.study.store import Store
     from tests.test_study import run_cli

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from learnforget.arms.build import prepare_arm
 from learnforget.runtime.compiling import compile_layers
-from learnforget.train.loop import make_optimizer, prepare_arm, train_steps
+from learnforget.train.loop import make_optimizer, train_steps
 from tests.test_fused_loss import arm, rows_and_labels, tiny_llama
 
 TOLERANCE = 1e-5  # nats/token and weights after 4 steps: a fused kernel sums in another order

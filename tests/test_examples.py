@@ -241,7 +241,7 @@ def test_bad_records_name_file_and_line_and_records_past_the_examples_are_not_re
 def test_data_pt_names_the_example_file_and_a_cleared_cache_is_rebuilt(tokenizer, cache, tmp_path):
     import shutil
 
-    from learnforget.study.arm import DATA_FILE, prepare_data
+    from learnforget.study.data import DATA_FILE, prepare_data
 
     tokenizer.save_pretrained(tmp_path / "base")
     study = math_study(eval={"loss_tokens": 128, "choice_items": 0, "generation_problems": 0,

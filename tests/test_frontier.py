@@ -5,18 +5,15 @@ from __future__ import annotations
 import pytest
 
 from learnforget.analyse.frontier import (
-    configuration_name,
     describe_recommendation,
     frontier_markdown,
-    frontier_plot,
     lr_sensitivity,
     pareto_frontier,
-    points,
     recommend,
-    seed_average,
-    sweep_name,
 )
+from learnforget.analyse.points import points, seed_average
 from learnforget.errors import UserError
+from learnforget.report.frontier_plot import frontier_plot
 
 LEARN = ("code/loss", False)
 FORGET = ("english/loss", False)
@@ -24,10 +21,11 @@ FORGET = ("english/loss", False)
 
 def rows_of(arm: str, method: str, curve: dict[int, tuple[float, float]], lr: float = 1e-3, seed: int = 0, **settings) -> list[dict]:  # fmt: skip
     """Store-like metric rows: curve = milestone -> (code/loss, english/loss)."""
+    rank = settings.get("rank", 4) if method == "lora" else None
     arm_settings = dict(
-        method=method, rank=settings.get("rank"), alpha=None, target_modules=settings.get("target_modules", "all"),
+        method=method, rank=rank, alpha=2 * rank if rank else None, target_modules=settings.get("target_modules", "all"),
         learning_rate=None if method == "base" else lr, weight_decay=settings.get("weight_decay", 0.0),
-        dropout=0.0, train_embeddings=method == "full", seed=seed,
+        dropout=0.0, train_embeddings=method == "full", seed=seed, optimizer=settings.get("optimizer", "adamw"),
     )  # fmt: skip
     rows = []
     for milestone, (code, english) in curve.items():
@@ -39,11 +37,47 @@ def rows_of(arm: str, method: str, curve: dict[int, tuple[float, float]], lr: fl
 BASE = rows_of("base", "base", {0: (3.0, 2.0)})
 
 
-def test_names():
-    assert configuration_name("lora-r4-all-lr5e-3-s12") == "lora-r4-all-lr5e-3"
-    assert configuration_name("base") == "base"
-    assert sweep_name("full-lr5e-4-wd0.1") == "full-wd0.1"
-    assert sweep_name("lora-r4-all-a8-lr1e-10-lion") == "lora-r4-all-a8-lion"
+def test_configuration_and_sweep_come_from_the_settings_not_the_name():
+    rows = BASE + rows_of("x-s12", "lora", {1: (2.0, 2.1)}, lr=5e-3, seed=12, rank=4)
+    rows += rows_of("y", "full", {1: (1.0, 2.5)}, lr=5e-4, weight_decay=0.1)
+    rows += rows_of("z", "lora", {1: (2.0, 2.1)}, lr=1e-10, rank=4, optimizer="lion")
+    labels = {p["arm"]: (p["configuration"], p["sweep"]) for p in points(rows, LEARN, FORGET)}
+    assert labels == {
+        "base": ("base", "base"),
+        "x-s12": ("lora-r4-all-lr5e-3", "lora-r4-all"),
+        "y": ("full-lr5e-4-wd0.1", "full-wd0.1"),
+        "z": ("lora-r4-all-lr1e-10-lion", "lora-r4-all-lion"),
+    }
+    # A row without an optimizer reads as AdamW: the same configuration as the AdamW arm.
+    no_optimizer = [
+        {k: v for k, v in r.items() if k != "optimizer"}
+        for r in rows_of("w", "lora", {1: (2.0, 2.1)}, lr=5e-3)
+    ]
+    assert points(no_optimizer, LEARN, FORGET)[0]["configuration"] == "lora-r4-all-lr5e-3"
+
+
+def test_different_configurations_sharing_a_label_never_merge():
+    # peft LoRA with a Gaussian initialisation is named like peft's default LoRA: both 'lora-r8-lr1e-3'.
+    def peft_arm(arm: str, peft: str, seed: int = 0) -> list[dict]:
+        return [
+            dict(r, peft=peft, alpha=None)
+            for r in rows_of(arm, "lora", {1: (2.0, 2.1)}, lr=1e-3, rank=8, seed=seed)
+        ]
+
+    default, gaussian = (
+        '{"r": 8, "type": "LORA"}',
+        '{"init_lora_weights": "gaussian", "r": 8, "type": "LORA"}',
+    )
+    rows = peft_arm("a-s0", default) + peft_arm("a-s1", '{"type": "LORA", "r": 8}', seed=1)
+    assert {p["configuration"] for p in points(rows, LEARN, FORGET)} == {
+        "lora-r8-lr1e-3"
+    }  # one configuration
+    avg = seed_average(points(rows + peft_arm("b-s0", gaussian), LEARN, FORGET))
+    names = sorted(p["configuration"] for p in avg)
+    assert len(names) == 2 and all(
+        n.startswith("lora-r8-lr1e-3-") and len(n) == len("lora-r8-lr1e-3-") + 6 for n in names
+    )
+    assert sorted(p["seeds"] for p in avg) == [1, 2] and len({p["sweep"] for p in avg}) == 2
 
 
 def test_points_one_per_arm_and_milestone():

@@ -76,9 +76,11 @@ def test_sharded_arm_trains_gathers_checkpoints_and_saves_like_a_plain_one(proce
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
     from transformers.distributed.fsdp import is_fsdp_managed_module
 
+    from learnforget.arms.delta import merged_weights
     from learnforget.runtime import sharding
-    from learnforget.study.arm import checkpoint_state, restore_checkpoint, save_final
-    from learnforget.train.loop import make_optimizer, merged_weights, train_steps
+    from learnforget.study.checkpoints import checkpoint_state, restore_checkpoint
+    from learnforget.study.saving import save_final
+    from learnforget.train.loop import make_optimizer, train_steps
 
     rows = torch.randint(0, LLAMA["vocab_size"], (16, 16), generator=torch.Generator().manual_seed(1))
     plain, sharded = tiny_llama(lora), sharding.shard_model(tiny_llama(lora))

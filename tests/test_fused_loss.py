@@ -7,10 +7,11 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+from learnforget.arms.build import prepare_arm
 from learnforget.config.arms import expand_arms
 from learnforget.config.study import StudyConfig
 from learnforget.train.fused_loss import causal_lm_loss, fused_loss_parts
-from learnforget.train.loop import make_optimizer, prepare_arm, train_steps
+from learnforget.train.loop import make_optimizer, train_steps
 
 LOSS_TOLERANCE = 1e-5  # nats/token, over 6 steps: float rounding of a different summation order
 

@@ -322,7 +322,7 @@ def test_a_long_document_tokenizes_in_pieces_to_the_same_ids_in_linear_time():
     import time
 
     from learnforget.base.load import SHIPPED_BASE, load_tokenizer
-    from learnforget.data.tokens import LONG_TEXT_CHARS, encode_texts, text_pieces
+    from learnforget.data.encoding import LONG_TEXT_CHARS, encode_texts, text_pieces
 
     tokenizer = load_tokenizer(str(SHIPPED_BASE))
     rng = random.Random(SEED)

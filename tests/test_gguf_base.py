@@ -232,7 +232,7 @@ def test_smollm2_micro_study_and_exact_adapter_reload(tmp_path):
     from transformers import AutoTokenizer
 
     from learnforget.config.study import StudyConfig
-    from learnforget.study.arm import evaluate_model
+    from learnforget.evaluate.arm_model import evaluate_model
     from learnforget.study.store import Store
 
     study = {

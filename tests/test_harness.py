@@ -2,6 +2,7 @@
 
 import contextlib
 import copy
+import functools
 import json
 import os
 import random
@@ -15,9 +16,13 @@ import torch
 
 pytest.importorskip("lm_eval")
 
+from learnforget.config.metrics import higher_is_better
+from learnforget.config.study import EvalConfig, StudyConfig
 from learnforget.errors import UserError
+from learnforget.evaluate import suites
 from learnforget.evaluate.harness import (
     PAPER_FORGETTING_TASKS,
+    flatten_directions,
     flatten_results,
     paper_forgetting_score,
     run_harness,
@@ -251,6 +256,72 @@ def test_flatten_results_names_filtered_metrics():
         "gsm8k/exact_match,flexible-extract": 0.5,
         "winogrande/acc": 0.75,
     }
+
+
+def low_task_dir(tmp_path):
+    """A task directory holding tiny_low: tiny_mc whose task declares acc lower-is-better, against its name."""
+    data = tmp_path / "tiny_mc.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in DOCS), encoding="utf-8")
+    tasks = tmp_path / "low_tasks"
+    tasks.mkdir()
+    yaml = TASK_YAML.replace("task: tiny_mc", "task: tiny_low").replace(
+        "higher_is_better: true", "higher_is_better: false", 1
+    )
+    (tasks / "tiny_low.yaml").write_text(yaml.format(data=data, cache=tmp_path / "cache"), encoding="utf-8")
+    return tasks
+
+
+def test_the_recorded_direction_of_a_harness_metric_is_lm_evals_own(
+    tiny_model_and_tokenizer, tmp_path, monkeypatch
+):
+    """A task that declares `acc` lower-is-better is recorded so, where a guess from the name says higher."""
+    model, tokenizer = tiny_model_and_tokenizer
+    tasks = low_task_dir(tmp_path)
+    directions: dict[str, bool] = {}
+    metrics = run_harness(
+        model, tokenizer, ["tiny_low"], batch_size=4, include_path=str(tasks), include_builtin_tasks=False,
+        directions=directions,
+    )  # fmt: skip
+    assert directions == {"tiny_low/acc": False, "tiny_low/acc_norm": True} and set(directions) == set(
+        metrics
+    )
+
+    # Through the suites, keyed like the metrics they record; the registry then takes lm-eval's word.
+    local_only = functools.partial(run_harness, include_builtin_tasks=False)  # skip indexing ~15k tasks
+    monkeypatch.setattr(suites, "run_harness", local_only)
+    ev = EvalConfig(batch_size=4, harness_tasks=["tiny_low"], harness_include_path=str(tasks))
+    study = StudyConfig(base_model="local", domain="math", seq_len=64, eval=ev)
+    recorded: dict[str, bool] = {}
+    values = suites.evaluate_suites(model, tokenizer, study, {"loss": {}}, directions=recorded)
+    assert values == {f"harness/{name}": value for name, value in metrics.items()}
+    assert recorded == {"harness/tiny_low/acc": False, "harness/tiny_low/acc_norm": True}
+    assert higher_is_better("harness/tiny_low/acc")  # the name-based guess, without lm-eval's word
+    assert not higher_is_better("harness/tiny_low/acc", recorded)
+
+
+def test_flatten_directions_names_them_as_flatten_results_does():
+    results = {
+        "results": {
+            "gsm8k": {
+                "alias": "gsm8k",
+                "exact_match,strict-match": 0.25,
+                "exact_match_stderr,strict-match": "N/A",
+            },
+            "wikitext": {"word_perplexity,none": 30.5, "bits_per_byte,none": 1.1},
+            "mixed": {"acc,none": 0.5},
+        },
+        "higher_is_better": {
+            "gsm8k": {"exact_match": True},
+            "wikitext": {"word_perplexity": False, "bits_per_byte": False},
+            "mixed": {"acc": None},  # a group whose tasks disagree: no direction
+        },
+    }
+    assert flatten_directions(results) == {
+        "gsm8k/exact_match,strict-match": True,
+        "wikitext/word_perplexity": False,
+        "wikitext/bits_per_byte": False,
+    }
+    assert set(flatten_directions(results)) <= set(flatten_results(results))
 
 
 def test_paper_forgetting_score_averages_the_three_benchmarks():

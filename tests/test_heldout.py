@@ -12,7 +12,7 @@ import torch
 from learnforget.data import corpora
 from learnforget.data.tokens import pack_documents, sample_packed_rows, train_tokenizer
 from learnforget.errors import UserError
-from learnforget.study.arm import EVAL_DIGEST, check_same_evaluation, content_digest
+from learnforget.study.data import EVAL_DIGEST, check_same_evaluation, content_digest
 from learnforget.study.store import Store
 
 SEQ_LEN, ROWS, SEED = 64, 48, 1234
@@ -85,7 +85,7 @@ def test_forgetting_can_be_measured_on_other_source_corpora():
     from learnforget.base.load import SHIPPED_BASE
     from learnforget.config.metrics import forgetting_metric, produced_metrics
     from learnforget.config.study import StudyConfig
-    from learnforget.data.datasets import evaluation_sets
+    from learnforget.evaluate.sets import evaluation_sets
 
     prose = corpora.documents("prose", "heldout")
     assert len(prose) > 50 and all(d.name.startswith("pydoc/") and d.text.strip() for d in prose)

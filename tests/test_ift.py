@@ -309,8 +309,9 @@ def cpt_and_ift(**data):
 
 def test_cpt_scores_plain_prompts_unless_prompt_template_names_one_and_the_dry_run_says_which():
     from learnforget.data import corpora
-    from learnforget.data.datasets import generation_problems, study_template
+    from learnforget.data.datasets import study_template
     from learnforget.errors import UserError
+    from learnforget.evaluate.sets import generation_problems
     from learnforget.study.dryrun import data_plan
 
     chat, plain = chatml_tokenizer(), tiny_tokenizer()

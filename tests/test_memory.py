@@ -196,7 +196,7 @@ def test_each_arm_records_its_own_peak_memory_not_its_workers_lifetime_peak():
     """Workers run arm after arm: the peak an arm records must start at the arm (run_arm resets it)."""
     import sys
 
-    from learnforget.study.arm import peak_memory_mb, reset_peak_memory
+    from learnforget.runtime.peak_memory import peak_memory_mb, reset_peak_memory
 
     if not sys.platform.startswith("linux"):
         pytest.skip("the resettable high-water mark is Linux's /proc/self/clear_refs")

@@ -124,7 +124,8 @@ def base_dir(tmp_path_factory):
 
 
 def trained_arm(base_dir, settings: dict, steps: int):
-    from learnforget.train.loop import load_arm_model, make_optimizer, train_steps
+    from learnforget.arms.build import load_arm_model
+    from learnforget.train.loop import make_optimizer, train_steps
 
     (arm,) = arms_of({"method": "peft", "peft": settings, "learning_rate": 2e-2})
     torch.manual_seed(0)
@@ -138,8 +139,8 @@ def trained_arm(base_dir, settings: dict, steps: int):
 @pytest.mark.parametrize("method", list(METHODS))
 def test_delta_w_of_every_method_equals_peft_dense_merge(base_dir, method):
     from learnforget.analyse.spectrum import spectrum_of_state_dicts
+    from learnforget.arms.delta import merged_weights
     from learnforget.base.load import load_causal_lm
-    from learnforget.train.loop import merged_weights
 
     arm, model = trained_arm(base_dir, METHODS[method], steps=2)
     assert arm.method == method
@@ -164,8 +165,8 @@ def test_delta_w_of_every_method_equals_peft_dense_merge(base_dir, method):
 
 @pytest.mark.parametrize("method", ["pissa", "olora"])
 def test_base_rewriting_methods_measure_delta_w_from_the_original_base(base_dir, method):
+    from learnforget.arms.delta import merged_weights
     from learnforget.base.load import load_causal_lm
-    from learnforget.train.loop import merged_weights
 
     _, model = trained_arm(base_dir, METHODS[method], steps=0)
     residual = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
@@ -178,9 +179,9 @@ def test_base_rewriting_methods_measure_delta_w_from_the_original_base(base_dir,
 @pytest.mark.parametrize("method", ["dora", "ia3", "pissa"])
 def test_saved_adapters_of_any_method_give_the_same_spectra(base_dir, tmp_path, method):
     from learnforget.analyse.spectrum import compare_checkpoints, spectrum_of_state_dicts
+    from learnforget.arms.delta import merged_weights
     from learnforget.base.load import load_causal_lm
-    from learnforget.study.arm import save_initial_adapter
-    from learnforget.train.loop import merged_weights
+    from learnforget.study.saving import save_initial_adapter
 
     arm, model = trained_arm(base_dir, METHODS[method], steps=0)
     initial = save_initial_adapter(model, arm, tmp_path)
@@ -258,7 +259,7 @@ def eval_setup(tmp_path_factory):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from learnforget.base.load import SHIPPED_BASE, load_tokenizer
-    from learnforget.data.datasets import evaluation_sets
+    from learnforget.evaluate.sets import evaluation_sets
 
     tokenizer = load_tokenizer(str(SHIPPED_BASE))
     torch.manual_seed(0)
@@ -275,7 +276,8 @@ def eval_setup(tmp_path_factory):
 
 
 def train_arm(path, spec: dict, steps: int, start: int = 0, model=None, optimizer=None):
-    from learnforget.train.loop import load_arm_model, make_optimizer, train_steps
+    from learnforget.arms.build import load_arm_model
+    from learnforget.train.loop import make_optimizer, train_steps
 
     (arm,) = arms_of({**spec, "learning_rate": 2e-2})
     if model is None:
@@ -289,9 +291,8 @@ def train_arm(path, spec: dict, steps: int, start: int = 0, model=None, optimize
 
 @pytest.mark.parametrize("name", list(MERGED_EVAL_ARMS))
 def test_merged_copy_evaluates_like_the_adapter_model_and_leaves_it_untouched(eval_setup, name):
-    from learnforget.evaluate.arm_model import ArmEvaluator
-    from learnforget.study.arm import evaluate_model
-    from learnforget.train.loop import merged_weights
+    from learnforget.arms.delta import merged_weights
+    from learnforget.evaluate.arm_model import ArmEvaluator, evaluate_model
 
     path, tokenizer, study, data = eval_setup
     arm, model, _, _ = train_arm(path, MERGED_EVAL_ARMS[name], steps=2)
@@ -374,8 +375,7 @@ def test_sharded_large_or_mismatched_arms_evaluate_the_adapter_model(eval_setup,
 def test_a_head_trained_apart_from_its_tied_embeddings_evaluates_the_adapter_model(eval_setup, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from learnforget.evaluate.arm_model import ArmEvaluator
-    from learnforget.study.arm import evaluate_model
+    from learnforget.evaluate.arm_model import ArmEvaluator, evaluate_model
 
     _, tokenizer, study, data = eval_setup
     config = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,

@@ -7,8 +7,8 @@ from contextlib import closing
 
 import pytest
 
-from learnforget.analyse.claims import claims_for_study_dir, claims_markdown
-from learnforget.analyse.frontier import recommend_for_study_dir
+from learnforget.analyse.claims_text import claims_markdown
+from learnforget.report.study_data import claims_for_study_dir, recommend_for_study_dir
 from tests.synthetic_grid import synthetic_study
 
 PAPER_ARMS = [
@@ -102,7 +102,7 @@ def test_recommend_considers_every_method(tmp_path):
 
 
 def test_methods_table_ranks_methods_on_the_frontier_with_costs_and_spreads(tmp_path):
-    from learnforget.analyse.methods import method_rows, methods_markdown
+    from learnforget.report.study_data import method_rows, methods_markdown
 
     synthetic_study(tmp_path, [*PAPER_ARMS, *OTHERS])
     with_intruders(tmp_path, "more")

@@ -10,9 +10,10 @@ import pytest
 import torch
 import yaml
 
+from learnforget.arms.build import load_arm_model
 from learnforget.config.arms import Arm
 from learnforget.errors import UserError
-from learnforget.train.loop import load_arm_model, make_optimizer, train_steps
+from learnforget.train.loop import make_optimizer, train_steps
 from tests.conftest import MICRO_STUDY
 from tests.test_choice_generate import make_tokenizer
 

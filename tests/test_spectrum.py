@@ -346,7 +346,7 @@ def test_lora_milestone_spectra_are_factored_and_match_the_dense_path(tmp_path, 
     from peft import LoraConfig, get_peft_model
 
     from learnforget.analyse.spectrum import spectrum_of_model
-    from learnforget.train.loop import merged_weights
+    from learnforget.arms.delta import merged_weights
 
     base_sd = {k: v.clone() for k, v in tiny_llama().state_dict().items()}
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]  # the paper's "All"

@@ -25,13 +25,14 @@ from transformers import (
     Qwen2Config,
 )
 
+from learnforget.arms.build import count_parameters, load_arm_model, prepare_arm
 from learnforget.arms.targets import dropout_overrides, resolve_targets
 from learnforget.config.arms import Arm, expand_arms
 from learnforget.config.load import load_study
 from learnforget.config.study import StudyConfig
 from learnforget.errors import UserError
 from learnforget.study.dryrun import arm_size
-from learnforget.train.loop import count_parameters, load_arm_model, make_optimizer, prepare_arm, train_steps
+from learnforget.train.loop import make_optimizer, train_steps
 from tests.test_study import run_cli
 
 RANK = 4
@@ -230,8 +231,8 @@ def test_full_finetuning_dropout_on_gpt2_sets_attn_pdrop_and_trains(saved):
 
 def test_full_dropout_without_an_attention_dropout_key_is_a_one_line_error():
     with pytest.raises(UserError, match="PreTrainedConfig has no attention-dropout key"):
-        dropout_overrides(PretrainedConfig(), "full", 0.1)
-    assert dropout_overrides(PretrainedConfig(), "full", 0.0) == {}
+        dropout_overrides(PretrainedConfig(), True, 0.1)
+    assert dropout_overrides(PretrainedConfig(), True, 0.0) == {}
 
 
 @pytest.mark.parametrize(

@@ -1,124 +1,34 @@
 """The learning–forgetting trade-off of a finished study: Pareto frontier, recommendation, LR sensitivity.
 
-Everything here is a pure function over plain rows (`Store.metric_rows()`), so it runs without torch:
+Everything here is a pure function over points (`analyse.points`), so it runs without torch or a store:
 
-- `points`: one point per (arm, milestone) with the arm's settings, its learning and forgetting values.
-- `seed_average`: one point per (configuration, milestone); a configuration is an arm without its seed.
 - `pareto_frontier`: the points no other point beats on both axes (learns more AND forgets less).
 - `recommend`: the configuration + milestone that learns most while forgetting at most a threshold.
 - `lr_sensitivity`: per learning-rate sweep, the best LR and how fast the learning metric falls away.
-- `frontier_plot` / `frontier_markdown`: the PNG and the summary.md section.
+- `frontier_markdown`: the summary.md section (the plot is `report.frontier_plot`, a study directory's
+  numbers come through `report.study_data`).
 
-An axis is a `(metric name, higher is better)` pair, e.g. `("code/loss", False)`. Internally every value is
-turned into a *score* (the value, negated when lower is better), so "higher score = better" on both axes:
-learns more on the learning axis, keeps more (forgets less) on the forgetting axis.
+Every value is compared as a *score* (the value, negated when lower is better), so "higher score =
+better" on both axes: learns more on the learning axis, keeps more (forgets less) on the forgetting axis.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
-from pathlib import Path
 from statistics import mean
 
+from learnforget.analyse.points import (
+    SETTINGS,
+    Axis,
+    base_point,
+    degradation,
+    is_base,
+    is_full,
+    score,
+    seed_average,
+)
 from learnforget.errors import UserError
-
-Axis = tuple[str, bool]
-MAX_LABELS = 10  # direct labels on the frontier plot
-SETTINGS = (
-    "method", "rank", "alpha", "target_modules", "learning_rate", "weight_decay", "dropout", "train_embeddings",
-    "peft",
-)  # fmt: skip
-
-
-def configuration_name(arm: str) -> str:
-    """The arm's name without its seed suffix: 'lora-r4-all-lr5e-3-s1' -> 'lora-r4-all-lr5e-3'."""
-    return re.sub(r"-s\d+$", "", arm)
-
-
-def sweep_name(configuration: str) -> str:
-    """The configuration without its learning rate: the LR sweep it belongs to ('lora-r4-all')."""
-    return re.sub(r"-lr[0-9.]+(e[-+]?\d+)?(?=-|$)", "", configuration)
-
-
-def score(value: float, higher_is_better: bool) -> float:
-    """The value oriented so that higher is better."""
-    return value if higher_is_better else -value
-
-
-def degradation(value: float, base_value: float, higher_is_better: bool) -> float:
-    """How much worse than the base a forgetting value is (positive = forgot: loss rise, accuracy drop)."""
-    return score(base_value, higher_is_better) - score(value, higher_is_better)
-
-
-def half_range(values: list[float]) -> float | None:
-    """Seed spread: (max - min) / 2 over seeds; None (unknown) with fewer than two seeds."""
-    return (max(values) - min(values)) / 2 if len(values) >= 2 else None
-
-
-# ---------------------------------------------------------------------------------------------------
-# Points
-
-
-def points(rows: list[dict], learning: Axis, forgetting: Axis) -> list[dict]:
-    """One point per (arm, milestone) that has both axes' values, in row order.
-
-    Each point: the arm's settings (SETTINGS, seed, step, milestone), `arm`, `configuration`,
-    `learning` and `forgetting` values, and `metrics` (every metric measured at that milestone).
-    Non-finite values are dropped. The base model is a point with method 'base' (milestone 0).
-    """
-    grouped: dict[tuple[str, int], dict] = {}
-    for row in rows:
-        key = (row["arm"], row["milestone"])
-        if key not in grouped:
-            grouped[key] = {k: row.get(k) for k in (*SETTINGS, "seed", "step", "milestone")}
-            grouped[key].update(arm=row["arm"], configuration=configuration_name(row["arm"]), metrics={})
-        if row["value"] is not None and math.isfinite(row["value"]):
-            grouped[key]["metrics"][row["metric"]] = float(row["value"])
-    result = []
-    for point in grouped.values():
-        if learning[0] in point["metrics"] and forgetting[0] in point["metrics"]:
-            point.update(learning=point["metrics"][learning[0]], forgetting=point["metrics"][forgetting[0]])
-            result.append(point)
-    return result
-
-
-def seed_average(pts: list[dict]) -> list[dict]:
-    """One point per (configuration, milestone): means over seeds, with each metric's seed spread.
-
-    Adds `arms` (the seeds' arm names), `seeds` (count), `learning_spread`, `forgetting_spread` and
-    `spreads` (metric -> half-range over seeds, None with one seed).
-    """
-    groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
-    for p in pts:
-        groups[(p["configuration"], p["milestone"])].append(p)
-    averaged = []
-    for (configuration, milestone), group in groups.items():
-        point = {k: group[0][k] for k in (*SETTINGS, "step")}
-        names = {m for p in group for m in p["metrics"]}
-        per_metric = {m: [p["metrics"][m] for p in group if m in p["metrics"]] for m in names}
-        point.update(
-            configuration=configuration,
-            milestone=milestone,
-            arms=sorted(p["arm"] for p in group),
-            seeds=len(group),
-            learning=mean(p["learning"] for p in group),
-            forgetting=mean(p["forgetting"] for p in group),
-            learning_spread=half_range([p["learning"] for p in group]),
-            forgetting_spread=half_range([p["forgetting"] for p in group]),
-            metrics={m: mean(v) for m, v in per_metric.items()},
-            spreads={m: half_range(v) for m, v in per_metric.items()},
-        )
-        averaged.append(point)
-    return averaged
-
-
-def base_point(pts: list[dict]) -> dict | None:
-    """The base model's point (seed-averaged if it appears more than once), or None."""
-    base = [p for p in seed_average(pts) if p["method"] == "base"]
-    return base[0] if base else None
-
 
 # ---------------------------------------------------------------------------------------------------
 # Frontier and recommendation
@@ -152,7 +62,7 @@ def recommend(
     tokens. Returns None when no trained configuration fits.
     """
     averaged = seed_average(pts)
-    base = next((p for p in averaged if p["method"] == "base"), None)
+    base = next((p for p in averaged if is_base(p)), None)
     if relative_to_base and base is None:
         raise UserError(
             "recommend: the study has no base-model evaluation (arm 'base'), so forgetting relative to the "
@@ -160,7 +70,7 @@ def recommend(
         )
     fits = []
     for p in averaged:
-        if p["method"] == "base":
+        if is_base(p):
             continue
         lost = degradation(p["forgetting"], base["forgetting"], forgetting[1]) if base else None
         if relative_to_base:
@@ -194,7 +104,7 @@ def recommend(
         "max_forgetting": max_forgetting,
         "relative_to_base": relative_to_base,
         "candidates": len(fits),
-        "considered": sum(p["method"] != "base" for p in averaged),
+        "considered": sum(not is_base(p) for p in averaged),
     }
 
 
@@ -249,8 +159,8 @@ def lr_sensitivity(pts: list[dict], learning: Axis, by: tuple[str, ...] | None =
     """
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for p in seed_average(pts):
-        if p["method"] != "base" and p["learning_rate"]:
-            groups[(sweep_name(p["configuration"]),) if by is None else tuple(p[f] for f in by)].append(p)
+        if not is_base(p) and p["learning_rate"]:
+            groups[(p["sweep"],) if by is None else tuple(p[f] for f in by)].append(p)
     rows = []
     for key, group in groups.items():
         final = max(p["milestone"] for p in group)
@@ -266,7 +176,7 @@ def lr_sensitivity(pts: list[dict], learning: Axis, by: tuple[str, ...] | None =
         decades = [abs(math.log10(n) - math.log10(best)) for n in neighbours]
         spreads = [p["learning_spread"] for p in at_final if p["learning_spread"] is not None]
         drops = [abs(values[n] - values[best]) / d for n, d in zip(neighbours, decades, strict=True)]
-        first, is_lora = at_final[0], at_final[0]["method"] != "full"  # LoRA or another adapter method
+        first, is_lora = at_final[0], not is_full(at_final[0])  # LoRA or another adapter method
         rows.append(
             {
                 "sweep": key[0] if by is None else " ".join(f"{f}={v}" for f, v in zip(by, key, strict=True)),
@@ -289,59 +199,7 @@ def lr_sensitivity(pts: list[dict], learning: Axis, by: tuple[str, ...] | None =
 
 
 # ---------------------------------------------------------------------------------------------------
-# Plot and markdown
-
-
-def frontier_plot(
-    pts: list[dict], frontier: list[dict], learning: Axis, forgetting: Axis, path: str | Path
-) -> Path:
-    """PNG: every point coloured by family (shade = rank or learning rate), the frontier as a line with
-    direct labels (at most MAX_LABELS, evenly spread along it, so they stay legible), the base as a star.
-
-    Axes are oriented so that up = learns more and right = forgets more, whatever the metrics' directions.
-    """
-    from matplotlib.lines import Line2D
-
-    from learnforget.report.style import colors, family, new_axes, save
-
-    fig, ax = new_axes((7.5, 5.5))
-    arms = [p for p in pts if p["method"] != "base"]
-    palette = colors(arms)
-    handles = []
-    for name in sorted({family(p) for p in arms}, key=lambda f: (not f.startswith("full"), f)):
-        group = [p for p in arms if family(p) == name]
-        shades = [palette[p["configuration"]] for p in group]
-        ax.scatter(
-            [p["forgetting"] for p in group], [p["learning"] for p in group], s=16, alpha=0.75, color=shades
-        )
-        darkest = min(shades, key=lambda c: sum(int(c[i : i + 2], 16) for i in (1, 3, 5)))
-        handles.append(Line2D([], [], marker="o", linestyle="", color=darkest, label=name))
-    if frontier:
-        (line,) = ax.plot(
-            [p["forgetting"] for p in frontier], [p["learning"] for p in frontier], "k-", lw=1.2
-        )
-        handles.append(line)
-        line.set_label("Pareto frontier")
-        labelled = [p for p in frontier if p["method"] != "base"]
-        every = max(1, math.ceil(len(labelled) / MAX_LABELS))
-        for p in labelled[::every]:
-            ax.annotate(
-                f"{p['arm']}@{p['milestone']:,}", (p["forgetting"], p["learning"]), fontsize=6, alpha=0.85,
-                xytext=(4, -8), textcoords="offset points",
-            )  # fmt: skip
-    base = [p for p in pts if p["method"] == "base"]
-    if base:
-        (star,) = ax.plot([base[0]["forgetting"]], [base[0]["learning"]], "k*", markersize=14, zorder=5)
-        star.set_label("base")
-        handles.append(star)
-    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    ax.set_xlabel(f"{forgetting[0]}  (right = forgets more)")
-    ax.set_ylabel(f"{learning[0]}  (up = learns more)")
-    if not learning[1]:
-        ax.invert_yaxis()
-    if forgetting[1]:
-        ax.invert_xaxis()
-    return save(fig, ax, "Learning–forgetting trade-off", path, legend=False)
+# Markdown
 
 
 def _cell(value, digits: int = 4) -> str:
@@ -407,53 +265,3 @@ def frontier_markdown(
         header = ["sweep", "LRs", "best LR", "best value", "change per decade", "spread", "seed spread"]
         parts.append(_table(header, body))
     return "\n".join(parts) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------------
-# On a study directory
-
-
-def study_axes(study_dir: str | Path) -> tuple[list[dict], list[dict], Axis, Axis, object]:
-    """(metric rows, matrix rows, learning axis, forgetting axis, StudyConfig) of a study directory."""
-    from pydantic import ValidationError
-
-    from learnforget.config.metrics import forgetting_metric, learning_metric
-    from learnforget.config.study import StudyConfig
-    from learnforget.study.store import open_store
-
-    store = open_store(study_dir)
-    config = store.info("config")
-    if config is None:
-        raise UserError(
-            f"{study_dir}: the study store holds no config; rerun `learnforget run --out {study_dir}`"
-        )
-    try:
-        study = StudyConfig.model_validate(config)
-    except ValidationError as err:
-        raise UserError(
-            f"{study_dir}: the stored study config no longer validates ({err.errors()[0]['msg']})"
-        ) from None
-    return store.metric_rows(), store.matrices(), learning_metric(study), forgetting_metric(study), study
-
-
-def recommend_for_study_dir(
-    study_dir: str | Path, max_forgetting: float, relative_to_base: bool = True
-) -> dict | None:
-    """`recommend` on a study directory's numbers, with the study's learning and forgetting metrics."""
-    rows, _, learning, forgetting, _ = study_axes(study_dir)
-    return recommend(
-        points(rows, learning, forgetting), learning, forgetting, max_forgetting, relative_to_base
-    )
-
-
-def frontier_for_study_dir(study_dir: str | Path, plot_name: str = "frontier.png") -> str:
-    """Write the frontier plot into the study directory and return the summary.md section."""
-    rows, _, learning, forgetting, _ = study_axes(study_dir)
-    pts = points(rows, learning, forgetting)
-    frontier = pareto_frontier(pts, learning, forgetting)
-    if pts:
-        frontier_plot(pts, frontier, learning, forgetting, Path(study_dir) / plot_name)
-    sensitivity = lr_sensitivity(pts, learning)
-    return frontier_markdown(
-        pts, frontier, learning, forgetting, sensitivity, plot_name=plot_name if pts else None
-    )

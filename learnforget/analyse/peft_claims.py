@@ -1,7 +1,7 @@
 """Beyond the paper: the paper's LoRA-vs-full comparisons for every other PEFT method, and intruder dimensions.
 
 - `method_claims`: for each PEFT method a study trains besides LoRA (DoRA, VeRA, IA³, ...; its family,
-  `peft_arms.method_family`), the paper's §4.1 and §4.2 comparisons and our matched-learning test, with
+  `config.peft.method_family`), the paper's §4.1 and §4.2 comparisons and our matched-learning test, with
   the method in LoRA's place: does it learn less than full finetuning, forget less, and forget less at
   matched learning? The paper only tested LoRA: these verdicts go beyond it.
 - `intruder_claim`: Shuttleworth et al. ("LoRA vs Full Fine-tuning: An Illusion of Equivalence", 2024)
@@ -16,30 +16,36 @@ from __future__ import annotations
 
 import math
 
+from learnforget.analyse.claims_learning import budget_and_peak
+from learnforget.analyse.claims_matched import claim_matched
+from learnforget.analyse.points import is_full, is_paper_method
 from learnforget.analyse.verdicts import INTRUDERS, StudyPoints, missing, part
+from learnforget.config.methods import family_label, method_of
 
-PAPER_METHODS = ("full", "lora", "base")
+# Shuttleworth et al. (2024): LoRA's intruder dimensions go with forgetting.
+INTRUDER_CLAIM = (
+    "Shuttleworth",
+    "Across adapter arms, more intruder dimensions in ΔW go with more forgetting.",
+)
 
 
 def other_methods(s: StudyPoints) -> list[str]:
-    """PEFT methods besides the paper's LoRA in this study, in order of appearance."""
-    return list(dict.fromkeys(p["method"] for p in s.trained if p["method"] not in PAPER_METHODS))
+    """Families of the PEFT methods besides the paper's LoRA in this study, in order of appearance."""
+    return list(dict.fromkeys(method_of(p).family for p in s.trained if not is_paper_method(p)))
 
 
 def method_claims(s: StudyPoints) -> list[tuple[str, str, str, dict]]:
     """(id, section, statement, verdict) of the paper's comparisons with each other PEFT method in LoRA's place."""
-    from learnforget.analyse.claims import _budget_and_peak, _claim_matched, method_label
-
     claims = []
     for method in other_methods(s):
-        label = method_label(method)
+        label = family_label(method)
         claims += [
             (f"{method}-4.1", "§4.1 (beyond)", f"{label} learns less than full finetuning, at the same budget "
-             "and at each method's peak.", _budget_and_peak(s, "learning", method)),
+             "and at each method's peak.", budget_and_peak(s, "learning", method)),
             (f"{method}-4.2", "§4.2 (beyond)", f"{label} forgets less than full finetuning, at the same budget "
-             "and at each method's peak learning.", _budget_and_peak(s, "forgetting", method)),
+             "and at each method's peak learning.", budget_and_peak(s, "forgetting", method)),
             (f"{method}-matched", "ours", f"{label} forgets less than full finetuning at matched learning.",
-             _claim_matched(s, method)),
+             claim_matched(s, method)),
         ]  # fmt: skip
     return claims
 
@@ -69,7 +75,7 @@ def spearman(xs: list[float], ys: list[float]) -> float:
 
 def intruder_claim(s: StudyPoints) -> dict:
     """More intruder dimensions go with more forgetting, across the adapter arms (see the module docstring)."""
-    pts = [p for p in s.final if p["method"] != "full" and INTRUDERS in p["metrics"]]
+    pts = [p for p in s.final if not is_full(p) and INTRUDERS in p["metrics"]]
     if len(pts) < 4:
         return missing(f"needs ≥4 adapter configurations with ΔW spectra ({INTRUDERS}); found {len(pts)}")
     intruders = [p["metrics"][INTRUDERS] for p in pts]

@@ -46,6 +46,9 @@ from learnforget.analyse.weights import (
     is_adapter_dir,
     resolve_model_dir,
 )
+from learnforget.arms.delta import merged_weights
+from learnforget.base.load import load_causal_lm
+from learnforget.config.peft import rewrites_base
 from learnforget.errors import UserError
 
 TOP_SINGULAR_VALUES = 16  # how many σ(ΔW) each matrix entry keeps
@@ -360,8 +363,6 @@ def factored_exactly(config: Mapping) -> bool:
     """Whether an adapter config's ΔW is exactly scale·B·A on its base (the fast factored path): plain LoRA
     and rsLoRA. DoRA rescales columns by its magnitude vector, PiSSA/OLoRA rewrite the base at
     initialisation (unless saved converted), and other methods are not B·A: those go through peft's merge."""
-    from learnforget.config.peft import rewrites_base
-
     peft_type = config.get("peft_type", "LORA")
     peft_type = str(getattr(peft_type, "value", peft_type)).upper()  # LoraConfig.to_dict() keeps the enum
     return peft_type == "LORA" and not config.get("use_dora") and not rewrites_base(config)
@@ -373,10 +374,7 @@ def _adapter_config(adapter_dir: Path) -> dict:
 
 def merged_adapter_weights(base_dir: Path, adapter_dir: Path) -> dict[str, torch.Tensor]:
     """Effective weights of base + any peft adapter, merged one module at a time (`train.merged_weights`)."""
-    from peft import PeftModel
-
-    from learnforget.base.load import load_causal_lm
-    from learnforget.train.loop import merged_weights
+    from peft import PeftModel  # heavy or optional: only this path needs it
 
     model = PeftModel.from_pretrained(load_causal_lm(str(base_dir)), str(adapter_dir))
     return merged_weights(model)
@@ -471,7 +469,7 @@ def factored_update(model: torch.nn.Module | None) -> tuple[dict[str, torch.Tens
     config = next(iter(configs.values())).to_dict()
     if not factored_exactly(config):
         return None
-    from peft import get_peft_model_state_dict
+    from peft import get_peft_model_state_dict  # heavy or optional: only this path needs it
 
     return {n: t.detach() for n, t in get_peft_model_state_dict(model).items()}, config
 

@@ -16,12 +16,9 @@ difference over the pairs; the noise the largest of the paired settings' noises 
 
 from __future__ import annotations
 
-from pathlib import Path
 from statistics import mean
 
-from learnforget.analyse.claims import labelled
-from learnforget.analyse.frontier import study_axes
-from learnforget.analyse.verdicts import StudyPoints, part, study_points
+from learnforget.analyse.verdicts import StudyPoints, labelled, part, study_points
 
 SUITE_INTRO = (
     "The paper's findings that compare settings (§ = the paper's section), each setting measured at its "
@@ -46,7 +43,7 @@ MEASURES = {
 
 def _measure(s: StudyPoints) -> dict:
     """{"forgetting": (value, noise), "gap": (value, noise)}, each only where measurable."""
-    full, lora = s.of("full"), s.of("lora")
+    full, lora = s.full(), s.adapters()
     if s.base is None or not full or not lora:
         return {}
     bf, bl = s.best(full), s.best(lora)
@@ -104,13 +101,3 @@ def judge_suite(settings: list[dict]) -> list[dict]:
             result = part(effect, max(known) if known else None, evidence)
         claims.append(labelled(claim_id, section, statement, "paper", result))
     return claims
-
-
-def claims_for_suite_dir(suite_dir: str | Path, settings: list[str]) -> list[dict]:
-    """`judge_suite` on a suite's output directory (one study per setting sub-directory)."""
-    loaded = []
-    for key in settings:
-        rows, matrices, learning, forgetting, study = study_axes(Path(suite_dir) / key)
-        loaded.append(dict(setting=key, domain=study.domain, regime=study.regime, rows=rows, matrices=matrices,
-                           learning=learning, forgetting=forgetting))  # fmt: skip
-    return judge_suite(loaded)

@@ -40,7 +40,7 @@ def resolve_model_dir(ref: str | Path) -> Path:
         raise UserError(f"'{ref}' is a file; pass the model directory that holds it (config.json + weights)")
     if str(ref).startswith((".", "/", "~")):
         raise UserError(f"model directory '{ref}' does not exist; check the path")
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # heavy or optional: only this path needs it
 
     try:
         return Path(snapshot_download(str(ref), allow_patterns=["*.safetensors", "*.json"]))

@@ -19,7 +19,9 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from learnforget.config.arms import MODULE_SEPARATOR, TargetGroup
+from learnforget.config.arms import TargetGroup
+from learnforget.config.methods import MODULE_SEPARATOR, Full
+from learnforget.config.peft import check_quantization
 from learnforget.errors import UserError
 
 GROUPS = TargetGroup.__args__
@@ -163,8 +165,8 @@ def uses_conv1d(model: nn.Module, names: list[str]) -> bool:
     return any(isinstance(modules[n], Conv1D) for n in names)
 
 
-def dropout_overrides(config, method: str, dropout: float) -> dict[str, float]:
-    """Config keys to load the base with: the arm's attention dropout (full finetuning), every other
+def dropout_overrides(config, full: bool, dropout: float) -> dict[str, float]:
+    """Config keys to load the base with: the arm's attention dropout (`full` finetuning), every other
     dropout of the architecture at 0 (GPT-2 and OPT ship 0.1 residual/embedding dropout; Llama none),
     so that arms differ only in what they set."""
     values = config.to_dict()
@@ -172,25 +174,24 @@ def dropout_overrides(config, method: str, dropout: float) -> dict[str, float]:
         k for k, v in values.items() if "drop" in k and isinstance(v, int | float) and not isinstance(v, bool)
     ]
     attention = [k for k in keys if ATTENTION_DROPOUT_KEY.search(k)]
-    if method == "full" and dropout and not attention:
+    if full and dropout and not attention:
         raise UserError(
             f"dropout {dropout:g}: {type(config).__name__} has no attention-dropout key "
             f"(its dropout keys: {', '.join(keys) or 'none'}); set dropout: 0 for full-finetuning arms"
         )
-    rate = dropout if method == "full" else 0.0
+    rate = dropout if full else 0.0
     return {k: (rate if k in attention else 0.0) for k in keys if values[k] or k in attention}
 
 
 def check_targets(config, arms) -> None:
     """Resolve every arm's targets and dropout on the meta device: a UserError before any work."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # heavy or optional: only this path needs it
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     for arm in arms:
-        dropout_overrides(config, arm.method, arm.dropout)
+        dropout_overrides(config, isinstance(arm.kind, Full), arm.dropout)
         if arm.adapted and not (arm.peft and "target_modules" in arm.peft):
             resolve_targets(model, arm.target_modules)
-    from learnforget.config.peft import check_quantization
 
     check_quantization(arms)

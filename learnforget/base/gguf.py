@@ -17,6 +17,7 @@ it (its own dependencies, e.g. `llm` and llama-cpp-python, are not needed).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -24,10 +25,11 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 from learnforget.errors import UserError
-from learnforget.files import file_sha256
+from learnforget.files import cache_dir, file_sha256
 
 SOURCE_FILE = "gguf_source.json"  # next to a converted base: where it came from
 GGUF_MAGIC = b"GGUF"
@@ -75,8 +77,6 @@ def named_base_label(base_model: str) -> str:
 
 def gguf_path(base_model: str) -> Path:
     """The GGUF file a base names, checked: it exists, is a GGUF, and the `gguf` package is installed."""
-    import importlib.util
-
     if base_model in NAMED_BASES:
         named = NAMED_BASES[base_model]
         spec = importlib.util.find_spec(named.package)
@@ -105,8 +105,6 @@ def gguf_path(base_model: str) -> Path:
 
 def converted_base(base_model: str) -> Path:
     """The Hugging Face model directory converted from a GGUF base, converting it on first use."""
-    from learnforget.files import cache_dir
-
     source = gguf_path(base_model)
     digest = file_sha256(source)
     target = cache_dir() / f"gguf-{digest[:16]}"
@@ -141,8 +139,9 @@ def load_gguf(source: Path):
     """(plain float32 model, tokenizer) read from a GGUF file, to be saved (the model's rotary buffers stay
     on the meta device); one-line UserErrors for what transformers cannot read (an architecture or
     tokenizer it has no GGUF support for, a damaged file)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    # Heavy, so imported here: reports import this module only for its labels; conversion alone needs these.
+    import torch  # heavy: see above
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig  # heavy: see above
 
     try:
         # dequantize=True: a plain float model even where transformers could keep the 4-bit blocks packed.
@@ -167,8 +166,6 @@ def load_gguf(source: Path):
 
 
 def source_record(source: Path, digest: str, started: float) -> dict:
-    from importlib.metadata import version
-
     return {
         "source": source.name,
         "path": str(source),

@@ -1,11 +1,11 @@
 """Base models: the built-in tiny Llama (shipped, or pretrained and cached by recipe hash) or any HF model.
 
-The built-in base for the default recipe ships inside the package (`learnforget/builtin_base/`, built by
+The built-in base for the default recipe ships inside the package (`learnforget/base/builtin_base/`, built by
 `learnforget pretrain --ship`); it is used whenever a study's base recipe hashes to the shipped one.
 Any other recipe is pretrained into `$LEARNFORGET_CACHE` (default `~/.cache/learnforget`) under
 `base-<recipe hash>-<corpora fingerprint>/`. Both are ordinary Hugging Face model directories, so every
 later stage loads them exactly like a hub model. A GGUF base (a `.gguf` file, or a named one such as
-`smollm2-135m`) is converted once into such a directory too (gguf_base.py).
+`smollm2-135m`) is converted once into such a directory too (gguf.py).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
@@ -33,6 +34,9 @@ from learnforget.data import corpora
 from learnforget.data.tokens import interleave, pack_documents, sample_text, train_tokenizer
 from learnforget.errors import UserError
 from learnforget.files import cache_dir
+from learnforget.runtime.precision import absolute_model_path, storage_dtype
+
+# The one import up a layer (base -> train): pretraining the built-in base runs the training loop itself.
 from learnforget.train.loop import make_optimizer, train_steps
 
 SHIPPED_BASE = Path(__file__).parent / "builtin_base"
@@ -111,8 +115,6 @@ def resolve_base(
         if not (path / "config.json").exists():
             pretrain_base(recipe, path, progress)
         return str(path)
-    from learnforget.runtime.precision import absolute_model_path
-
     return absolute_model_path(base_model)
 
 
@@ -124,10 +126,6 @@ def load_causal_lm(
     A local directory is loaded by its absolute path, so what is saved from the model (a peft adapter's
     `base_model_name_or_path`) names a base that loads from anywhere.
     """
-    from transformers import AutoModelForCausalLM
-
-    from learnforget.runtime.precision import absolute_model_path, storage_dtype
-
     if is_gguf_base(path):
         path = str(converted_base(path))
     try:

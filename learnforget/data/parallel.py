@@ -22,8 +22,8 @@ from multiprocessing import get_context
 
 import numpy as np
 
+from learnforget.data.encoding import BYTES_PER_TOKEN_BOUND, encode_texts, text_batch
 from learnforget.data.templates import encode_conversations
-from learnforget.data.tokens import BYTES_PER_TOKEN_BOUND, encode_texts, text_batch
 
 PARALLEL_BATCH_BYTES = 1_000_000  # text a worker tokenizes per task
 PARALLEL_MIN_TOKENS = 5_000_000  # below this, starting a pool costs more than it saves

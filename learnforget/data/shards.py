@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 
 def token_dtype(vocab_size: int) -> str:
@@ -75,9 +77,6 @@ def token_progress(total: int, unit: str = "tokens"):
         return f"{tokens / max(time.perf_counter() - started, 1e-9):,.0f}"
 
     if sys.stderr.isatty():
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
         columns = (TextColumn("tokenizing"), BarColumn(), TextColumn(f"{{task.completed:,.0f}}/{{task.total:,.0f}} {unit}"),
                    TextColumn("{task.fields[rate]} tokens/s"), TimeRemainingColumn())  # fmt: skip
         with Progress(*columns, console=Console(stderr=True), transient=True) as progress:

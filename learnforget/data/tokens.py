@@ -1,13 +1,13 @@
 """Text to token tensors: the built-in tokenizer, and packing documents into fixed-length sequences.
 
 CPT packs documents end to end (each followed by EOS) and cuts the stream into `seq_len` rows, the
-usual continued-pretraining layout; the loss is on every token.
+usual continued-pretraining layout; the loss is on every token. Texts become ids in ``encoding.py``; with
+several workers, ``parallel.py`` tokenizes the stream in a pool of processes.
 """
 
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -15,55 +15,11 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from learnforget.data.corpora import Document
+from learnforget.data.encoding import BYTES_PER_TOKEN_BOUND, encode_texts, text_batch
+from learnforget.data.parallel import parallel_pack_texts, tokenizer_threads
 
 EOS = "<|endoftext|>"
-BYTES_PER_TOKEN_BOUND = 6  # BPE tokens average 3-4 bytes: 6 bytes per needed token over-covers it
 BATCH_BYTES = 4_000_000  # text tokenized per call when packing
-# Longer texts are encoded in pieces of at most this many characters: fast tokenizers take time
-# superlinear in the length of one string (a 35 MB JSON line took minutes), pieces take linear time.
-LONG_TEXT_CHARS = 100_000
-
-
-def text_pieces(text: str, limit: int = LONG_TEXT_CHARS) -> list[str]:
-    """`text` cut into pieces of at most `limit` characters where a byte-level BPE's pre-tokenizer splits
-    anyway, so that the pieces' ids joined are the text's: after a lone newline between non-spaces, else
-    before a lone space between non-spaces (the space starts the next word's token), else (no such
-    place in the second half of a piece) at the limit."""
-    pieces, start = [], 0
-    while len(text) - start > limit:
-        window = text[start + limit // 2 : start + limit + 1]  # a cut at i keeps window[i - 1] and window[i]
-        newline = _LONE_NEWLINE.search(window[::-1])  # reversed: the last one first
-        space = None if newline else _LONE_SPACE.search(window[::-1])
-        if newline:  # the piece ends with the newline
-            cut = start + limit // 2 + len(window) - newline.start() - 1
-        elif space:  # the next piece starts with the space
-            cut = start + limit // 2 + len(window) - space.start() - 2
-        else:
-            cut = start + limit
-        pieces.append(text[start:cut])
-        start = cut
-    pieces.append(text[start:])
-    return pieces
-
-
-# Searched in reversed text (the match's first character is the last one of the three).
-_LONE_NEWLINE = re.compile(r"\S\n\S")
-_LONE_SPACE = re.compile(r"\S \S")
-
-
-def encode_texts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    """The ids of each text (no special tokens), long texts encoded in pieces (`text_pieces`)."""
-    if all(len(t) <= LONG_TEXT_CHARS for t in texts):
-        return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    owners, pieces = [], []
-    for i, text in enumerate(texts):
-        for piece in text_pieces(text):
-            owners.append(i)
-            pieces.append(piece)
-    encoded: list[list[int]] = [[] for _ in texts]
-    for owner, ids in zip(owners, tokenizer(pieces, add_special_tokens=False)["input_ids"], strict=True):
-        encoded[owner].extend(ids)
-    return encoded
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -116,8 +72,6 @@ def sample_packed_rows(
     documents is equally likely to be measured. A split of a few long documents (held-out source files,
     two plays) is then measured across all of them, not on the first one or two the order reaches. With
     fewer packed rows than `n_rows`, `pack_documents`'s rows (every document, then a new order)."""
-    from learnforget.data.parallel import tokenizer_threads  # here: parallel.py imports this module
-
     order = list(range(len(docs)))
     random.Random(seed).shuffle(order)
     stream: list[int] = []
@@ -159,8 +113,6 @@ def pack_texts(
     With ``workers`` > 1, batches of texts are tokenized by that many processes (parallel.py); the stream
     is the same, piece boundaries aside."""
     if workers > 1:
-        from learnforget.data.parallel import parallel_pack_texts
-
         yield from parallel_pack_texts(tokenizer, one_pass, need, workers)
         return
     done = 0
@@ -179,18 +131,6 @@ def pack_texts(
                     yield piece
         if done == before:
             raise ValueError("no documents to pack")
-
-
-def text_batch(texts: Iterator[str], max_bytes: int) -> tuple[list[str], bool]:
-    """The next texts up to about ``max_bytes`` characters, and whether ``texts`` ran out."""
-    batch, size = [], 0
-    while size < max_bytes:
-        text = next(texts, None)
-        if text is None:
-            return batch, True
-        batch.append(text)
-        size += len(text)
-    return batch, False
 
 
 def shuffled(items: Iterable, buffer_size: int, rng: random.Random) -> Iterator:

@@ -17,8 +17,15 @@ import time
 
 import torch
 
+from learnforget.arms.delta import merged_weights
+from learnforget.base.load import load_causal_lm
 from learnforget.config.arms import Arm
 from learnforget.config.study import StudyConfig
+from learnforget.evaluate.suites import evaluate_suites
+from learnforget.runtime.device import forked_rng, model_device
+from learnforget.runtime.precision import autocast
+from learnforget.runtime.sharding import evaluating
+from learnforget.study.checkpoints import warn
 
 # Above this many bytes of weights the second copy is not worth its memory (large models on a GPU).
 MAX_MERGED_BYTES = 2 * 2**30
@@ -58,8 +65,6 @@ class ArmEvaluator:
 
     def evaluate(self, tokenizer, data: dict, timings: dict[str, float]) -> dict[str, float]:
         """Every milestone metric of the arm as it is now (see study.evaluate_model)."""
-        from learnforget.study.arm import evaluate_model
-
         self.weights_now = None
         target = self.model
         if self.merge:
@@ -74,8 +79,6 @@ class ArmEvaluator:
     def weights(self, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The arm's merged weights at this milestone: those the evaluation used, else merged now.
         `state`: a sharded arm's gathered state dict (train.merged_weights)."""
-        from learnforget.train.loop import merged_weights
-
         weights, self.weights_now = self.weights_now, None
         return weights if weights is not None else merged_weights(self.model, state)
 
@@ -86,10 +89,6 @@ class ArmEvaluator:
     def _merged_copy(self):
         """The plain copy holding the current merged weights, or the training model where they do not
         fit it (a method peft cannot merge, names or shapes that differ): then for the rest of the arm."""
-        from learnforget.base.load import load_causal_lm
-        from learnforget.runtime.device import forked_rng, model_device
-        from learnforget.train.loop import merged_weights
-
         device = model_device(self.model)
         try:
             weights = merged_weights(self.model)
@@ -101,8 +100,6 @@ class ArmEvaluator:
                 check_tied(self.plain, weights)
                 self.plain.load_state_dict(weights, strict=True)
         except (RuntimeError, ValueError, KeyError, NotImplementedError) as e:
-            from learnforget.study.arm import warn
-
             detail = " ".join(str(e).split())[:300]
             warn(f"evaluating through the adapter model: its merged weights do not fit {self.base_path} "
                  f"({type(e).__name__}: {detail})")  # fmt: skip
@@ -124,3 +121,18 @@ def check_tied(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None
             for k in tied[1:]
         ):
             raise ValueError(f"{', '.join(tied)} are tied in the base but differ in the arm")
+
+
+def evaluate_model(
+    model, tokenizer, study: StudyConfig, data: dict, timings: dict[str, float] | None = None,
+    directions: dict[str, bool] | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """Every milestone metric of one model (deterministic; does not touch the training RNG), under the
+    study's precision, so a milestone measures the model as it trains. A sharded model is evaluated by
+    every process together, in lockstep on identical inputs. `timings` receives seconds per suite;
+    `directions`, lm-eval's own higher_is_better of each harness metric."""
+    device = model_device(model)
+    # Layers compiled for training (compiling.py) run eagerly here: exact eager numbers, no recompiles.
+    with forked_rng(device), evaluating(model), torch.compiler.set_stance("force_eager"):
+        with autocast(study.precision, device):
+            return evaluate_suites(model, tokenizer, study, data["eval"], timings, directions=directions)

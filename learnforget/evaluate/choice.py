@@ -154,46 +154,73 @@ def build_choice_items(
             f"(got {n_items}, {context_tokens}, {continuation_tokens}, {n_choices})"
         )
     indexes = [_index_document(text, tokenizer, context_tokens, continuation_tokens) for text in documents]
-    first_starts = [0]  # global position of each document's first valid start word
-    for index in indexes:
-        first_starts.append(first_starts[-1] + index.n_starts)
-    total = first_starts.pop()
-    if total < n_items:
+    draw = _PassageDraw(indexes, context_tokens, continuation_tokens)
+    if draw.total < n_items:
         raise UserError(
-            f"build_choice_items: the {len(documents)} documents hold only {total} passages of "
+            f"build_choice_items: the {len(documents)} documents hold only {draw.total} passages of "
             f"{context_tokens}+{continuation_tokens} tokens, fewer than n_items={n_items}; "
             "pass more or longer held-out documents, or lower n_items"
         )
     rng = random.Random(seed)
     items = []
-    for position in rng.sample(range(total), n_items):
-        passage = _passage(indexes, first_starts, position, context_tokens, continuation_tokens)
-        true_choice = _text(indexes, passage, passage.split, passage.end)
-        seen = {" ".join(true_choice.split())}
-        distractors: list[str] = []
-        for _ in range(_MAX_DRAWS_PER_DISTRACTOR * (n_choices - 1)):
-            other = _passage(indexes, first_starts, rng.randrange(total), context_tokens, continuation_tokens)
-            text = _text(indexes, other, other.split, other.end)
-            if _is_far(passage, other) and " ".join(text.split()) not in seen:
-                seen.add(" ".join(text.split()))
-                distractors.append(text)
-                if len(distractors) == n_choices - 1:
-                    break
-        else:
-            raise UserError(
-                f"build_choice_items: could not find {n_choices - 1} distinct distractors far from a passage; "
-                "pass more (or more varied) held-out documents, or lower n_choices"
-            )
+    for position in rng.sample(range(draw.total), n_items):
+        passage = draw.passage(position)
+        true_choice = draw.text(passage, passage.split, passage.end)
+        distractors = _distractors(draw, passage, true_choice, n_choices - 1, rng)
         label = rng.randrange(n_choices)
         choices = distractors[:label] + [true_choice] + distractors[label:]
         items.append(
             {
-                "context": _text(indexes, passage, passage.start, passage.split),
+                "context": draw.text(passage, passage.start, passage.split),
                 "choices": choices,
                 "label": label,
             }
         )
     return items
+
+
+class _PassageDraw:
+    """Every valid passage of the documents, numbered by a global start position (document by document)."""
+
+    def __init__(self, indexes: list[_DocumentIndex], context_tokens: int, continuation_tokens: int):
+        self.indexes, self.context_tokens, self.continuation_tokens = (
+            indexes,
+            context_tokens,
+            continuation_tokens,
+        )
+        self.first_starts = [0]  # global position of each document's first valid start word
+        for index in indexes:
+            self.first_starts.append(self.first_starts[-1] + index.n_starts)
+        self.total = self.first_starts.pop()
+
+    def passage(self, position: int) -> _Passage:
+        return _passage(
+            self.indexes, self.first_starts, position, self.context_tokens, self.continuation_tokens
+        )
+
+    def text(self, passage: _Passage, start: int, end: int) -> str:
+        return _text(self.indexes, passage, start, end)
+
+
+def _distractors(
+    draw: _PassageDraw, passage: _Passage, true_choice: str, n: int, rng: random.Random
+) -> list[str]:
+    """`n` continuations of random other passages far from `passage`, distinct from each other and from
+    the true choice after whitespace normalisation (a UserError when the draws run out)."""
+    seen = {" ".join(true_choice.split())}
+    distractors: list[str] = []
+    for _ in range(_MAX_DRAWS_PER_DISTRACTOR * n):
+        other = draw.passage(rng.randrange(draw.total))
+        text = draw.text(other, other.split, other.end)
+        if _is_far(passage, other) and " ".join(text.split()) not in seen:
+            seen.add(" ".join(text.split()))
+            distractors.append(text)
+            if len(distractors) == n:
+                return distractors
+    raise UserError(
+        f"build_choice_items: could not find {n} distinct distractors far from a passage; "
+        "pass more (or more varied) held-out documents, or lower n_choices"
+    )
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:

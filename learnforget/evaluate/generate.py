@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from learnforget.data.templates import special_prefix
 from learnforget.errors import UserError
 from learnforget.evaluate.choice import model_max_length
 from learnforget.runtime.device import forked_rng, model_device
@@ -82,6 +83,31 @@ def generate(
     batch_size counts sequences (prompt copies) generated together. Prompts are left-truncated so that
     prompt plus max_new_tokens fit the model's window. Each completion ends before its first stop string.
     """
+    _check_settings(max_new_tokens, num_samples, batch_size, temperature, top_p)
+    pad_id = _pad_id(tokenizer)
+    encoded = _encode_prompts(tokenizer, prompts, _prompt_window(model, tokenizer, max_new_tokens))
+    greedy = _greedy_flags(greedy, len(prompts), temperature)
+    sampling = not all(greedy)
+    options = _generate_options(model, tokenizer, max_new_tokens, pad_id, stop, sampling, temperature, top_p)
+    jobs = [number for number in range(len(prompts)) for _ in range(1 if greedy[number] else num_samples)]
+    completions: list[list[str]] = [[] for _ in prompts]
+    was_training = model.training
+    model.eval()
+    try:
+        for batch_number, first in enumerate(range(0, len(jobs), batch_size)):
+            rows = jobs[first : first + batch_size]
+            outputs = _generate_batch(model, [encoded[n] for n in rows], [greedy[n] for n in rows],
+                                      pad_id, options, sampling, seed + batch_number)  # fmt: skip
+            for number, new_ids in zip(rows, outputs, strict=True):
+                text = _completion(tokenizer, encoded[number], new_ids)
+                completions[number].append(truncate_at_stop(text, stop))
+    finally:
+        model.train(was_training)
+    return [texts * num_samples if greedy[number] else texts for number, texts in enumerate(completions)]
+
+
+def _check_settings(max_new_tokens: int, num_samples: int, batch_size: int, temperature: float, top_p: float):
+    """A one-line UserError for a count below 1, a negative temperature or a top_p outside (0, 1]."""
     if max_new_tokens < 1 or num_samples < 1 or batch_size < 1:
         raise UserError(
             f"generate: max_new_tokens, num_samples and batch_size must be >= 1 "
@@ -89,19 +115,30 @@ def generate(
         )
     if temperature < 0 or not 0 < top_p <= 1:
         raise UserError(f"generate: need temperature >= 0 and 0 < top_p <= 1 (got {temperature}, {top_p})")
+
+
+def _pad_id(tokenizer) -> int:
+    """The token that left-pads prompts: the tokenizer's pad token, else its EOS."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
         raise UserError("generate: the tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token")
+    return pad_id
+
+
+def _prompt_window(model, tokenizer, max_new_tokens: int) -> int:
+    """The most prompt tokens that leave room for max_new_tokens in the model's window."""
     max_prompt_tokens = model_max_length(model, tokenizer) - max_new_tokens
     if max_prompt_tokens < 1:
         raise UserError(
             f"generate: max_new_tokens={max_new_tokens} leaves no room for the prompt in the model's window"
         )
+    return max_prompt_tokens
 
-    from learnforget.data.templates import special_prefix
 
-    # As in training: BOS when the tokenizer adds one, once (a rendered chat template may hold it), and
-    # never an EOS that a tokenizer's configuration would append.
+def _encode_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int) -> list[list[int]]:
+    """Each prompt's token ids, left-truncated to max_prompt_tokens. As in training: BOS when the
+    tokenizer adds one, once (a rendered chat template may hold it), and never an EOS that a tokenizer's
+    configuration would append."""
     bos = special_prefix(tokenizer)
     encoded = []
     for number, prompt in enumerate(prompts):
@@ -110,11 +147,22 @@ def generate(
         if not ids:
             raise UserError(f"generate: prompt {number} encodes to no tokens; give every prompt some text")
         encoded.append(ids)
+    return encoded
 
-    greedy = [temperature == 0 or bool(flag) for flag in (greedy or [False] * len(prompts))]
-    if len(greedy) != len(prompts):
-        raise UserError(f"generate: {len(greedy)} greedy flags for {len(prompts)} prompts")
-    sampling = not all(greedy)
+
+def _greedy_flags(greedy: Sequence[bool] | None, n_prompts: int, temperature: float) -> list[bool]:
+    """Whether each prompt decodes greedily: all of them at temperature 0, else those flagged."""
+    flags = [temperature == 0 or bool(flag) for flag in (greedy or [False] * n_prompts)]
+    if len(flags) != n_prompts:
+        raise UserError(f"generate: {len(flags)} greedy flags for {n_prompts} prompts")
+    return flags
+
+
+def _generate_options(
+    model, tokenizer, max_new_tokens: int, pad_id: int, stop: Sequence[str], sampling: bool,
+    temperature: float, top_p: float,
+) -> dict:  # fmt: skip
+    """Keyword arguments of `model.generate` shared by every batch."""
     options = {"max_new_tokens": max_new_tokens, "use_cache": True, "pad_token_id": pad_id}
     if sampling:
         options |= {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
@@ -124,33 +172,25 @@ def generate(
         options["eos_token_id"] = tokenizer.eos_token_id
     if any(stop):
         options |= {"stop_strings": [s for s in stop if s], "tokenizer": tokenizer}
+    return options
 
-    jobs = [number for number in range(len(prompts)) for _ in range(1 if greedy[number] else num_samples)]
-    completions: list[list[str]] = [[] for _ in prompts]
+
+def _generate_batch(
+    model, rows: list[list[int]], greedy: list[bool], pad_id: int, options: dict, sampling: bool, seed: int
+) -> list[list[int]]:
+    """The new token ids of each row of one batch, sampled under `seed` (the global RNG is left as it was)."""
     device = model_device(model)
-    was_training = model.training
-    model.eval()
-    try:
-        for batch_number, first in enumerate(range(0, len(jobs), batch_size)):
-            rows = jobs[first : first + batch_size]
-            input_ids, attention_mask = _left_pad([encoded[number] for number in rows], pad_id)
-            marked = torch.tensor([greedy[number] for number in rows])
-            extra = (
-                {"logits_processor": LogitsProcessorList([_GreedyRows(marked)])}
-                if sampling and marked.any()
-                else {}
-            )
-            with forked_rng(device):  # sampling draws from the model's device's generator
-                torch.manual_seed(seed + batch_number)
-                output = model.generate(
-                    input_ids=input_ids.to(device),
-                    attention_mask=attention_mask.to(device),
-                    **options,
-                    **extra,
-                )
-            for number, new_ids in zip(rows, output[:, input_ids.shape[1] :].tolist(), strict=True):
-                text = _completion(tokenizer, encoded[number], new_ids)
-                completions[number].append(truncate_at_stop(text, stop))
-    finally:
-        model.train(was_training)
-    return [texts * num_samples if greedy[number] else texts for number, texts in enumerate(completions)]
+    input_ids, attention_mask = _left_pad(rows, pad_id)
+    marked = torch.tensor(greedy)
+    extra = (
+        {"logits_processor": LogitsProcessorList([_GreedyRows(marked)])} if sampling and marked.any() else {}
+    )
+    with forked_rng(device):  # sampling draws from the model's device's generator
+        torch.manual_seed(seed)
+        output = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            **options,
+            **extra,
+        )
+    return output[:, input_ids.shape[1] :].tolist()

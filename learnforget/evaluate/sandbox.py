@@ -67,7 +67,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
 import sys
+import tempfile
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -180,11 +184,6 @@ def _run_jobs(
     cgroup: bool = True,
 ) -> list[SandboxResult]:
     """Send (candidate source, runner source or None, entry point) jobs to a fork server; results in order."""
-    import socket
-    import subprocess
-    import tempfile
-    import threading
-
     if not jobs:
         return []
     workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(jobs)))
@@ -232,8 +231,6 @@ def _run_jobs(
 
 def _send_jobs(sock, jobs: list[tuple[str, str | None, str | None]]) -> None:
     """Hand each job to the fork server as memfds, so that the server never holds any sample's text."""
-    import socket
-
     try:
         for index, (candidate, runner, entry_point) in enumerate(jobs):
             fds = [_memfd(candidate)] + ([_memfd(runner)] if runner is not None else [])

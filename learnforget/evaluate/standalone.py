@@ -17,8 +17,16 @@ from pathlib import Path
 
 import torch
 
+from learnforget.base.load import check_base_model, load_causal_lm, load_tokenizer
 from learnforget.config.study import EvalConfig, StudyConfig
 from learnforget.errors import UserError
+from learnforget.evaluate.arm_model import merge_refusal
+from learnforget.evaluate.harness import run_harness
+from learnforget.evaluate.sets import evaluation_sets
+from learnforget.evaluate.suites import evaluate_suites
+from learnforget.runtime.device import model_device
+from learnforget.runtime.distributed import device
+from learnforget.runtime.precision import autocast
 
 SUITES = ("code", "math", "source", "paper")
 PAPER_HARNESS_TASKS = ["hellaswag", "arc_challenge", "winogrande", "gsm8k"]
@@ -26,22 +34,17 @@ PAPER_HARNESS_TASKS = ["hellaswag", "arc_challenge", "winogrande", "gsm8k"]
 
 def load_checkpoint(model: str, adapter: str | None = None, precision: str = "fp32"):
     """(model, tokenizer) from an HF directory or hub id, with a peft adapter applied when given."""
-    from learnforget.base.load import check_base_model, load_causal_lm, load_tokenizer
-    from learnforget.runtime.distributed import device
-
     check_base_model(model)
     loaded = load_causal_lm(model, precision)
     tokenizer_source = model
     if adapter is not None:
-        from peft import PeftModel
+        from peft import PeftModel  # slow to import (about 2 s): only when an adapter is given
 
         if not (Path(adapter) / "adapter_config.json").exists():
             raise UserError(f"--adapter {adapter}: not a peft adapter directory (no adapter_config.json)")
         loaded = PeftModel.from_pretrained(loaded, adapter)
         if (Path(adapter) / "tokenizer_config.json").exists():
             tokenizer_source = adapter
-        from learnforget.evaluate.arm_model import merge_refusal
-
         # Measured as a study measures its adapter arms (eval_model.py).
         if merge_refusal(loaded, precision, quantized=False, sharded=False) is None:
             loaded = loaded.merge_and_unload()
@@ -91,11 +94,6 @@ def evaluate_checkpoint(
 ) -> dict[str, float]:
     """Every metric of the suite for one checkpoint (under autocast for the mixed precisions);
     `on_suite` hears when each of its suites starts and ends (see `evaluate_suites`)."""
-    from learnforget.data.datasets import evaluation_sets
-    from learnforget.evaluate.suites import evaluate_suites
-    from learnforget.runtime.device import model_device
-    from learnforget.runtime.precision import autocast
-
     model, tokenizer = load_checkpoint(model_path, adapter, precision)
     study = suite_study(suite, model, limit, code_problems, include_path, harness_limit)
     sets = evaluation_sets(study, tokenizer)
@@ -129,10 +127,6 @@ def evaluate_tasks(
 ) -> dict[str, float]:
     """lm-eval tasks by name ({"task/metric": value}) for one checkpoint. lm-eval's ~15k built-in tasks are
     indexed only when some task is not defined under `include_path` (indexing takes ~10 s)."""
-    from learnforget.evaluate.harness import run_harness
-    from learnforget.runtime.device import model_device
-    from learnforget.runtime.precision import autocast
-
     if include_path is not None and not Path(include_path).is_dir():
         raise UserError(f"--include-path {include_path}: not a directory of lm-eval task YAMLs")
     builtin = include_path is None or not set(tasks) <= local_task_names(include_path)

@@ -1,7 +1,7 @@
 """The static plots of a study (PNG, for papers and summary.md), readable at 150 arms.
 
 Seeds are aggregated: one line per configuration (an arm without its seed) through the seed means, the
-seed spread (half-range) as error bars. Colour = family, shade = rank or learning rate (plotting.colors),
+seed spread (half-range) as error bars. Colour = family, shade = rank or learning rate (style.colors),
 legends outside the axes, and one panel per family (small multiples) when one axes would hold too many
 lines, with every other configuration drawn in light grey behind for reference.
 """
@@ -12,7 +12,19 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from learnforget.report.style import colors, family, legend_outside, new_axes, save
+from learnforget.analyse.points import arm_labels, is_base
+from learnforget.report.plane import Plane, Series, describe_plane, study_points
+from learnforget.report.style import (
+    arm_configurations,
+    colors,
+    configuration_settings,
+    family,
+    family_order,
+    legend_outside,
+    line_dashed,
+    new_axes,
+    save,
+)
 
 PLOT_NAME = "learning_forgetting.png"
 SPECTRUM_PLOT_NAME = "spectrum_over_training.png"
@@ -21,33 +33,15 @@ MAX_LINES_PER_AXES = 12
 GREY = "#d0d0d0"
 
 
-def study_points(store, study) -> tuple[list[dict], list[dict], tuple, tuple]:
-    """(per-arm points, seed-averaged points, learning axis, forgetting axis) of a study's store."""
-    from learnforget.analyse.frontier import points, seed_average
-    from learnforget.config.metrics import forgetting_metric, learning_metric
-
-    learn, forget = learning_metric(study), forgetting_metric(study)
-    pts = points(store.metric_rows(), learn, forget)
-    return pts, seed_average(pts), learn, forget
-
-
-def by_configuration(avg: list[dict]) -> dict[str, list[dict]]:
-    """configuration -> its seed-averaged points in milestone order (the base left out)."""
-    lines: dict[str, list[dict]] = defaultdict(list)
-    for p in sorted(avg, key=lambda p: p["milestone"]):
-        if p["method"] != "base":
-            lines[p["configuration"]].append(p)
-    return dict(lines)
-
-
-def _panels(lines: dict[str, list[dict]]) -> list[tuple[str, list[str]]]:
-    """[(title, configurations)]: one panel for all, or one per family when that would be too many."""
-    if len(lines) <= MAX_LINES_PER_AXES:
-        return [("", list(lines))]
-    families: dict[str, list[str]] = defaultdict(list)
-    for configuration, pts in lines.items():
-        families[family(pts[0])].append(configuration)
-    return sorted(families.items(), key=lambda item: (not item[0].startswith("full"), item[0]))
+def _panels(order: list[str], family_of: dict[str, str]) -> list[tuple[str, list[str]]]:
+    """[(title, lines)]: one panel for all the lines in `order`, or one per family (in order of first
+    appearance) when one axes would hold too many."""
+    if len(order) <= MAX_LINES_PER_AXES:
+        return [("", list(order))]
+    groups: dict[str, list[str]] = defaultdict(list)
+    for name in order:
+        groups[family_of[name]].append(name)
+    return list(groups.items())
 
 
 def _grid(count: int, width: float = 6.0, height: float = 4.2):
@@ -64,7 +58,7 @@ def _grid(count: int, width: float = 6.0, height: float = 4.2):
 
 
 def _finish(fig, axes, title: str, path: Path) -> Path:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: only a report that draws PNGs needs it
 
     if len(axes) == 1:
         return save(fig, axes[0], title, path)
@@ -77,59 +71,63 @@ def _finish(fig, axes, title: str, path: Path) -> Path:
     return path
 
 
+# ---------------------------------------------------------------------------------------------------
+# The learning–forgetting plane
+
+
+def _draw_series(ax, series: Series) -> None:
+    pts = series.points
+    ax.errorbar(
+        [p.x for p in pts], [p.y for p in pts], xerr=[p.x_spread for p in pts], yerr=[p.y_spread for p in pts],
+        color=series.color, marker="o", markersize=3, lw=1.3, capsize=2, elinewidth=0.8,
+        linestyle="--" if series.dashed else "-", zorder=3, label=series.label,
+    )  # fmt: skip
+
+
+def _draw_panel(ax, plane: Plane, title: str, members: list[Series], others: list[Series]) -> None:
+    """One panel: `members` drawn, `others` in light grey behind them for reference."""
+    for series in others:
+        ax.plot([p.x for p in series.points], [p.y for p in series.points], color=GREY, lw=0.8, zorder=1)
+    for series in members:
+        _draw_series(ax, series)
+    if plane.frontier:
+        ax.plot([p.x for p in plane.frontier], [p.y for p in plane.frontier], color=plane.mark_color, lw=1,
+                linestyle=":", label=plane.frontier_label, zorder=4)  # fmt: skip
+    if plane.base:
+        ax.plot([plane.base.x], [plane.base.y], "*", color=plane.mark_color, markersize=12,
+                label=plane.base_label, zorder=5)  # fmt: skip
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.set_xlabel(plane.x.title)
+    ax.set_ylabel(plane.y.title)
+
+
+def draw_plane(plane: Plane, path: Path) -> Path:
+    """The plane as a PNG: one axes, or one panel per family (the others in grey) at scale."""
+    panels = _panels([s.name for s in plane.series], {s.name: s.family for s in plane.series})
+    fig, axes = _grid(len(panels))
+    for ax, (title, names) in zip(axes, panels, strict=True):
+        members = [s for s in plane.series if s.name in names]
+        others = [s for s in plane.series if s.name not in names]
+        _draw_panel(ax, plane, title, members, others)
+    # Axes are shared: orient once.
+    if plane.y.reversed:
+        axes[0].invert_yaxis()
+    if plane.x.reversed:
+        axes[0].invert_xaxis()
+    return _finish(fig, axes, plane.title, path)
+
+
 def plot_learning_forgetting(study_dir: Path, store, study) -> Path:
     """x = forgetting metric, y = learning metric; a line per configuration from the base through its
     milestones (seed means, seed spread as error bars); up = learns more, right = forgets more."""
-    _, avg, (learn, learn_up), (forget, forget_up) = study_points(store, study)
-    base = next((p for p in avg if p["method"] == "base"), None)
-    lines = by_configuration(avg)
-    palette = colors([pts[0] for pts in lines.values()])
-    panels = _panels(lines)
-    fig, axes = _grid(len(panels))
-    for ax, (title, members) in zip(axes, panels, strict=True):
-        if len(panels) > 1:  # the other families, for reference
-            for configuration, line in lines.items():
-                pts = ([base] if base else []) + line
-                if configuration not in members:
-                    ax.plot(
-                        [p["forgetting"] for p in pts],
-                        [p["learning"] for p in pts],
-                        color=GREY,
-                        lw=0.8,
-                        zorder=1,
-                    )
-        for configuration in members:
-            pts = ([base] if base else []) + lines[configuration]
-            seeds = lines[configuration][0]["seeds"]
-            ax.errorbar(
-                [p["forgetting"] for p in pts], [p["learning"] for p in pts],
-                xerr=[p["forgetting_spread"] or 0 for p in pts], yerr=[p["learning_spread"] or 0 for p in pts],
-                color=palette[configuration], marker="o", markersize=3, lw=1.3, capsize=2, elinewidth=0.8,
-                linestyle="-" if pts[-1]["method"] == "full" else "--", zorder=3,
-                label=configuration + (f" ({seeds} seeds)" if seeds > 1 else ""),
-            )  # fmt: skip
-        if base:
-            ax.plot([base["forgetting"]], [base["learning"]], "k*", markersize=12, label="base", zorder=5)
-        if title:
-            ax.set_title(title, fontsize=9)
-        ax.set_xlabel(f"{forget}  (→ more forgetting)")
-        ax.set_ylabel(f"{learn}  (↑ more learning)")
-    # Axes are shared: orient once so that up = learns more and right = forgets more.
-    if not learn_up:
-        axes[0].invert_yaxis()
-    if forget_up:
-        axes[0].invert_xaxis()
+    _, avg, learn, forget = study_points(store, study)
     title = f"{study.name}: learning vs forgetting along training (seed means ± half-range)"
-    return _finish(fig, axes, title, Path(study_dir) / PLOT_NAME)
+    return draw_plane(describe_plane(avg, learn, forget, title), Path(study_dir) / PLOT_NAME)
 
 
-def configuration_settings(arms: list[dict]) -> dict[str, dict]:
-    """configuration -> its arms' settings (any seed's), with 'configuration' set, for colours and families."""
-    from learnforget.analyse.frontier import configuration_name
-
-    return {
-        configuration_name(a["name"]): {**a, "configuration": configuration_name(a["name"])} for a in arms
-    }
+# ---------------------------------------------------------------------------------------------------
+# Lines of seed means per configuration
 
 
 def seed_mean_lines(
@@ -143,9 +141,10 @@ def seed_mean_lines(
     level: tuple[float, str] | None = None,
 ) -> Path:
     """configuration -> x -> values over seeds, drawn as a line of seed means per configuration (dashed for
-    LoRA), one panel per family at scale; `level`: a horizontal reference line (value, label)."""
+    adapters), one panel per family at scale; `level`: a horizontal reference line (value, label)."""
     settings = configuration_settings(arms)
-    panels = _panels({c: [settings[c]] for c in values})
+    order = sorted(values, key=lambda c: family_order(settings[c]))
+    panels = _panels(order, {c: family(settings[c]) for c in values})
     palette = colors([settings[c] for c in values])
     fig, axes = _grid(len(panels), 5.5, 3.6)
     for ax, (panel, members) in zip(axes, panels, strict=True):
@@ -153,7 +152,7 @@ def seed_mean_lines(
             xs = sorted(values[configuration])
             ax.plot(
                 xs, [sum(values[configuration][x]) / len(values[configuration][x]) for x in xs],
-                "-" if settings[configuration]["method"] == "full" else "--", lw=1.1,
+                "--" if line_dashed(settings[configuration]) else "-", lw=1.1,
                 marker="o" if len(xs) <= 10 else None, markersize=3, color=palette[configuration], label=configuration,
             )  # fmt: skip
         if level is not None:
@@ -169,13 +168,12 @@ def seed_mean_lines(
 
 def spectrum_values(rows: list[dict]) -> tuple[dict[str, dict[int, list[float]]], float | None]:
     """(configuration -> tokens -> ΔW rank fractions over seeds, a random matrix's fraction) from metric rows."""
-    from learnforget.analyse.frontier import configuration_name
-
+    configurations = {arm: labels[0] for arm, labels in arm_labels(rows).items()}
     values: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     random_level = None
     for row in rows:
-        if row["metric"] == "spectrum/rank_delta_fraction" and row["method"] != "base":
-            values[configuration_name(row["arm"])][row["milestone"]].append(row["value"])
+        if row["metric"] == "spectrum/rank_delta_fraction" and not is_base(row):
+            values[configurations[row["arm"]]][row["milestone"]].append(row["value"])
         elif row["metric"] == "spectrum/rank_random_fraction":
             random_level = row["value"]
     return values, random_level
@@ -196,14 +194,14 @@ def plot_spectrum_over_training(study_dir: Path, store) -> Path | None:
 
 def plot_training_curves(study_dir: Path, store) -> Path | None:
     """Training loss per step, one line per configuration (seed mean), one panel per family at scale."""
-    from learnforget.analyse.frontier import configuration_name
-
+    arms = store.arms()
+    configurations = arm_configurations(arms)
     losses: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in store.steps():
-        losses[configuration_name(row["arm"])][row["step"]].append(row["loss"])
+        losses[configurations[row["arm"]]][row["step"]].append(row["loss"])
     if not losses:
         return None
     return seed_mean_lines(
-        losses, store.arms(), Path(study_dir) / TRAINING_PLOT_NAME, "Training loss (seed means)",
+        losses, arms, Path(study_dir) / TRAINING_PLOT_NAME, "Training loss (seed means)",
         "optimizer step", "training loss (nats/token)",
     )  # fmt: skip

@@ -1,18 +1,25 @@
-"""Report: the study's numbers as tables (console and summary.md), static plots (report_plots.py) and the
-interactive report.html (report_html.py)."""
+"""Report: the study's numbers as tables (console and summary.md), and `write_report`, which writes them
+with the static plots (`report.plots`) and the interactive report.html (`report.html`)."""
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from learnforget.analyse.claims import claims_side_by_side
+from learnforget.analyse.claims_text import claims_markdown, verdict_label
+from learnforget.analyse.points import is_base
+from learnforget.analyse.suite_claims import SUITE_INTRO
 from learnforget.base.gguf import named_base_label
 from learnforget.config.metrics import forgetting_metric, learning_metric
 from learnforget.config.study import StudyConfig
 from learnforget.files import writing
+from learnforget.report.html import write_study_html
 from learnforget.report.plots import (  # noqa: F401 (re-exported: the report's plots)
     PLOT_NAME,
     SPECTRUM_PLOT_NAME,
@@ -21,7 +28,16 @@ from learnforget.report.plots import (  # noqa: F401 (re-exported: the report's 
     plot_spectrum_over_training,
     plot_training_curves,
 )
-from learnforget.study.store import FAILED, Store
+from learnforget.report.study_data import (
+    claims_for_study_dir,
+    claims_for_suite_dir,
+    frontier_for_study_dir,
+    methods_markdown,
+)
+from learnforget.report.style import STAGE_NOTE
+from learnforget.study.stage_times import stage_table
+from learnforget.study.store import Store
+from learnforget.study.store_schema import FAILED
 
 
 def metric_curves(store: Store) -> dict[str, dict[int, dict[str, float]]]:
@@ -41,9 +57,10 @@ def arm_rows(store: Store, study: StudyConfig) -> list[dict]:
     learn, _ = learning_metric(study)
     forget, _ = forgetting_metric(study)
     curves = metric_curves(store)
-    base = final_metrics(curves.get("base", {}))
+    arms = sorted(store.arms(), key=lambda a: not is_base(a))
+    base = final_metrics(next((curves.get(a["name"], {}) for a in arms if is_base(a)), {}))
     rows = []
-    for arm in sorted(store.arms(), key=lambda a: a["name"] != "base"):
+    for arm in arms:
         # A failed or diverged arm's last milestone is not a result: its row shows none (the milestone
         # tables below keep them, under the arm's status).
         final = {} if arm["status"] in FAILED else final_metrics(curves.get(arm["name"], {}))
@@ -55,9 +72,7 @@ def arm_rows(store: Store, study: StudyConfig) -> list[dict]:
                 None if value is None or metric not in base else value - base[metric]
             )
         row.update(
-            embeddings="–"
-            if arm["method"] == "base"
-            else ("trained" if arm["train_embeddings"] else "frozen"),
+            embeddings="–" if is_base(arm) else ("trained" if arm["train_embeddings"] else "frozen"),
             trainable=arm["trainable_params"],
             tokens_per_s=arm["tokens_per_s"],
             peak_memory_mb=arm["peak_memory_mb"],
@@ -112,27 +127,18 @@ def _data_line(store: Store) -> str:
     stats = store.info("data_stats")
     if not stats:
         return ""
-    from learnforget.data.datasets import describe_stats
+    from learnforget.data.datasets import describe_stats  # heavy: torch and transformers, about 1.6 s
 
     return describe_stats(stats) + "; tokens in the tables count real tokens only."
 
 
 def _stage_section(store: Store) -> list[str]:
     """summary.md's table of seconds per arm and stage (empty for a study stored before stages were timed)."""
-    from learnforget.study.stage_times import stage_table
-
     header, rows = stage_table(store)
     if not rows:
         return []
     cells = [[r[0], *(_fmt(v, 1) for v in r[1:])] for r in rows]
     return ["## Time per stage (seconds)", "", markdown_table(header, cells), "", STAGE_NOTE, ""]
-
-
-STAGE_NOTE = (
-    "Summed over milestones; eval/<suite> = one evaluation suite, checkpoint = the resumable checkpoint at "
-    "each milestone, save = the final weights and model card, other = the arm's wall time no stage accounts "
-    "for (loading the model and data, writing the store)."
-)
 
 
 def write_summary(study_dir: Path, store: Store, study: StudyConfig) -> Path:
@@ -182,10 +188,6 @@ def write_summary(study_dir: Path, store: Store, study: StudyConfig) -> Path:
         ]
         status = f" ({arm['status']}: {arm['error']})" if arm["status"] in FAILED else ""
         parts += ["", f"### {arm['name']}{status}", "", markdown_table(["tokens"] + metrics, body)]
-    from learnforget.analyse.claims import claims_for_study_dir, claims_markdown
-    from learnforget.analyse.frontier import frontier_for_study_dir
-    from learnforget.analyse.methods import methods_markdown
-
     parts += ["", frontier_for_study_dir(study_dir), "", methods_markdown(study_dir)]
     parts += ["", claims_markdown(claims_for_study_dir(study_dir))]
     path = study_dir / "summary.md"
@@ -205,10 +207,6 @@ def write_report(study_dir: Path, store: Store, study: StudyConfig, console: Con
 
 
 def _write_report(study_dir: Path, store: Store, study: StudyConfig, console: Console | None) -> Path:
-    from multiprocessing import get_all_start_methods, get_context
-
-    from learnforget.report.html import write_study_html
-
     child = None
     if "fork" in get_all_start_methods():
         child = get_context("fork").Process(
@@ -231,8 +229,6 @@ def _write_report(study_dir: Path, store: Store, study: StudyConfig, console: Co
 def _plots_in_child(study_dir: Path, store: Store, study: StudyConfig) -> None:
     """write_plots in the forked child: a failure exits 1 quietly (the parent draws them again and
     reports the error once)."""
-    import os
-
     try:
         write_plots(study_dir, store, study)
     except BaseException:  # noqa: BLE001
@@ -250,14 +246,6 @@ def write_plots(study_dir: Path, store: Store, study: StudyConfig) -> None:
 def write_suite_summary(suite_dir: Path, settings: list[str]) -> Path:
     """summary.md of a suite: the claims' verdicts per setting side by side, the findings that compare
     settings, then each setting's tables."""
-    from learnforget.analyse.claims import (
-        claims_for_study_dir,
-        claims_markdown,
-        claims_side_by_side,
-        verdict_label,
-    )
-    from learnforget.analyse.suite_claims import SUITE_INTRO, claims_for_suite_dir
-
     judged = {key: claims_for_study_dir(suite_dir / key) for key in settings}
     verdicts = [
         [

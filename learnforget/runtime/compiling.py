@@ -6,9 +6,10 @@ compiled kernels on disk (TORCHINDUCTOR_CACHE_DIR), so later processes compile i
 stays the library's kernel; compiling fuses the element-wise work around it (norms, rotary embeddings,
 activations, residual adds).
 
-Only training runs compiled. Evaluation runs the same modules eagerly (`study.evaluate_model`), so every recorded metric is
-what a plain transformers model gives, and a saved arm reloads to exactly those numbers. Compiled training
-is deterministic (the same kernels every run) and agrees with eager training up to float rounding.
+Only training runs compiled. Evaluation runs the same modules eagerly
+(`evaluate.arm_model.evaluate_model`), so every recorded metric is what a plain transformers model gives,
+and a saved arm reloads to exactly those numbers. Compiled training is deterministic (the same kernels
+every run) and agrees with eager training up to float rounding.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from __future__ import annotations
 import torch
 
 from learnforget.errors import UserError
+from learnforget.runtime.sharding import decoder_layers
 
 
 def compile_layers(model: torch.nn.Module) -> None:
     """Compile every decoder layer of `model` (a peft wrapper too) for its later forward/backward passes."""
-    from learnforget.runtime.sharding import decoder_layers
-
     try:
         layers = decoder_layers(model)
     except ValueError as e:

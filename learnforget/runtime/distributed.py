@@ -29,7 +29,7 @@ def is_distributed() -> bool:
 @cache
 def accelerator():
     """The process's Accelerator (created once, only when distributed)."""
-    from accelerate import Accelerator
+    from accelerate import Accelerator  # heavy: imported only under a multi-process launcher
 
     return Accelerator(cpu=not torch.cuda.is_available())
 

@@ -15,6 +15,7 @@ Trained arms are saved in the base model's own dtype (a bf16 hub model stays bf1
 from __future__ import annotations
 
 import contextlib
+import platform
 from pathlib import Path
 
 import torch
@@ -44,6 +45,7 @@ def grad_scaler(precision: str, device: torch.device | str) -> torch.amp.GradSca
 
 def base_dtype(model_path: str) -> torch.dtype:
     """The dtype a model was published in (its config's `dtype`), float32 when it does not say."""
+    # heavy: only this function needs transformers, and the CLI imports this module on every start
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(model_path)
@@ -63,8 +65,6 @@ def absolute_model_path(model_path: str) -> str:
 def native_cpu_bf16() -> bool | None:
     """Whether this CPU computes in bfloat16 natively (AVX512_BF16 or AMX), None where torch cannot tell
     (not x86, or a torch without these checks)."""
-    import platform
-
     checks = [
         getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     ]

@@ -92,8 +92,8 @@ def trainable_names(model: torch.nn.Module) -> set[str]:
 
 
 class Collective:
-    """What `train.train_steps` asks of a launcher (the Accelerator's interface), for FSDP-sharded models:
-    FSDP2 reduce-scatters gradients itself; clipping works on the DTensor gradients."""
+    """What `train.loop.train_steps` asks of a launcher (the Accelerator's interface), for FSDP-sharded
+    models: FSDP2 reduce-scatters gradients itself; clipping works on the DTensor gradients."""
 
     def __init__(self):
         self.process_index = dist.get_rank()

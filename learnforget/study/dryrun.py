@@ -11,11 +11,26 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from learnforget.arms.build import count_parameters, prepare_arm
+from learnforget.arms.targets import check_targets, resolve_targets
+from learnforget.base.gguf import converted_base, is_gguf_base
+from learnforget.base.load import builtin_base_path, shipped_base
 from learnforget.config.arms import Arm
+from learnforget.config.peft import rewrites_base
 from learnforget.config.study import StudyConfig
+from learnforget.data.datasets import template_setting
+from learnforget.data.parallel import PARALLEL_MIN_EXAMPLES, tokenize_workers
+from learnforget.data.shards import token_dtype
+from learnforget.data.templates import describe_template
 from learnforget.errors import UserError
+from learnforget.evaluate.arm_model import MAX_MERGED_BYTES
+from learnforget.evaluate.harness import check_tasks
+from learnforget.files import cache_dir
 from learnforget.runtime.precision import cpu_bf16_warning
+from learnforget.study.identity import check_arms_fit
 from learnforget.study.progress import study_header
+from learnforget.train.fused_loss import FUSED_MODEL_TYPES
+from learnforget.train.memory import estimate_memory
 
 # Architectures of the paper's base, so its recipes dry-run offline (the hub is not needed for counting).
 KNOWN_CONFIGS = {
@@ -28,7 +43,7 @@ KNOWN_CONFIGS = {
 
 def base_config(study: StudyConfig):
     """The base model's transformers config, without downloading or loading weights."""
-    from transformers import AutoConfig, LlamaConfig
+    from transformers import AutoConfig, LlamaConfig  # heavy or optional: only this path needs it
 
     if study.base_model == "builtin":
         r = study.base
@@ -39,7 +54,6 @@ def base_config(study: StudyConfig):
         )  # fmt: skip
     if study.base_model in KNOWN_CONFIGS:
         return LlamaConfig(**KNOWN_CONFIGS[study.base_model])
-    from learnforget.base.gguf import converted_base, is_gguf_base
 
     if is_gguf_base(study.base_model):  # converted here (once, cached): the run needs it anyway
         return AutoConfig.from_pretrained(converted_base(study.base_model))
@@ -60,10 +74,10 @@ def base_config(study: StudyConfig):
 
 def hub_unreachable() -> str | None:
     """Why the Hugging Face hub's host cannot be resolved (no network), or None (reachable, or offline mode)."""
-    import socket
-    from urllib.parse import urlparse
+    import socket  # only this path needs it
+    from urllib.parse import urlparse  # only this path needs it
 
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # heavy or optional: only this path needs it
 
     if constants.HF_HUB_OFFLINE:
         return None
@@ -83,8 +97,6 @@ def _first_line(error: Exception) -> str:
 def check_harness_tasks(study: StudyConfig) -> None:
     """Every name in eval.harness_tasks is an lm-eval task (indexing them takes seconds: only when set)."""
     if study.eval.harness_tasks:
-        from learnforget.evaluate.harness import check_tasks
-
         try:
             check_tasks(study.eval.harness_tasks, study.eval.harness_include_path)
         except UserError as e:
@@ -93,10 +105,7 @@ def check_harness_tasks(study: StudyConfig) -> None:
 
 def arm_size(config, arm: Arm) -> tuple[int, int]:
     """(trainable, total) parameters of an arm, counted on the meta device."""
-    from transformers import AutoModelForCausalLM
-
-    from learnforget.config.peft import rewrites_base
-    from learnforget.train.loop import count_parameters, prepare_arm
+    from transformers import AutoModelForCausalLM  # heavy or optional: only this path needs it
 
     if rewrites_base(arm.peft):  # same parameters; PiSSA's SVD / OLoRA's QR need real weights
         arm = arm.model_copy(update={"peft": {**arm.peft, "init_lora_weights": True}})
@@ -134,9 +143,6 @@ def arm_memory(
     forward passes of `micro_batch_size` sequences when that is smaller. `device`: 'cuda' or 'cpu',
     where the arm trains (default: a GPU when there is one, as `distributed.device`).
     """
-    from learnforget.evaluate.arm_model import MAX_MERGED_BYTES
-    from learnforget.train.memory import estimate_memory
-
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     sharded = study.sharding == "fsdp" and world_size > 1
     # As eval_model.merge_refusal: a LoRA / peft arm in fp32, unsharded, unquantized, small enough.
@@ -163,8 +169,6 @@ def arm_memory(
 
 def uses_fused_loss(config, study: StudyConfig, world_size: int) -> bool:
     """Whether `train.train_steps` computes this arm's loss without full logits (fused_loss.py)."""
-    from learnforget.train.fused_loss import FUSED_MODEL_TYPES
-
     one_process = world_size == 1
     return (
         study.precision == "fp32" and one_process and getattr(config, "model_type", None) in FUSED_MODEL_TYPES
@@ -178,9 +182,7 @@ def adapted_linears(config, arm: Arm) -> list[str]:
     if arm.peft and "target_modules" in arm.peft:
         names = arm.peft["target_modules"]
         return sorted({names} if isinstance(names, str) else set(names))
-    from transformers import AutoModelForCausalLM
-
-    from learnforget.arms.targets import resolve_targets
+    from transformers import AutoModelForCausalLM  # heavy or optional: only this path needs it
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
@@ -191,9 +193,6 @@ def print_dry_run(
     study: StudyConfig, arms: list[Arm], console: Console, world_size: int | None = None
 ) -> list[dict]:
     """Print (and return) one row per arm: settings, trainable parameters, estimated memory per device."""
-    from learnforget.arms.targets import check_targets
-    from learnforget.study.arm import check_arms_fit
-
     world_size = world_size or default_world_size()
     study.check_last_batch(world_size)
     check_harness_tasks(study)
@@ -241,10 +240,7 @@ def base_tokenizer(study: StudyConfig):
     """The base's tokenizer, for the template line (no weights: cheap), or None where it cannot be had:
     a built-in base not pretrained yet, a hub model neither cached nor reachable. A hub model whose
     architecture the dry run knows offline (KNOWN_CONFIGS) is only looked for in the local cache."""
-    from transformers import AutoTokenizer
-
-    from learnforget.base.gguf import converted_base, is_gguf_base
-    from learnforget.base.load import builtin_base_path, shipped_base
+    from transformers import AutoTokenizer  # heavy or optional: only this path needs it
 
     if study.base_model == "builtin":
         path = shipped_base(study.base) or builtin_base_path(study.base)
@@ -310,9 +306,6 @@ def data_plan(study: StudyConfig, vocab_size: int | None = None, tokenizer=None)
 
 def template_line(study: StudyConfig, tokenizer=None) -> str:
     """The template the study will use (``datasets.study_template``), in words with an example."""
-    from learnforget.data.datasets import template_setting
-    from learnforget.data.templates import describe_template
-
     base = "the built-in base" if study.base_model == "builtin" else study.base_model
     builtin_prompts = study.regime == "cpt" or study.data.train == "builtin"
     return describe_template(template_setting(study), builtin_prompts, tokenizer, base)
@@ -328,8 +321,6 @@ def size(n_bytes: float) -> str:
 
 def token_width(vocab_size: int | None) -> tuple[int, str]:
     """(bytes a token, how that was decided) in token and example files."""
-    from learnforget.data.shards import token_dtype
-
     if vocab_size is None:
         return 2, "2 or 4 bytes (uint16 up to a vocabulary of 65,536 tokens, else uint32)"
     dtype = token_dtype(vocab_size)
@@ -339,7 +330,7 @@ def token_width(vocab_size: int | None) -> tuple[int, str]:
 
 def disk_room(where, n_bytes: int) -> str:
     """Free space at ``where`` (or its nearest existing parent), flagged when short of ``n_bytes``."""
-    import shutil
+    import shutil  # only this path needs it
 
     existing = next(p for p in (where, *where.parents) if p.exists())
     free = shutil.disk_usage(existing).free
@@ -349,9 +340,6 @@ def disk_room(where, n_bytes: int) -> str:
 def token_file_plan(study: StudyConfig, vocab_size: int | None) -> str:
     """The CPT token file: size on disk (2 or 4 bytes a token), free space there, and why it is not
     resident (a step reads its own rows from it)."""
-    from learnforget.data.parallel import tokenize_workers
-    from learnforget.files import cache_dir
-
     tokens = study.steps * study.tokens_per_step
     width, how_wide = token_width(vocab_size)
     n_bytes = tokens * width
@@ -371,9 +359,6 @@ def token_file_plan(study: StudyConfig, vocab_size: int | None) -> str:
 def example_file_plan(study: StudyConfig, vocab_size: int | None, n_rows: int) -> str:
     """The IFT example file: its size on disk at most (every example seq_len tokens; the real size is
     known once tokenized), free space there, and what each training process holds."""
-    from learnforget.data.parallel import PARALLEL_MIN_EXAMPLES, tokenize_workers
-    from learnforget.files import cache_dir
-
     n = study.data.examples
     tokens = n * study.seq_len
     width, how_wide = token_width(vocab_size)

@@ -14,8 +14,10 @@ import csv
 import json
 from pathlib import Path
 
+from learnforget.config.study import StudyConfig
 from learnforget.errors import UserError
 from learnforget.files import writing
+from learnforget.study.store import open_store
 
 FORMATS = ("csv", "parquet", "jsonl")
 STEP_QUANTITIES = ("loss", "learning_rate", "grad_norm")
@@ -23,9 +25,6 @@ STEP_QUANTITIES = ("loss", "learning_rate", "grad_norm")
 
 def study_tables(study_dir: Path) -> dict[str, list[dict]]:
     """{'metrics', 'arms', 'steps'} rows of one study directory."""
-    from learnforget.config.study import StudyConfig
-    from learnforget.study.store import open_store
-
     store = open_store(study_dir)
     config = store.info("config")
     tokens_per_step = StudyConfig.model_validate(config).tokens_per_step if config else None
@@ -59,8 +58,8 @@ def write_table(rows: list[dict], path: Path, fmt: str) -> Path:
             f.writelines(json.dumps(row) + "\n" for row in rows)
     else:
         try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
+            import pyarrow as pa  # heavy or optional: only this path needs it
+            import pyarrow.parquet as pq  # heavy or optional: only this path needs it
         except ImportError:
             raise UserError(
                 "--format parquet needs pyarrow: pip install pyarrow (or use csv / jsonl)"

@@ -21,6 +21,8 @@ from pathlib import Path
 
 LEASES_DIR = "leases"
 
+POLL_SECONDS = 2.0  # how often a process waiting for a leased arm looks again
+
 
 def stale_after() -> float:
     return float(os.environ.get("LEARNFORGET_LEASE_SECONDS", "120"))

@@ -43,7 +43,6 @@ different hosts should agree to within seconds (the merge keeps an arm's most re
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -56,90 +55,22 @@ from pathlib import Path
 
 from learnforget.errors import UserError, storage_error
 from learnforget.files import writing
-
-DB_NAME = "results.db"
-PARTS_DIR = "results"
-LEGACY_PART = "legacy.db"
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS study (key TEXT PRIMARY KEY, value TEXT);
-CREATE TABLE IF NOT EXISTS arms (
-    name TEXT PRIMARY KEY, method TEXT, rank INTEGER, alpha REAL, target_modules TEXT,
-    learning_rate REAL, weight_decay REAL, dropout REAL, train_embeddings INTEGER, optimizer TEXT,
-    seed INTEGER, trainable_params INTEGER, total_params INTEGER, status TEXT DEFAULT 'pending',
-    tokens_per_s REAL, peak_memory_mb REAL, train_seconds REAL, error TEXT,
-    arm_id TEXT, registered REAL, updated REAL, peft TEXT, quantization TEXT, wall_seconds REAL);
-CREATE TABLE IF NOT EXISTS metrics (
-    arm TEXT, step INTEGER, tokens INTEGER, metric TEXT, value REAL, checksum TEXT,
-    PRIMARY KEY (arm, tokens, metric));
-CREATE TABLE IF NOT EXISTS matrices (
-    arm TEXT, tokens INTEGER, name TEXT, rank_delta INTEGER, rank_base INTEGER, rank_random INTEGER,
-    min_dim INTEGER, delta_fro REAL, relative_delta REAL, intruders INTEGER, PRIMARY KEY (arm, tokens, name));
-CREATE TABLE IF NOT EXISTS files (
-    path TEXT, sha256 TEXT, size INTEGER, written REAL, PRIMARY KEY (path, sha256));
-CREATE TABLE IF NOT EXISTS starts (
-    arm TEXT, arm_id TEXT, host TEXT, pid INTEGER, started REAL, PRIMARY KEY (arm, host, pid, started));
-CREATE TABLE IF NOT EXISTS steps (
-    arm TEXT, step INTEGER, loss REAL, learning_rate REAL, grad_norm REAL, PRIMARY KEY (arm, step));
-CREATE TABLE IF NOT EXISTS stage_times (
-    arm TEXT, step INTEGER, stage TEXT, seconds REAL, PRIMARY KEY (arm, step, stage));
-"""
-
-ARM_COLUMNS = (
-    "method", "rank", "alpha", "target_modules", "learning_rate", "weight_decay", "dropout",
-    "train_embeddings", "optimizer", "seed",
-)  # fmt: skip
-ALL_ARM_COLUMNS = ("name", *ARM_COLUMNS) + (
-    "trainable_params", "total_params", "status", "tokens_per_s", "peak_memory_mb", "train_seconds",
-    "error", "arm_id", "registered", "updated", "peft", "quantization", "wall_seconds",
-)  # fmt: skip
-# Columns added since the first schema: older stores get them on migration.
-ADDED_ARM_COLUMNS = {
-    "arm_id": "TEXT",
-    "registered": "REAL",
-    "updated": "REAL",
-    "peft": "TEXT",
-    "quantization": "TEXT",
-    "wall_seconds": "REAL",
-}
-# Arm settings stored as JSON text (the peft keywords), read back as they were given.
-JSON_ARM_COLUMNS = ("peft",)
-# The snapshot is refreshed at most this often by one process (and whenever `refresh_snapshot` is called).
-SNAPSHOT_SECONDS = 1.0
-_last_snapshot: dict[str, float] = {}
-ROW_TABLES = ("study", "metrics", "matrices", "files", "starts", "steps", "stage_times")
-# An arm's status: FAILED arms' numbers are not results (left out of tables, frontiers, noise and claims);
-# FINISHED arms are not trained again by a rerun.
-FAILED = ("failed", "diverged")
-FINISHED = ("done", "diverged")
-
-
-def store_error(path: Path, error: Exception) -> UserError:
-    return UserError(
-        f"{path}: not a readable results store ({error}); move it away and rerun to recompute the study, "
-        "or restore it from a backup"
-    )
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    conn.executescript(SCHEMA)
-    have = {r[1] for r in conn.execute("PRAGMA table_info(arms)")}
-    for column, kind in ADDED_ARM_COLUMNS.items():
-        if column not in have:
-            conn.execute(f"ALTER TABLE arms ADD COLUMN {column} {kind}")
-    if "checksum" not in {r[1] for r in conn.execute("PRAGMA table_info(metrics)")}:
-        conn.execute("ALTER TABLE metrics ADD COLUMN checksum TEXT")  # older rows keep none
-
-
-def row_checksum(arm: str, step: int, tokens: int, metric: str, value: float | None) -> str:
-    """16 hex digits of the sha256 of a metric row as SQLite stores it (NaN is stored as NULL): an edited
-    value, arm, milestone or name no longer matches."""
-    value = None if value is None or value != value else float(value)
-    return hashlib.sha256(json.dumps([arm, step, tokens, metric, value]).encode()).hexdigest()[:16]
-
-
-class StoreDamaged(UserError):
-    """A part's rows do not match their checksums: edited or damaged after they were written."""
+from learnforget.study.store_merge import _MERGES, _Merged
+from learnforget.study.store_schema import (
+    ALL_ARM_COLUMNS,
+    ARM_COLUMNS,
+    DB_NAME,
+    FAILED,
+    JSON_ARM_COLUMNS,
+    LEGACY_PART,
+    PARTS_DIR,
+    SNAPSHOT_SECONDS,
+    StoreDamaged,
+    _last_snapshot,
+    _migrate,
+    row_checksum,
+    store_error,
+)
 
 
 class Store:
@@ -310,17 +241,15 @@ class Store:
         """Add arms (name, settings, arm id) if new, in one transaction; the order is kept for display."""
         known = {a["name"] for a in self.arms()}
         now = time.time()
-        extra = ("quantization", *JSON_ARM_COLUMNS)
         rows = [
-            (name, *(settings.get(c) for c in ARM_COLUMNS), arm_id, now + i * 1e-6, settings.get("quantization"),
-             *(None if settings.get(c) is None else json.dumps(settings[c], sort_keys=True) for c in JSON_ARM_COLUMNS))
+            (name, *(_column_value(c, settings.get(c)) for c in ARM_COLUMNS), arm_id, now + i * 1e-6)
             for i, (name, settings, arm_id) in enumerate(arms)
             if name not in known
-        ]  # fmt: skip
+        ]
         if not rows:
             return
-        cols = ", ".join(("name", *ARM_COLUMNS, "arm_id", "registered", *extra))
-        marks = ", ".join("?" * (len(ARM_COLUMNS) + 3 + len(extra)))
+        cols = ", ".join(("name", *ARM_COLUMNS, "arm_id", "registered"))
+        marks = ", ".join("?" * (len(ARM_COLUMNS) + 3))
         self._write(f"INSERT OR IGNORE INTO arms ({cols}) VALUES ({marks})", rows)
 
     def register_arm(self, name: str, settings: dict, arm_id: str | None = None) -> None:
@@ -405,8 +334,7 @@ class Store:
             else f" WHERE a.status IS NULL OR a.status NOT IN ({', '.join('?' * len(FAILED))})"
         )
         return self._read(
-            "SELECT m.arm, a.method, a.rank, a.alpha, a.target_modules, a.learning_rate, a.weight_decay,"
-            " a.dropout, a.train_embeddings, a.seed, a.peft, a.trainable_params, a.status, m.step,"
+            f"SELECT m.arm, {', '.join('a.' + c for c in ARM_COLUMNS)}, a.trainable_params, a.status, m.step,"
             " m.tokens AS milestone, m.metric, m.value"
             f" FROM metrics m JOIN arms a ON a.name = m.arm{where} ORDER BY a.rowid, m.tokens, m.metric",
             () if every_arm else FAILED,
@@ -457,8 +385,8 @@ def _flush_at_exit(study_dir: Path) -> None:
     """A write left out of the snapshot (throttled) reaches it when this process exits normally."""
     global _flush_registered
     if not _flush_registered:
-        import atexit
-        from multiprocessing import util
+        import atexit  # only this path needs it
+        from multiprocessing import util  # only this path needs it
 
         atexit.register(_flush_dirty)
         util.Finalize(None, _flush_dirty, exitpriority=10)  # worker processes skip atexit
@@ -475,106 +403,9 @@ def _flush_dirty() -> None:
     _dirty.clear()
 
 
-def _change_counter(path: Path) -> bytes:
-    """SQLite's file change counter (header bytes 24-27): it moves on every commit, even when neither
-    the size nor a coarse mtime does."""
-    with path.open("rb") as f:
-        return f.read(28)[24:]
-
-
-class _Merged:
-    """The merge of a study's parts, brought up to date by copying only the rows parts gained: rows of
-    later-changed parts replace equal keys; an arm keeps its most recently updated row and its first
-    registration (for the display order)."""
-
-    def __init__(self):
-        self.conn = sqlite3.connect(":memory:", check_same_thread=False)
-        self.conn.row_factory = sqlite3.Row
-        self.conn.executescript(SCHEMA)
-        self.conn.create_function("row_checksum", 5, row_checksum, deterministic=True)
-        self.conn.execute("CREATE TEMP TABLE all_arms AS SELECT *, 0 AS part FROM arms WHERE 0")
-        self.keys: dict[str, tuple] = {}
-        self.ids: dict[str, int] = {}
-        self.marks: dict[str, dict[str, int]] = {}  # part -> table -> highest rowid copied
-
-    def update(self, parts: list[Path]) -> None:
-        keys = {p.name: (p.stat().st_mtime_ns, p.stat().st_size, _change_counter(p)) for p in parts}
-        if set(self.keys) - set(keys):
-            raise FileNotFoundError("a part was removed: merge again from nothing")
-        changed = [p for p in parts if self.keys.get(p.name) != keys[p.name]]
-        if not changed:
-            return
-        conn = self.conn
-        for part in changed:
-            index = self.ids.setdefault(part.name, len(self.ids))
-            try:
-                conn.execute("ATTACH DATABASE ? AS p", (str(part),))
-                try:
-                    _copy_part(conn, index, self.marks.setdefault(part.name, {}), part)
-                finally:
-                    conn.commit()
-                    conn.execute("DETACH DATABASE p")
-            except sqlite3.DatabaseError as e:
-                e.part = part
-                raise
-        cols = ", ".join(ALL_ARM_COLUMNS)
-        conn.execute("DELETE FROM arms")
-        conn.execute(
-            f"INSERT INTO arms ({cols}) SELECT {cols} FROM ("
-            " SELECT *, ROW_NUMBER() OVER (PARTITION BY name ORDER BY COALESCE(updated, 0) DESC, part DESC)"
-            " AS pick, MIN(COALESCE(registered, 0) + part * 1e-9) OVER (PARTITION BY name) AS first_seen"
-            " FROM all_arms) WHERE pick = 1 ORDER BY first_seen, name"
-        )
-        conn.commit()
-        self.keys.update(keys)
-
-
-_MERGES: dict[str, _Merged] = {}
-
-
-def _copy_part(conn: sqlite3.Connection, index: int, marks: dict[str, int], part: Path) -> None:
-    """Copy the rows a part gained since the last copy. A part's rows are only ever inserted or
-    replaced, and SQLite gives a replacing row a rowid above every existing one, so the rows with a
-    rowid above the last copy's highest are exactly the new ones. Metric rows are checked against
-    their checksums (rows written before checksums have none)."""
-    tables = {r[0] for r in conn.execute("SELECT name FROM p.sqlite_master WHERE type = 'table'")}
-    for table in (*ROW_TABLES, "arms"):
-        if table not in tables:
-            continue
-        top = conn.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM p.{table}").fetchone()[0]
-        window = (marks.get(table, 0), top)
-        theirs = {r[1] for r in conn.execute(f"PRAGMA p.table_info({table})")}
-        if table == "metrics" and "checksum" in theirs:
-            _check_metric_rows(conn, window, part)
-        if table == "arms":
-            select = ", ".join(c if c in theirs else "NULL" for c in ALL_ARM_COLUMNS)
-            conn.execute(
-                f"INSERT INTO all_arms ({', '.join(ALL_ARM_COLUMNS)}, part) SELECT {select}, ? FROM p.arms"
-                " WHERE rowid > ? AND rowid <= ?",
-                (index, *window),
-            )
-        else:
-            mine = [r[1] for r in conn.execute(f"PRAGMA main.table_info({table})")]
-            select = ", ".join(c if c in theirs else "NULL" for c in mine)
-            conn.execute(
-                f"INSERT OR REPLACE INTO main.{table} SELECT {select} FROM p.{table} WHERE rowid > ? AND rowid <= ?",
-                window,
-            )
-        marks[table] = top
-
-
-def _check_metric_rows(conn: sqlite3.Connection, window: tuple[int, int], part: Path) -> None:
-    bad = conn.execute(
-        "SELECT arm, tokens, metric FROM p.metrics WHERE rowid > ? AND rowid <= ? AND checksum IS NOT NULL"
-        " AND checksum != row_checksum(arm, step, tokens, metric, value) LIMIT 1",
-        window,
-    ).fetchone()
-    if bad is not None:
-        raise StoreDamaged(
-            f"{part}: metric {bad[2]} of arm {bad[0]} at {bad[1]:,} tokens does not match its checksum "
-            "(edited or damaged after it was written); restore the part from a backup, or move it away "
-            "and rerun with --recompute to train what it held again"
-        )
+def _column_value(column: str, value):
+    """An arm setting as its column holds it (the peft keywords as JSON text, read back as given)."""
+    return json.dumps(value, sort_keys=True) if column in JSON_ARM_COLUMNS and value is not None else value
 
 
 def open_store(study_dir: str | Path) -> Store:

@@ -41,7 +41,7 @@ def hyperparameters(study_json: dict, arm: dict) -> dict[str, str | int | float 
 
 def check_trackers(log_with: list[str]) -> None:
     """A one-line error naming the missing package, before any arm trains."""
-    import importlib.util
+    import importlib.util  # only this path needs it
 
     for name in log_with:
         package = TRACKER_PACKAGES[name]
@@ -61,7 +61,7 @@ class StepLog:
         self.store, self.arm, self.rows = store, arm_name, []
         self.accelerator = None
         if log_with:
-            from accelerate import Accelerator
+            from accelerate import Accelerator  # only this path needs it
 
             self.accelerator = Accelerator(
                 log_with=list(log_with), project_dir=str(Path(study_dir) / TRACKING_DIR / arm_name)

@@ -39,7 +39,7 @@ def start_early() -> None:
     ctx = context()
     if ctx.get_start_method() != "forkserver":
         return
-    from multiprocessing import forkserver
+    from multiprocessing import forkserver  # only this path needs it
 
     ctx.set_forkserver_preload(PRELOAD)
     forkserver.ensure_running()

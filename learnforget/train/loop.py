@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoConfig, PreTrainedModel
 
-from learnforget.arms.targets import dropout_overrides, resolve_targets, uses_conv1d
-from learnforget.config.arms import Arm
+from learnforget.data.examples import step_rows
+from learnforget.runtime.device import model_device
+from learnforget.runtime.precision import autocast
+from learnforget.train.fused_loss import causal_lm_loss, fused_loss_parts
 
 GRAD_CLIP = 1.0
 IGNORE_INDEX = -100  # label of tokens without loss (transformers' convention)
@@ -58,7 +59,7 @@ def make_optimizer(
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
     if optimizer == "lion":
-        from lion_pytorch import Lion
+        from lion_pytorch import Lion  # heavy or optional: only this path needs it
 
         opt = Lion(groups, lr=learning_rate, betas=BETAS)
     else:
@@ -106,11 +107,6 @@ def train_steps(
     `fused_loss`: compute the loss without full-vocabulary logits where the model allows (fused_loss.py;
     fp32 in one process); same loss up to float rounding.
     """
-    from learnforget.data.examples import step_rows
-    from learnforget.runtime.device import model_device
-    from learnforget.runtime.precision import autocast
-    from learnforget.train.fused_loss import causal_lm_loss, fused_loss_parts
-
     model.train()
     device = model_device(model)
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
@@ -123,46 +119,14 @@ def train_steps(
         target = batch if labels is None else labels[first:stop][rank::world]
         if len(batch) == 0:
             raise ValueError(f"step {step}: rows {first}..{stop} leave process {rank} of {world} none")
-        micro = micro_batch_size or len(batch)
-        chunks = range(0, len(batch), micro)
         # Rows split unevenly (a short batch): every process runs as many passes as the one with the
-        # most rows, since FSDP's all-gathers and DDP's all-reduces must meet; the extra passes carry no
-        # loss (weight 0).
+        # most rows, since FSDP's all-gathers and DDP's all-reduces must meet.
         most = -(-(stop - first) // world)
-        passes = max(len(chunks), -(-most // (micro_batch_size or most)))
-        loss = torch.zeros((), device=device)
-        for n in range(passes):  # gradient accumulation: the mean of the micro-batches' mean losses
-            start = chunks[n] if n < len(chunks) else 0
-            ids, part_labels = trim_padding(batch[start : start + micro], target[start : start + micro])
-            if fused:
-                part_loss = causal_lm_loss(fused, ids.to(device), part_labels.to(device))
-            else:
-                with autocast(precision, device):
-                    # No KV cache: training never reads it, and transformers fills one unless told.
-                    part_loss = model(
-                        input_ids=ids.to(device), labels=part_labels.to(device), use_cache=False
-                    ).loss
-            scaled = part_loss.float() / len(chunks) * (n < len(chunks))
-            backward = scaler.scale(scaled) if scaler is not None else scaled
-            if accelerator is None:
-                backward.backward()
-            else:
-                accelerator.backward(backward)
-            loss += scaled.detach()
-        if scaler is not None:
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-        if accelerator is None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, GRAD_CLIP)
-        else:
-            grad_norm = accelerator.clip_grad_norm_(trainable, GRAD_CLIP)
-        learning_rate = optimizer.param_groups[0]["lr"]  # the rate this step uses (before scheduler.step)
-        if scaler is not None:
-            scaler.step(optimizer)  # skips the step when fp16 gradients overflowed
-            scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        passes = StepPasses(
+            batch, target, micro_batch_size or len(batch), -(-most // (micro_batch_size or most))
+        )
+        loss = accumulate_gradients(model, passes, device, precision, fused, scaler, accelerator)
+        learning_rate, grad_norm = optimizer_step(optimizer, scheduler, trainable, scaler, accelerator)
         loss_value = (accelerator.reduce(loss.detach(), "mean") if accelerator else loss).item()
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"loss became {loss_value} at step {step}")
@@ -176,6 +140,69 @@ def train_steps(
     return loss_value
 
 
+@dataclass
+class StepPasses:
+    """One step's forward/backward passes over a process's rows: micro-batches of `micro` rows, and at
+    least `at_least` passes (the extra ones, where this process has fewer rows, carry no loss)."""
+
+    batch: torch.Tensor
+    target: torch.Tensor
+    micro: int
+    at_least: int
+
+    def __iter__(self):
+        chunks = range(0, len(self.batch), self.micro)
+        for n in range(max(len(chunks), self.at_least)):
+            start = chunks[n] if n < len(chunks) else 0
+            ids, labels = trim_padding(
+                self.batch[start : start + self.micro], self.target[start : start + self.micro]
+            )
+            yield ids, labels, len(chunks), n < len(chunks)
+
+
+def accumulate_gradients(
+    model, passes: StepPasses, device, precision: str, fused, scaler, accelerator
+) -> torch.Tensor:
+    """Forward and backward every pass of one step; returns the step's loss (the mean of the passes'
+    mean losses), gradients accumulated in the parameters."""
+    loss = torch.zeros((), device=device)
+    for ids, labels, count, counted in passes:
+        if fused:
+            part_loss = causal_lm_loss(fused, ids.to(device), labels.to(device))
+        else:
+            with autocast(precision, device):
+                # No KV cache: training never reads it, and transformers fills one unless told.
+                part_loss = model(input_ids=ids.to(device), labels=labels.to(device), use_cache=False).loss
+        scaled = part_loss.float() / count * counted
+        backward = scaler.scale(scaled) if scaler is not None else scaled
+        if accelerator is None:
+            backward.backward()
+        else:
+            accelerator.backward(backward)
+        loss += scaled.detach()
+    return loss
+
+
+def optimizer_step(optimizer, scheduler, trainable: list, scaler, accelerator) -> tuple[float, object]:
+    """Clip, step the optimizer and the schedule, clear the gradients; returns (the rate this step used,
+    the gradient norm before clipping)."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    if accelerator is None:
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, GRAD_CLIP)
+    else:
+        grad_norm = accelerator.clip_grad_norm_(trainable, GRAD_CLIP)
+    learning_rate = optimizer.param_groups[0]["lr"]  # before scheduler.step
+    if scaler is not None:
+        scaler.step(optimizer)  # skips the step when fp16 gradients overflowed
+        scaler.update()
+    else:
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return learning_rate, grad_norm
+
+
 def trim_padding(ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut the columns after the last token with a loss: right padding of IFT rows. Under causal attention
     no earlier token sees them and they carry no loss, so the loss and gradients are those of the full
@@ -183,175 +210,3 @@ def trim_padding(ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     has_loss = (labels != IGNORE_INDEX).any(dim=0).nonzero()
     width = int(has_loss[-1]) + 1 if len(has_loss) else ids.shape[1]
     return ids[:, :width], labels[:, :width]
-
-
-def load_arm_model(
-    base_path: str,
-    arm: Arm,
-    precision: str = "fp32",
-    attn_implementation: str = "sdpa",
-    gradient_checkpointing: bool = False,
-) -> PreTrainedModel:
-    """The base model set up for one arm: full finetuning or a peft LoRA wrapper, embeddings as asked."""
-    from learnforget.base.load import load_causal_lm
-
-    overrides = dropout_overrides(AutoConfig.from_pretrained(base_path), arm.method, arm.dropout)
-    if arm.quantization:
-        overrides["quantization_config"] = quantization_config(arm.quantization)
-    model = load_causal_lm(base_path, precision, attn_implementation, **overrides)
-    if arm.quantization:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-    if gradient_checkpointing:
-        # Non-reentrant checkpointing needs no input gradients, so it works under a frozen base (LoRA).
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    return prepare_arm(model, arm)
-
-
-def quantization_config(kind: str):
-    """bitsandbytes loading for QLoRA: 4-bit NF4 with double quantization computing in bfloat16 (the
-    QLoRA paper's setting), or 8-bit."""
-    from transformers import BitsAndBytesConfig
-
-    if kind == "4bit":
-        return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-        )  # fmt: skip
-    return BitsAndBytesConfig(load_in_8bit=True)
-
-
-def prepare_arm(model: PreTrainedModel, arm: Arm) -> PreTrainedModel:
-    """Wrap a loaded base for a LoRA or peft arm (targets resolved from its structure) and set the embeddings."""
-    if arm.peft is not None:
-        from learnforget.config.peft import build_config
-
-        targets = None if "target_modules" in arm.peft else resolve_targets(model, arm.target_modules)
-        config = build_config(arm.peft, targets, fan_in_fan_out=bool(targets) and uses_conv1d(model, targets))
-        model = get_peft_model(model, config)
-    elif arm.method == "lora":
-        targets = resolve_targets(model, arm.target_modules)
-        config = LoraConfig(
-            r=arm.rank,
-            lora_alpha=arm.alpha,
-            lora_dropout=arm.dropout,
-            target_modules=targets,
-            fan_in_fan_out=uses_conv1d(model, targets),
-            bias="none",
-        )
-        model = get_peft_model(model, config)
-    set_embeddings_trainable(model, arm.train_embeddings)
-    return model
-
-
-def set_embeddings_trainable(model: torch.nn.Module, trainable: bool) -> None:
-    """Freeze or unfreeze the token embeddings and the LM head (tied or not)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for module in (inner.get_input_embeddings(), inner.get_output_embeddings()):
-        if module is not None:
-            module.weight.requires_grad_(trainable)
-
-
-def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameters, counting tied weights once."""
-    seen, trainable, total = set(), 0, 0
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-        trainable += p.numel() if p.requires_grad else 0
-    return trainable, total
-
-
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The trainable tensors by name (what a checkpoint must hold to restore the arm)."""
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def merged_weights(
-    model: torch.nn.Module, state: dict[str, torch.Tensor] | None = None
-) -> dict[str, torch.Tensor]:
-    """Effective weights under base-model names (the method's update folded in): W_base + ΔW for spectra.
-
-    Plain LoRA is folded from its factors (ΔW = scaling · B·A, as peft's `get_delta_weight`); any other
-    method (DoRA, VeRA, IA³, LoHa, LoKr, OFT, ...) through peft's own `merge` on a copy of one adapted
-    module at a time, so the update is read in weight space (IA³'s activation scaling becomes scaled
-    weight rows or columns, OFT's rotation a rotated matrix) and never two full models are held.
-    Methods that rewrite the base at initialisation (PiSSA, OLoRA) keep their residual base inside the
-    model: the effective weights are right, and ΔW is taken against the original base by the caller.
-    `state`: the model's full state dict when its own parameters are sharded (`sharding.full_state_dict`).
-    """
-    gathered = state is not None
-    state = model.state_dict() if state is None else state
-    if not hasattr(model, "get_base_model"):
-        return {n: t.detach() for n, t in state.items()}
-    from peft.tuners.tuners_utils import BaseTunerLayer
-    from peft.utils.other import ModulesToSaveWrapper
-
-    prefix = "base_model.model."  # peft's names for the wrapped model's tensors
-    inner = {n.removeprefix(prefix): t.detach() for n, t in state.items() if n.startswith(prefix)}
-    merged, adapted = {}, []
-    for name, module in model.get_base_model().named_modules():
-        if isinstance(module, BaseTunerLayer):
-            adapted.append(name + ".")
-            merged.update(
-                {f"{name}.{k}": v for k, v in _merged_module(module, name, inner, gathered).items()}
-            )
-    # modules_to_save: the trained copy stands for the module (under its base name), the original is dropped.
-    saved = [
-        name + "."
-        for name, m in model.get_base_model().named_modules()
-        if isinstance(m, ModulesToSaveWrapper)
-    ]
-    for name, tensor in inner.items():
-        if name.startswith(tuple(adapted)):
-            continue
-        owner = next((s for s in saved if name.startswith(s)), None)
-        if owner is None:
-            merged[name] = tensor
-        elif name.startswith(owner + "modules_to_save.default."):
-            merged[owner + name.removeprefix(owner + "modules_to_save.default.")] = tensor
-    return merged
-
-
-def _merged_module(
-    module: torch.nn.Module, name: str, inner: dict[str, torch.Tensor], gathered: bool
-) -> dict[str, torch.Tensor]:
-    """The adapted module's base-layer tensors with its update merged (names relative to the module).
-    `gathered`: the tensors in `inner` replace the module's own (sharded) ones in the copy."""
-    from peft.tuners.lora import LoraLayer
-    from peft.utils import transpose
-
-    own = {k.removeprefix(name + "."): v for k, v in inner.items() if k.startswith(name + ".")}
-    base = {k.removeprefix("base_layer."): v for k, v in own.items() if k.startswith("base_layer.")}
-    if isinstance(module, LoraLayer) and _plain_lora(module):
-        # As peft's LoRA Linear.get_delta_weight, from tensors rather than the module's own parameters.
-        a, b = own["lora_A.default.weight"], own["lora_B.default.weight"]
-        if not base["weight"].is_floating_point():  # QLoRA: bitsandbytes' packed weights, dequantized
-            from peft.utils.integrations import dequantize_module_weight
-
-            base = {"weight": dequantize_module_weight(module.get_base_layer()).float()}
-        base["weight"] = base["weight"] + transpose(b @ a, module.fan_in_fan_out) * module.scaling["default"]
-        return base
-    import copy
-
-    clone = copy.deepcopy(module)
-    if gathered:  # copies: merge works in place, and the gathered tensors are checkpointed afterwards
-        clone.load_state_dict({k: v.clone() for k, v in own.items()}, strict=False, assign=True)
-    with torch.no_grad():
-        clone.merge(safe_merge=False)
-    return {k: v.detach() for k, v in clone.get_base_layer().state_dict().items()}
-
-
-def _plain_lora(module) -> bool:
-    """A LoRA linear layer whose update is exactly scaling · B·A (no DoRA magnitude, no extra bias)."""
-    return (
-        not module.use_dora.get("default", False)
-        and not getattr(module, "lora_bias", {}).get("default", False)
-        and "default" in module.lora_A
-        and isinstance(module.lora_A["default"], torch.nn.Linear)
-        and not module.merged
-    )

@@ -12,7 +12,7 @@ below training's activations for batches of a few thousand tokens on a 100M-para
 It is checked against measured peaks by `bench/bench_memory.py` (tiny Llamas, training only; and
 SmolLM2-135M through the study's own arm path, where it is available).
 
-Assumptions about training (`learnforget/train.py`), by precision (STORAGE_BYTES):
+Assumptions about training (`learnforget/train/loop.py`), by precision (STORAGE_BYTES):
 - 'fp32': everything in float32.
 - 'bf16-mixed' / 'fp16-mixed': every weight, frozen or not, is stored in float32 (the model is loaded in
   float32 and the forward pass runs under autocast), gradients and optimizer states in float32. LoRA's
@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+
+from learnforget.train.fused_loss import CHUNK_TOKENS
 
 STORAGE_BYTES = {"fp32": 4, "bf16-mixed": 4, "fp16-mixed": 4, "bf16": 2}
 """Bytes per stored weight, gradient and optimizer state."""
@@ -90,7 +92,7 @@ class MemoryEstimate:
     activations: int
     """Saved activations of one micro-batch, the logits and their gradients, and autocast copies."""
     held: int = 0
-    """Held by the arm's process besides training: see `estimate_memory`."""
+    """Held by the arm's process besides training: see `held_bytes`."""
 
     @property
     def training(self) -> int:
@@ -148,8 +150,6 @@ def activation_bytes(
     kept_layers = layer + layers * hidden * residual if gradient_checkpointing else layers * layer
     final_norm = 3 * hidden * residual
     if fused_loss:
-        from learnforget.train.fused_loss import CHUNK_TOKENS
-
         fused = 4 * (tokens * hidden + vocab * hidden + 2 * min(tokens, CHUNK_TOKENS) * vocab)
         return tokens * (kept_layers + final_norm) + fused
     logits = LOGITS_BYTES_PER_TOKEN[kind] * vocab
@@ -185,47 +185,91 @@ def estimate_memory(
     `sequences` is what one device runs through one forward pass (micro_batch_size, or its share of
     batch_size). `embedding_params` are the input embedding's (no matmul, so no autocast copy).
     `adapted` names the linear layers LoRA adapts (empty for full finetuning). `fused_loss`: the training
-    loop's loss without full-vocabulary logits applies (see `activation_bytes`).
+    loop's loss without full-vocabulary logits applies (see `activation_bytes`). Under sharding 'fsdp',
+    stored weights, gradients and optimizer states are divided by `world_size`.
 
-    - weights: frozen × STORAGE_BYTES + trainable × the trainable's bytes: STORAGE_BYTES, but 4 for LoRA
-      adapters under 'bf16' (peft keeps adapter weights in float32 on a bf16 model).
-    - gradients: `trainable` × the trainable's bytes (frozen weights have none).
-    - optimizer: `trainable` × OPTIMIZER_STATES × the trainable's bytes.
-    - activations: `activation_bytes`; under *-mixed add autocast's 2-byte copies of the matmul weights
-      (every weight but the input embedding): autocast caches the cast of each trainable weight for the
-      whole forward pass and autograd saves the casts of frozen ones for the input gradients, so all of
-      them are alive when backward starts (with checkpointing, trainable ones still are; frozen ones for
-      one layer only: counted as all, a small overestimate for LoRA).
-    - sharding 'fsdp': weights, gradients and optimizer states (of every parameter, frozen or not:
-      FSDP shards modules, not trainability) are divided by `world_size`; the all-gathered 16-bit copies
-      of two decoder layers (the one computing, the one prefetched) replace autocast's copies.
-    - held, one term a line (`device`: 'cpu' counts the host's memory, as the study's CPU peak does):
-      `merged_copy`: the plain model LoRA is evaluated through (eval_model.py), fp32, on the device;
-      on a CPU, `spectra`: the base weights kept for ΔW spectra from the first milestone on
-      (study.load_base_weights: host memory, so not a GPU's);
-      on a CPU, PROCESS_BYTES: the runtime itself;
-      on a CPU, CPU_HEAP_SLACK × activations: what the allocator keeps resident beyond the live peak.
+    - weights, gradients, optimizer: `stored_bytes`, plus under FSDP `compute_copies`' gathered layers.
+    - activations: `activation_bytes`, plus under *-mixed `compute_copies`' autocast copies.
+    - held: `held_bytes` (`device`: 'cpu' counts the host's memory, as the study's CPU peak does).
     """
-    storage = STORAGE_BYTES[precision]
-    trained = 4 if adapted else storage
     shards = world_size if sharding == "fsdp" else 1
-    weights = ((total - trainable) * storage + trainable * trained) // shards
-    gradients = trainable * trained // shards
-    states = trainable * OPTIMIZER_STATES[optimizer] * trained // shards
+    weights, gradients, states = stored_bytes(
+        total=total, trainable=trainable, precision=precision, optimizer=optimizer, lora=bool(adapted),
+        shards=shards,
+    )  # fmt: skip
     activations = activation_bytes(
         hidden=hidden, intermediate=intermediate, layers=layers, heads=heads, vocab=vocab,
         tokens=sequences * seq_len, seq_len=seq_len, precision=precision,
         gradient_checkpointing=gradient_checkpointing, attn_implementation=attn_implementation,
         adapted=adapted, fused_loss=fused_loss,
     )  # fmt: skip
+    gathered, autocast_copies = compute_copies(
+        total=total, embedding_params=embedding_params, layers=layers, precision=precision, shards=shards
+    )
+    weights += gathered
+    activations += autocast_copies
+    held = held_bytes(
+        total=total, precision=precision, activations=activations, device=device, spectra=spectra,
+        merged_copy=merged_copy,
+    )  # fmt: skip
+    return MemoryEstimate(weights, gradients, states, activations, held)
+
+
+def stored_bytes(
+    *, total: int, trainable: int, precision: str, optimizer: str, lora: bool, shards: int
+) -> tuple[int, int, int]:
+    """(weights, gradients, optimizer states) stored per device, each divided by `shards` (FSDP shards
+    every parameter, frozen or not: it shards modules, not trainability).
+
+    - weights: frozen × STORAGE_BYTES + trainable × the trainable's bytes: STORAGE_BYTES, but 4 for LoRA
+      adapters (`lora`) under 'bf16' (peft keeps adapter weights in float32 on a bf16 model).
+    - gradients: `trainable` × the trainable's bytes (frozen weights have none).
+    - optimizer: `trainable` × OPTIMIZER_STATES × the trainable's bytes.
+    """
+    storage = STORAGE_BYTES[precision]
+    trained = 4 if lora else storage
+    weights = ((total - trainable) * storage + trainable * trained) // shards
+    gradients = trainable * trained // shards
+    states = trainable * OPTIMIZER_STATES[optimizer] * trained // shards
+    return weights, gradients, states
+
+
+def compute_copies(
+    *, total: int, embedding_params: int, layers: int, precision: str, shards: int
+) -> tuple[int, int]:
+    """(bytes added to the weights, bytes added to the activations) by the copies of weights made to
+    compute with (2 bytes each, 4 in fp32).
+
+    - sharded over `shards` > 1 processes (FSDP): the all-gathered copies of two decoder layers (the one
+      computing, the one prefetched), which replace autocast's copies; added to the weights.
+    - otherwise, under *-mixed: autocast's copies of the matmul weights (every weight but the input
+      embedding): autocast caches the cast of each trainable weight for the whole forward pass and
+      autograd saves the casts of frozen ones for the input gradients, so all of them are alive when
+      backward starts (with checkpointing, trainable ones still are; frozen ones for one layer only:
+      counted as all, a small overestimate for LoRA); added to the activations, as they are transient.
+    """
     compute_bytes = 4 if precision == "fp32" else 2
-    if sharding == "fsdp" and shards > 1:
+    if shards > 1:
         layer_params = (total - embedding_params) // max(1, layers)
-        weights += 2 * layer_params * compute_bytes
-    elif precision.endswith("-mixed"):
-        activations += (total - embedding_params) * compute_bytes
+        return 2 * layer_params * compute_bytes, 0
+    if precision.endswith("-mixed"):
+        return 0, (total - embedding_params) * compute_bytes
+    return 0, 0
+
+
+def held_bytes(
+    *, total: int, precision: str, activations: int, device: str, spectra: bool, merged_copy: bool
+) -> int:
+    """What the arm's process holds besides training, one term a line:
+
+    - `merged_copy`: the plain model LoRA is evaluated through (evaluate/arm_model.py), fp32, on the device;
+    - on a CPU, `spectra`: the base weights kept for ΔW spectra from the first milestone on
+      (study.base_model.load_base_weights: host memory, so not a GPU's);
+    - on a CPU, PROCESS_BYTES: the runtime itself;
+    - on a CPU, CPU_HEAP_SLACK × `activations`: what the allocator keeps resident beyond the live peak.
+    """
     held = total * 4 if merged_copy else 0
-    held += total * storage if device == "cpu" and spectra else 0
+    held += total * STORAGE_BYTES[precision] if device == "cpu" and spectra else 0
     held += PROCESS_BYTES if device == "cpu" else 0
     held += int(CPU_HEAP_SLACK * activations) if device == "cpu" else 0
-    return MemoryEstimate(weights, gradients, states, activations, held)
+    return held

@@ -14,6 +14,11 @@ from pathlib import Path
 import torch
 from rich.table import Table
 
+from learnforget.base.load import load_causal_lm, load_tokenizer
+from learnforget.data import corpora
+from learnforget.data.tokens import sample_packed_rows
+from learnforget.evaluate.likelihood import mean_token_loss
+
 TARGET_DOMAINS = ("code", "math")
 MAX_EMBEDDING_SHARE = 0.12
 MIN_TOKENS_PER_PARAM = 15.0
@@ -86,11 +91,6 @@ def proportions_table(props: dict) -> Table:
 
 def heldout_losses(path: str | Path) -> dict[str, float]:
     """Mean held-out loss (nats/token) per built-in corpus of a model directory, in its own context."""
-    from learnforget.base.load import load_causal_lm, load_tokenizer
-    from learnforget.data import corpora
-    from learnforget.data.tokens import sample_packed_rows
-    from learnforget.evaluate.likelihood import mean_token_loss
-
     model, tokenizer = load_causal_lm(str(path)), load_tokenizer(str(path))
     seq_len = model.config.max_position_embeddings
     losses = {}
@@ -105,8 +105,6 @@ def closeness(shipped: str | Path, rebuilt: str | Path) -> dict:
     """How close a rebuilt base is to the shipped one: tokenizer identical, the largest absolute weight
     difference, the relative Frobenius distance ‖W_rebuilt − W_shipped‖ / ‖W_shipped‖ over all weights
     together, and both models' held-out loss per corpus."""
-    from learnforget.base.load import load_causal_lm, load_tokenizer
-
     same_tokenizer = (
         load_tokenizer(str(shipped)).backend_tokenizer.to_str()
         == load_tokenizer(str(rebuilt)).backend_tokenizer.to_str()

@@ -19,7 +19,7 @@ import torch
 
 from bench.common import Row, alternate
 from learnforget.analyse.spectrum import lora_singular_values, rank_for_variance
-from learnforget.analyse.weights import LowRankDelta
+from learnforget.arms.delta import LowRankDelta
 
 
 def make_delta(m: int, n: int, r: int, device: str) -> LowRankDelta:

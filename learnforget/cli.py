@@ -1,21 +1,29 @@
 """The `learnforget` command line: each subcommand is a typed function (typer maps it to the CLI).
 
 User mistakes (UserError) print one line and exit 2; anything else is a bug and keeps its traceback.
+Each command imports what it runs inside its function: reading configs is light, but training, evaluation
+and reports load torch and transformers (about 10 s), which `--help`, `--version` and a config error need not.
 """
 
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 import os
 import sys
-import time
+import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
-from learnforget.errors import UserError
+from learnforget.config.load import load_studies, load_study
+from learnforget.config.study import StudyConfig
+from learnforget.errors import STORAGE_ERRNOS, UserError, storage_error
+from learnforget.versions import package_versions
 
 app = typer.Typer(
     add_completion=False,
@@ -31,6 +39,10 @@ ConfigArg = Annotated[
     str | None,
     typer.Argument(help="Study YAML file or built-in study name; omitted = the default miniature study."),
 ]
+RebuildDirOpt = Annotated[
+    Path | None, typer.Option(help="Directory for the rebuilt base (default: a new one in the cache).")
+]
+ShipOpt = Annotated[bool, typer.Option(help="Replace the base shipped in the package with the rebuilt one.")]
 SetOpt = Annotated[
     list[str], typer.Option("--set", help="Override a config key: --set budget_tokens=100000.")
 ]
@@ -38,8 +50,6 @@ SetOpt = Annotated[
 
 def _print_versions(value: bool) -> None:
     if value:
-        from learnforget.versions import package_versions
-
         for package, version in package_versions().items():
             print(f"{package} {version}")
         raise typer.Exit()
@@ -58,7 +68,7 @@ def _options(
 
 def _parse_timeout(text: str | float) -> float:
     """--timeout: seconds the sandbox can honour, else one line (a parser, so 'abc' gets no usage box)."""
-    from learnforget.evaluate.sandbox import checked_timeout
+    from learnforget.evaluate.sandbox import checked_timeout  # per command: see the module docstring
 
     try:
         seconds = float(text)
@@ -107,26 +117,25 @@ def run(
     sub-directory, and the suite's summary.md gathers their claims.
     """
     # Each command imports what it runs: `learnforget --help` and config errors answer without torch (~10 s).
-    from learnforget.config.arms import expand_arms
-    from learnforget.config.load import load_studies
-    from learnforget.study.identity import parse_shard
+    from learnforget.config.arms import expand_arms  # per command: see the module docstring
+    from learnforget.study.identity import parse_shard  # per command: see the module docstring
 
     studies = load_studies(config, set_)
     out = _check_out(out)
     parse_shard(shard)  # a bad --shard is refused by a dry run too
     if dry_run:
-        from learnforget.base.load import check_base_model
-        from learnforget.study.dryrun import print_dry_run
+        from learnforget.base.load import check_base_model  # per command: see the module docstring
+        from learnforget.study.dryrun import print_dry_run  # per command: see the module docstring
 
         for _, study in studies:
             check_base_model(study.base_model)
             print_dry_run(study, expand_arms(study), out_console, world_size)
         return
     if any(study.workers > 1 for _, study in studies) and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        from learnforget.study import workers
+        from learnforget.study import workers  # per command: see the module docstring
 
         workers.start_early()  # the workers' imports overlap this process's start-up
-    from learnforget.pipeline import run_studies
+    from learnforget.pipeline import run_studies  # per command: see the module docstring
 
     failures = run_studies(studies, out, shard, recompute)
     if failures:  # the study's results are incomplete: scripts must see it
@@ -140,81 +149,33 @@ def run(
 def pretrain(
     config: ConfigArg = None,
     set_: SetOpt = [],  # noqa: B006
-    out: Annotated[
-        Path | None, typer.Option(help="Directory for the rebuilt base (default: a new one in the cache).")
-    ] = None,
-    ship: Annotated[
-        bool, typer.Option(help="Replace the base shipped in the package with the rebuilt one.")
-    ] = False,
+    out: RebuildDirOpt = None,
+    ship: ShipOpt = False,
 ) -> None:
     """Rebuild the built-in base of a study from its recipe (always, even when a shipped base exists),
     print its proportions next to Llama-2-7B's and how close it is to the shipped base, and its directory."""
-    from learnforget.base.load import (
-        base_info,
-        builtin_base_path,
-        load_causal_lm,
-        pretrain_base,
-        ship_base,
-        shipped_base,
-    )
-    from learnforget.config.load import load_study
-    from learnforget.files import cache_dir
-    from learnforget.report.base import (
-        base_proportions,
-        closeness,
-        closeness_table,
-        proportion_failures,
-        proportions_table,
-    )
-    from learnforget.study.display import pretrain_progress, progress_bars
+    from learnforget.report.base import rebuild_base  # per command: see the module docstring
 
     study = load_study(config, set_)
     if study.base_model != "builtin":
         raise UserError(f"base_model is {study.base_model!r}: only the built-in base is pretrained here")
-    recipe = study.base
-    shipped, cached = shipped_base(recipe), builtin_base_path(recipe)
-    if out is None and shipped is None and not (cached / "config.json").exists():
-        out = cached  # a recipe of its own: the rebuild is the one studies will use
-    target = out or cache_dir() / "rebuilds" / f"base-{recipe.digest()}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if target.exists():
-        raise UserError(f"--out {target}: already exists; name a new directory")
-    console.print(f"Pretraining the built-in base from its recipe ({recipe.digest()}) into {target}")
-    with progress_bars() as progress:
-        pretrain_base(recipe, target, pretrain_progress(progress, recipe.steps))
-    info = base_info(target)
-    props = base_proportions(load_causal_lm(str(target)), info)
-    out_console.print(proportions_table(props))
-    failures = proportion_failures(props)
-    out_console.print(
-        f"Pretrained {info['tokens']:,} tokens in {info['seconds']:.0f} s. Scale-model rules: "
-        + ("all met" if not failures else "not met: " + "; ".join(failures)),
-        highlight=False,
-    )
-    if shipped is not None:
-        out_console.print(closeness_table(closeness(shipped, target)))
-    else:
-        out_console.print("The shipped base has another recipe: no closeness report.")
-    if ship:
-        ship_base(target)
-        out_console.print(f"Shipped: the package's built-in base is now this rebuild ({recipe.digest()}).")
-    out_console.print(str(target))
+    out_console.print(str(rebuild_base(study.base, out, ship, console, out_console)))
 
 
 @app.command()
 def report(study_dir: Annotated[Path, typer.Argument(help="Study directory.")]) -> None:
     """Re-draw summary.md and the plots of a study directory from its results store."""
-    from learnforget.config.study import StudyConfig
-    from learnforget.report.tables import write_report
-    from learnforget.study.store import open_store
+    from learnforget.report.tables import write_report  # per command: see the module docstring
+    from learnforget.study.store import open_store  # per command: see the module docstring
 
     settings = _suite_settings(study_dir)
     if settings:
-        from learnforget.report.tables import write_suite_summary
+        from learnforget.report.tables import write_suite_summary  # per command: see the module docstring
 
         for key in settings:
             store = open_store(study_dir / key)
             write_report(study_dir / key, store, StudyConfig.model_validate(store.info("config")))
-        from learnforget.report.html import write_suite_html
+        from learnforget.report.html import write_suite_html  # per command: see the module docstring
 
         out_console.print(f"wrote {write_suite_summary(study_dir, settings)}")
         out_console.print(f"wrote {write_suite_html(study_dir, settings)}")
@@ -227,9 +188,8 @@ def report(study_dir: Annotated[Path, typer.Argument(help="Study directory.")]) 
 @app.command("ls")
 def ls_(study_dir: Annotated[Path, typer.Argument(help="Study directory.")]) -> None:
     """List the arms of a study with their status and cost."""
-    from rich.table import Table
 
-    from learnforget.study.store import open_store
+    from learnforget.study.store import open_store  # per command: see the module docstring
 
     store = open_store(study_dir)
     table = Table(title=str(study_dir))
@@ -249,9 +209,8 @@ def compare(
     as_json: Annotated[bool, typer.Option("--json", help="Print every metric row as a JSON list.")] = False,
 ) -> None:
     """Compare arms: final metrics per arm, or (--json) every metric row with its arm's settings."""
-    from learnforget.config.study import StudyConfig
-    from learnforget.report.tables import arm_rows, console_table
-    from learnforget.study.store import open_store
+    from learnforget.report.tables import arm_rows, console_table  # per command: see the module docstring
+    from learnforget.study.store import open_store  # per command: see the module docstring
 
     store = open_store(study_dir)
     if as_json:
@@ -269,8 +228,8 @@ def export(
 ) -> None:
     """Write the metric rows, the arms and the per-step training curves as tables in long format
     (metrics, arms, steps), for pandas, polars, R or a spreadsheet; a suite's carry a `setting` column."""
-    from learnforget.study.export import export as export_tables
-    from learnforget.study.store import open_store
+    from learnforget.study.export import export as export_tables  # per command: see the module docstring
+    from learnforget.study.store import open_store  # per command: see the module docstring
 
     settings = _suite_settings(study_dir)
     if not settings:
@@ -306,9 +265,10 @@ def evaluate(
     ] = "fp32",
 ) -> None:
     """Evaluate one checkpoint on one suite and/or any lm-eval tasks (--tasks), outside any study."""
-    from rich.table import Table
-
-    from learnforget.evaluate.standalone import evaluate_checkpoint, evaluate_tasks
+    from learnforget.evaluate.standalone import (  # per command: see the module docstring
+        evaluate_checkpoint,
+        evaluate_tasks,
+    )
 
     if precision not in ("fp32", "bf16-mixed", "bf16", "fp16-mixed"):
         raise UserError(f"--precision {precision!r}: choose fp32, bf16-mixed, bf16 or fp16-mixed")
@@ -334,7 +294,11 @@ def evaluate(
             evaluate_tasks(model, task_names, adapter, include_path, harness_limit, precision, num_fewshot)
         )
     what = ", ".join(([suite] if suite else []) + task_names)
-    table = Table(title=f"{model}{' + ' + adapter if adapter else ''}: {what}")
+    _print_metrics(f"{model}{' + ' + adapter if adapter else ''}: {what}", metrics, json_path)
+
+
+def _print_metrics(title: str, metrics: dict[str, float], json_path: Path | None) -> None:
+    table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in sorted(metrics.items()):
@@ -358,7 +322,7 @@ def score_code(
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the summary here.")] = None,
 ) -> None:
     """Score code samples by running them in the sandbox: unbiased pass@k (Chen et al. 2021)."""
-    from learnforget.evaluate.passk import score_samples_file
+    from learnforget.evaluate.passk import score_samples_file  # per command: see the module docstring
 
     try:
         ks = [int(x) for x in k.split(",")]
@@ -382,7 +346,7 @@ def spectrum(
     ],
     variance: Annotated[float, typer.Option(help="Fraction of variance the rank must explain.")] = 0.9,
     json_path: Annotated[
-        Path | None, typer.Option("--json", help="Write every matrix's numbers here.")
+        Path | None, typer.Option("--json", help="Write each matrix's numbers here.")
     ] = None,
     plot: Annotated[
         Path | None, typer.Option(help="Write the heatmap and variance curves (PNG) here.")
@@ -391,14 +355,12 @@ def spectrum(
         bool, typer.Option(help="Also analyse embeddings and the LM head.")
     ] = False,
     top_k: Annotated[int, typer.Option(help="Top singular vectors checked for intruder dimensions.")] = 10,
-    epsilon: Annotated[
-        float, typer.Option(help="Cosine similarity below which a direction is an intruder.")
-    ] = 0.5,
+    epsilon: Annotated[float, typer.Option(help="Cosine below which a direction is an intruder.")] = 0.5,
 ) -> None:
     """ΔW = W_finetuned − W_base per matrix: rank for the variance, vs W_base and a random matrix; intruders."""
-    from learnforget.analyse.spectrum_plots import run_spectrum
-    from learnforget.files import cache_dir
-    from learnforget.study.display import progress_bars
+    from learnforget.analyse.spectrum_plots import run_spectrum  # per command: see the module docstring
+    from learnforget.files import cache_dir  # per command: see the module docstring
+    from learnforget.study.display import progress_bars  # per command: see the module docstring
 
     with progress_bars() as progress:
         task = progress.add_task("spectrum", total=None, info="")
@@ -430,8 +392,8 @@ def recommend(
     ] = False,
 ) -> None:
     """Name the configuration (arm and milestone) that learns most while forgetting at most X."""
-    from learnforget.analyse.frontier import describe_recommendation
-    from learnforget.report.study_data import recommend_for_study_dir
+    from learnforget.analyse.frontier import describe_recommendation  # per command: see the module docstring
+    from learnforget.report.study_data import recommend_for_study_dir  # per command: see the module docstring
 
     rec = recommend_for_study_dir(study_dir, max_forgetting, relative_to_base=not absolute)
     if rec is None:
@@ -445,11 +407,14 @@ def recommend(
 def claims(study_dir: Annotated[Path, typer.Argument(help="Study directory.")]) -> None:
     """Judge the paper's claims (each citing its section) and ours on a study's own numbers, or on each
     setting of a suite plus the findings that compare settings: supported, contradicted or inconclusive."""
-    from rich.markdown import Markdown
+    from rich.markdown import Markdown  # per command: see the module docstring
 
-    from learnforget.analyse.claims_text import claims_markdown
-    from learnforget.analyse.suite_claims import SUITE_INTRO
-    from learnforget.report.study_data import claims_for_study_dir, claims_for_suite_dir
+    from learnforget.analyse.claims_text import claims_markdown  # per command: see the module docstring
+    from learnforget.analyse.suite_claims import SUITE_INTRO  # per command: see the module docstring
+    from learnforget.report.study_data import (  # per command: see the module docstring
+        claims_for_study_dir,
+        claims_for_suite_dir,
+    )
 
     settings = _suite_settings(study_dir)
     for key in settings or [""]:
@@ -462,7 +427,7 @@ def claims(study_dir: Annotated[Path, typer.Argument(help="Study directory.")]) 
 
 def _suite_settings(directory: Path) -> list[str]:
     """Sub-directories holding studies, when `directory` is a suite's output (and not a study itself)."""
-    from learnforget.study.store_schema import DB_NAME
+    from learnforget.study.store_schema import DB_NAME  # per command: see the module docstring
 
     if (directory / DB_NAME).exists() or not directory.is_dir():
         return []
@@ -471,8 +436,6 @@ def _suite_settings(directory: Path) -> list[str]:
 
 def quiet_libraries() -> None:
     """Our progress bars replace the libraries' own; worker processes inherit these settings."""
-    import os
-    import warnings
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -485,8 +448,6 @@ def fast_exit() -> None:
     hundreds of thousands of objects torch and transformers hold, and exiting takes about 0.2 s instead of
     1.1 s. Files and the store are closed as they are written, so nothing waits on those collections. At
     exit only: a process that calls `main` and goes on (the tests) keeps collecting as usual."""
-    import atexit
-    import gc
 
     atexit.unregister(gc.freeze)  # once, however often main runs in this process
     atexit.register(gc.freeze)
@@ -505,8 +466,6 @@ def main() -> None:
         console.print("interrupted: finished milestones are saved; rerun the same command to resume")
         sys.exit(130)
     except Exception as e:  # a write outside the places that name what they write: still one line
-        from learnforget.errors import STORAGE_ERRNOS, storage_error
-
         text = str(e).lower()
         if (
             getattr(e, "errno", None) not in STORAGE_ERRNOS

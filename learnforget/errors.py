@@ -1,6 +1,10 @@
-"""The one exception type for user mistakes: the CLI prints it as one line and exits non-zero."""
+"""The one exception type for user mistakes (the CLI prints it as one line and exits non-zero), disk errors
+as user errors, and one-line warnings."""
 
 import errno
+import os
+import sys
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -48,9 +52,6 @@ def _storage_problem(error: BaseException, directory) -> str | None:
 
 def _directory_problem(directory) -> str | None:
     """Why nothing can be written in `directory` (or its nearest existing parent), or None."""
-    import os  # only this path needs it
-    from pathlib import Path  # only this path needs it
-
     path = Path(directory).absolute()
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
     try:
@@ -64,3 +65,8 @@ def _directory_problem(directory) -> str | None:
     if stats.f_bavail * stats.f_frsize < 1 << 20:
         return "no space left on the device"
     return None
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (also from worker processes)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -68,7 +68,11 @@ def test_a_store_from_before_the_redesign_loads_reports_and_resumes(tmp_path):
     }
     # Seed groups and sweeps come from the stored settings: both seeds of the LoRA arm share one.
     groups = {r["arm"]: (configuration_label(r), sweep_label(r)) for r in rows}
-    assert groups["lora-r4-all-lr2e-3-s0"] == groups["lora-r4-all-lr2e-3-s1"] == ("lora-r4-all-lr2e-3", "lora-r4-all")
+    assert (
+        groups["lora-r4-all-lr2e-3-s0"]
+        == groups["lora-r4-all-lr2e-3-s1"]
+        == ("lora-r4-all-lr2e-3", "lora-r4-all")
+    )
     assert groups["base"] == ("base", "base")
     check_same_study(store, study, expand_arms(study))  # the same study: a rerun resumes it
     assert cli_exit_code(["report", str(directory)]) == 0

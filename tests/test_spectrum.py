@@ -16,7 +16,7 @@ from learnforget.analyse.spectrum import (
     spectrum_of_state_dicts,
 )
 from learnforget.analyse.spectrum_plots import plot_spectrum, run_spectrum, spectrum_table
-from learnforget.analyse.weights import LowRankDelta
+from learnforget.arms.delta import LowRankDelta, adapter_updates
 from learnforget.errors import UserError
 
 torch.set_num_threads(1)
@@ -125,19 +125,18 @@ def test_rank_random_is_cached_in_memory_and_on_disk(tmp_path, monkeypatch):
     ],
 )
 def test_adapter_and_merged_model_agree(base_dir, tmp_path, lora_kwargs):
-    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from peft import LoraConfig, get_peft_model
 
     model = tiny_llama()  # the same weights as base_dir
     base_sd = {k: v.clone() for k, v in model.state_dict().items()}
     config = LoraConfig(target_modules=ALL_LINEAR[:3] + ["down_proj"], init_lora_weights=False, **lora_kwargs)
     peft_model = get_peft_model(model, config)
     peft_model.save_pretrained(tmp_path / "adapter")
-    adapter_sd = {k: v.clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+    in_memory = spectrum_of_state_dicts(base_sd, updates=adapter_updates(peft_model))  # peft's own modules
     peft_model.merge_and_unload().save_pretrained(tmp_path / "merged")
 
     from_adapter = compare_checkpoints(str(base_dir), str(tmp_path / "adapter"), progress=False)
     from_merged = compare_checkpoints(str(base_dir), str(tmp_path / "merged"), progress=False)
-    in_memory = spectrum_of_state_dicts(base_sd, adapter_sd, adapter_config=config)
     assert from_adapter["adapter"]["r"] == 4
     assert [m["name"] for m in from_adapter["matrices"]] == [m["name"] for m in from_merged["matrices"]]
     assert [m["name"] for m in in_memory["matrices"]] == [m["name"] for m in from_merged["matrices"]]

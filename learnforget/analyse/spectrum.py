@@ -27,7 +27,6 @@ milestones); `spectrum_plots.run_spectrum` is what the CLI calls. Each takes `pr
 
 from __future__ import annotations
 
-import json
 import re
 import statistics
 from collections.abc import Callable, Iterable, Mapping
@@ -38,17 +37,8 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from learnforget.analyse.spectrum_cache import base_factors, save_atomic, thin_svd
-from learnforget.analyse.weights import (
-    ADAPTER_CONFIG,
-    CheckpointReader,
-    LoraAdapter,
-    LowRankDelta,
-    is_adapter_dir,
-    resolve_model_dir,
-)
-from learnforget.arms.delta import merged_weights
-from learnforget.base.load import load_causal_lm
-from learnforget.config.peft import rewrites_base
+from learnforget.analyse.weights import CheckpointReader, is_adapter_dir, resolve_model_dir
+from learnforget.arms.delta import LowRankDelta, adapter_model, adapter_updates, merged_weights
 from learnforget.errors import UserError
 
 TOP_SINGULAR_VALUES = 16  # how many σ(ΔW) each matrix entry keeps
@@ -336,84 +326,66 @@ def _pair_names(
     return names, skipped
 
 
-def _adapter_names(
-    adapter: LoraAdapter, base_shapes: Mapping[str, tuple], include_embeddings: bool
+def _update_names(
+    updates: Mapping[str, Tuned], base_shapes: Mapping[str, tuple], include_embeddings: bool, source: str
 ) -> list[str]:
-    """Every analysed base matrix (unchanged ones get ΔW = 0); checks the adapter fits the base model."""
-    for name in adapter.names():
-        if name not in base_shapes and is_analysed(name, (0, 0), include_embeddings):
+    """Every analysed base matrix (unchanged ones get ΔW = 0), after checking each update fits the base."""
+    for name, update in updates.items():
+        if name not in base_shapes:
+            if is_analysed(name, (0, 0), include_embeddings):
+                raise UserError(
+                    f"{source}: updates '{name}', which the base model does not have; "
+                    "is BASE the model it was trained on?"
+                )
+        elif tuple(update.shape) != tuple(base_shapes[name]):
             raise UserError(
-                f"{adapter.source}: adapter module '{name}' has no matching weight in the base model; is BASE "
-                f"the model it was trained on (base_model_name_or_path={adapter.config.get('base_model_name_or_path')})?"
+                f"{source}: update for '{name}' has shape {list(update.shape)} but the base weight is "
+                f"{list(base_shapes[name])}; is BASE the model it was trained on?"
             )
     return [n for n, shape in base_shapes.items() if is_analysed(n, shape, include_embeddings)]
 
 
-def _checked_adapter_delta(adapter: LoraAdapter, name: str, shape: tuple) -> Tuned:
-    delta = adapter.delta(name)
-    if delta is not None and tuple(delta.shape) != tuple(shape):
-        raise UserError(
-            f"{adapter.source}: update for '{name}' has shape {list(delta.shape)} but the base weight is "
-            f"{list(shape)}; is BASE the model the adapter was trained on?"
-        )
-    return delta
-
-
-def factored_exactly(config: Mapping) -> bool:
-    """Whether an adapter config's ΔW is exactly scale·B·A on its base (the fast factored path): plain LoRA
-    and rsLoRA. DoRA rescales columns by its magnitude vector, PiSSA/OLoRA rewrite the base at
-    initialisation (unless saved converted), and other methods are not B·A: those go through peft's merge."""
-    peft_type = config.get("peft_type", "LORA")
-    peft_type = str(getattr(peft_type, "value", peft_type)).upper()  # LoraConfig.to_dict() keeps the enum
-    return peft_type == "LORA" and not config.get("use_dora") and not rewrites_base(config)
-
-
-def _adapter_config(adapter_dir: Path) -> dict:
-    return json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text())
-
-
-def merged_adapter_weights(base_dir: Path, adapter_dir: Path) -> dict[str, torch.Tensor]:
-    """Effective weights of base + any peft adapter, merged one module at a time (`train.merged_weights`)."""
-    from peft import PeftModel  # heavy or optional: only this path needs it
-
-    model = PeftModel.from_pretrained(load_causal_lm(str(base_dir)), str(adapter_dir))
-    return merged_weights(model)
+def adapter_summary(config: Mapping) -> dict:
+    """The adapter settings worth reporting next to the spectra."""
+    keys = ("r", "lora_alpha", "use_rslora", "target_modules", "base_model_name_or_path")
+    out = {k: config.get(k) for k in keys}
+    if isinstance(out["target_modules"], set | list | tuple):
+        out["target_modules"] = sorted(out["target_modules"])
+    return out
 
 
 def spectrum_of_state_dicts(
     base_sd: Mapping[str, torch.Tensor],
-    tuned_sd: Mapping[str, torch.Tensor],
+    tuned_sd: Mapping[str, torch.Tensor] | None = None,
     variance: float = 0.9,
     top_k: int = 10,
     epsilon: float = 0.5,
     include_embeddings: bool = False,
-    adapter_config: Mapping | None = None,
+    updates: Mapping[str, Tuned] | None = None,
     device: str | torch.device | None = None,
     progress: bool | OnMatrix = False,
     cache_dir: str | Path | None = None,
 ) -> dict:
     """Spectra of tuned_sd − base_sd in memory (the study calls this at every milestone).
 
-    `tuned_sd` is a full state dict with base_sd's names, or, when `adapter_config` (a LoraConfig or its
-    dict) is given, a PEFT adapter state dict as `peft.get_peft_model_state_dict` returns it.
+    `tuned_sd` is a full state dict with base_sd's names; or `updates` gives ΔW per changed matrix
+    (`arms.delta.adapter_updates`: factored LoRA updates and replaced modules).
     Base and tuned matrices may lie on different devices (base weights kept on the CPU, the model on a
     GPU): each pair is moved to `device`, by default the tuned weights' accelerator, else `_device(None)`.
     Returns the same dict as `compare_checkpoints`.
     """
     _check_settings(variance, top_k, epsilon)
-    device = device or _accelerator_of(tuned_sd)
+    tensors = tuned_sd if updates is None else {n: getattr(u, "left", u) for n, u in updates.items()}
+    device = device or _accelerator_of(tensors)
     settings = dict(variance=variance, top_k=top_k, epsilon=epsilon, device=device, cache_dir=cache_dir)
     base_shapes = {n: tuple(t.shape) for n, t in base_sd.items()}
-    if adapter_config is None:
+    if updates is None:
         tuned_shapes = {n: tuple(t.shape) for n, t in tuned_sd.items()}
         names, skipped = _pair_names(base_shapes, tuned_shapes, include_embeddings)
         result = _spectra(names, base_sd.__getitem__, tuned_sd.__getitem__, settings, progress)
     else:
-        adapter = LoraAdapter.from_state_dict(tuned_sd, adapter_config)
-        names, skipped = _adapter_names(adapter, base_shapes, include_embeddings), []
-        load_tuned = lambda n: _checked_adapter_delta(adapter, n, base_shapes[n])  # noqa: E731
-        result = _spectra(names, base_sd.__getitem__, load_tuned, settings, progress)
-        result["adapter"] = adapter.summary()
+        names, skipped = _update_names(updates, base_shapes, include_embeddings, "adapter"), []
+        result = _spectra(names, base_sd.__getitem__, updates.get, settings, progress)
     result["skipped"] = skipped
     return result
 
@@ -439,18 +411,11 @@ def compare_checkpoints(
     base_dir, tuned_dir = resolve_model_dir(base), resolve_model_dir(finetuned)
     with CheckpointReader(base_dir) as base_reader:
         base_shapes = {n: base_reader.shape(n) for n in base_reader.names()}
-        if is_adapter_dir(tuned_dir) and not factored_exactly(_adapter_config(tuned_dir)):
-            merged = merged_adapter_weights(base_dir, tuned_dir)
-            names, skipped = _pair_names(
-                base_shapes, {n: tuple(t.shape) for n, t in merged.items()}, include_embeddings
+        if is_adapter_dir(tuned_dir):
+            result = _adapter_spectra(
+                base_reader, base_shapes, base_dir, tuned_dir, include_embeddings, settings, progress
             )
-            result = _spectra(names, base_reader.get, merged.__getitem__, settings, progress)
-        elif is_adapter_dir(tuned_dir):
-            adapter = LoraAdapter.from_dir(tuned_dir)
-            names, skipped = _adapter_names(adapter, base_shapes, include_embeddings), []
-            load_tuned = lambda n: _checked_adapter_delta(adapter, n, base_shapes[n])  # noqa: E731
-            result = _spectra(names, base_reader.get, load_tuned, settings, progress)
-            result["adapter"] = adapter.summary()
+            skipped = result.pop("skipped")
         else:
             with CheckpointReader(tuned_dir) as tuned_reader:
                 tuned_shapes = {n: tuned_reader.shape(n) for n in tuned_reader.names()}
@@ -460,18 +425,25 @@ def compare_checkpoints(
     return {"base": str(base), "finetuned": str(finetuned), **result}
 
 
-def factored_update(model: torch.nn.Module | None) -> tuple[dict[str, torch.Tensor], dict] | None:
-    """(adapter state dict, config) of a peft model whose ΔW is exactly scale·B·A (`factored_exactly`),
-    else None: full finetuning, other peft methods, or no model (a sharded arm's parameters)."""
-    configs = getattr(model, "peft_config", None)
-    if not configs or len(configs) != 1:
-        return None
-    config = next(iter(configs.values())).to_dict()
-    if not factored_exactly(config):
-        return None
-    from peft import get_peft_model_state_dict  # heavy or optional: only this path needs it
-
-    return {n: t.detach() for n, t in get_peft_model_state_dict(model).items()}, config
+def _adapter_spectra(
+    base_reader, base_shapes, base_dir, adapter_dir, include_embeddings, settings, progress
+) -> dict:
+    """Spectra of a saved adapter on its base: ΔW from the peft model's own modules (`arms.delta`),
+    factored for plain LoRA, else of the merged weights."""
+    model = adapter_model(base_dir, adapter_dir)
+    updates = adapter_updates(model)
+    if updates is None:
+        merged = merged_weights(model)
+        shapes = {n: tuple(t.shape) for n, t in merged.items()}
+        names, skipped = _pair_names(base_shapes, shapes, include_embeddings)
+        return {
+            **_spectra(names, base_reader.get, merged.__getitem__, settings, progress),
+            "skipped": skipped,
+        }
+    names = _update_names(updates, base_shapes, include_embeddings, str(adapter_dir))
+    result = _spectra(names, base_reader.get, updates.get, settings, progress)
+    summary = adapter_summary(next(iter(model.peft_config.values())).to_dict())
+    return {**result, "adapter": summary, "skipped": []}
 
 
 def spectrum_of_model(
@@ -483,8 +455,7 @@ def spectrum_of_model(
     """Spectra of a training model against `base_sd` (the study's milestones): from the adapter's factors
     for plain LoRA, else of `merged_weights()` (`train.merged_weights`, W_base + ΔW under base names).
     `settings`: those of `spectrum_of_state_dicts`."""
-    update = factored_update(model)
-    if update is None:
+    updates = adapter_updates(model)
+    if updates is None:
         return spectrum_of_state_dicts(base_sd, merged_weights(), **settings)
-    adapter_sd, config = update
-    return spectrum_of_state_dicts(base_sd, adapter_sd, adapter_config=config, **settings)
+    return spectrum_of_state_dicts(base_sd, updates=updates, **settings)

@@ -37,46 +37,42 @@ def family_label(family: str) -> str:
     return LABELS.get(family, family)
 
 
-@dataclass(frozen=True)
-class Base:
-    """The base model itself: measured at 0 tokens, trains nothing."""
+class MethodKind:
+    """What every method type answers (the defaults are those of methods that train the base's own weights)."""
 
-    family = "base"
-    adapts_frozen_base = False
-    trains = False
-
-    @property
-    def label(self) -> str:
-        return "base"
-
-    def name_parts(self) -> list[str]:
-        return []
-
-    def peft_settings(self) -> dict | None:
-        return None
-
-
-@dataclass(frozen=True)
-class Full:
-    """Full finetuning: every weight of the base trains (the embeddings too, unless frozen)."""
-
-    family = "full"
+    family = ""
     adapts_frozen_base = False
     trains = True
 
     @property
     def label(self) -> str:
-        return "full"
+        return family_label(self.family)
 
     def name_parts(self) -> list[str]:
         return []
 
     def peft_settings(self) -> dict | None:
+        """peft's config keywords for this method ('type' and its keywords), or None: no adapter."""
         return None
 
 
 @dataclass(frozen=True)
-class Lora:
+class Base(MethodKind):
+    """The base model itself: measured at 0 tokens, trains nothing."""
+
+    family = "base"
+    trains = False
+
+
+@dataclass(frozen=True)
+class Full(MethodKind):
+    """Full finetuning: every weight of the base trains (the embeddings too, unless frozen)."""
+
+    family = "full"
+
+
+@dataclass(frozen=True)
+class Lora(MethodKind):
     """The paper's LoRA: rank r, alpha (2r by default), dropout, on a named set of linear layers."""
 
     rank: int
@@ -85,11 +81,6 @@ class Lora:
     dropout: float = 0.0
     family = "lora"
     adapts_frozen_base = True
-    trains = True
-
-    @property
-    def label(self) -> str:
-        return "LoRA"
 
     def name_parts(self) -> list[str]:
         parts = [f"r{self.rank}", self.target_modules]
@@ -101,21 +92,16 @@ class Lora:
 
 
 @dataclass(frozen=True)
-class Peft:
+class Peft(MethodKind):
     """Any peft method, from its type and keywords as the study gives them ({type: VERA, r: 256})."""
 
     settings: dict[str, Any] = field(hash=False)
     target_modules: str = "all"
     adapts_frozen_base = True
-    trains = True
 
     @property
-    def family(self) -> str:
+    def family(self) -> str:  # type: ignore[override]  (a peft method's family depends on its settings)
         return method_family(self.settings)
-
-    @property
-    def label(self) -> str:
-        return family_label(self.family)
 
     def name_parts(self) -> list[str]:
         """'r16', the target set unless 'all', then every other keyword: 'a32', 'do0.05', 'd_initial0.1'."""

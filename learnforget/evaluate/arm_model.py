@@ -21,11 +21,11 @@ from learnforget.arms.delta import merged_weights
 from learnforget.base.load import load_causal_lm
 from learnforget.config.arms import Arm
 from learnforget.config.study import StudyConfig
+from learnforget.errors import warn
 from learnforget.evaluate.suites import evaluate_suites
 from learnforget.runtime.device import forked_rng, model_device
 from learnforget.runtime.precision import autocast
 from learnforget.runtime.sharding import evaluating
-from learnforget.study.checkpoints import warn
 
 # Above this many bytes of weights the second copy is not worth its memory (large models on a GPU).
 MAX_MERGED_BYTES = 2 * 2**30

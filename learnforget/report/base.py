@@ -9,15 +9,27 @@ the target domains (code, math) at most 10% of pretraining.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import torch
 from rich.table import Table
 
-from learnforget.base.load import load_causal_lm, load_tokenizer
+from learnforget.base.load import (
+    base_info,
+    builtin_base_path,
+    load_causal_lm,
+    load_tokenizer,
+    pretrain_base,
+    ship_base,
+    shipped_base,
+)
 from learnforget.data import corpora
 from learnforget.data.tokens import sample_packed_rows
+from learnforget.errors import UserError
 from learnforget.evaluate.likelihood import mean_token_loss
+from learnforget.files import cache_dir
+from learnforget.study.display import pretrain_progress, progress_bars
 
 TARGET_DOMAINS = ("code", "math")
 MAX_EMBEDDING_SHARE = 0.12
@@ -143,3 +155,34 @@ def closeness_table(report: dict) -> Table:
             f"{rebuilt[corpus] - shipped[corpus]:+.4f}",
         )
     return table
+
+
+def rebuild_base(recipe, out: Path | None, ship: bool, console, out_console) -> Path:
+    """Pretrain the built-in base from its recipe into `out` (default: the cache), print its proportions
+    next to Llama-2-7B's and how close it is to the shipped base; `ship` replaces the shipped base."""
+    shipped, cached = shipped_base(recipe), builtin_base_path(recipe)
+    if out is None and shipped is None and not (cached / "config.json").exists():
+        out = cached  # a recipe of its own: the rebuild is the one studies will use
+    target = out or cache_dir() / "rebuilds" / f"base-{recipe.digest()}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if target.exists():
+        raise UserError(f"--out {target}: already exists; name a new directory")
+    console.print(f"Pretraining the built-in base from its recipe ({recipe.digest()}) into {target}")
+    with progress_bars() as progress:
+        pretrain_base(recipe, target, pretrain_progress(progress, recipe.steps))
+    info = base_info(target)
+    props = base_proportions(load_causal_lm(str(target)), info)
+    out_console.print(proportions_table(props))
+    failures = proportion_failures(props)
+    out_console.print(
+        f"Pretrained {info['tokens']:,} tokens in {info['seconds']:.0f} s. Scale-model rules: "
+        + ("all met" if not failures else "not met: " + "; ".join(failures)),
+        highlight=False,
+    )
+    if shipped is not None:
+        out_console.print(closeness_table(closeness(shipped, target)))
+    else:
+        out_console.print("The shipped base has another recipe: no closeness report.")
+    if ship:
+        ship_base(target)
+        out_console.print(f"Shipped: the package's built-in base is now this rebuild ({recipe.digest()}).")
+    return target

@@ -34,8 +34,8 @@ def plane_figure(plane: Plane):
                 legendgroup=s.family, legendgrouptitle_text=s.family,
                 line={"color": s.color, "dash": "dash" if s.dashed else "solid", "width": 1.6},
                 marker={"size": 7}, text=[_hover(p) for p in s.points], hovertemplate="%{text}<extra></extra>",
-                error_x={"type": "data", "array": [p.x_spread for p in s.points], "thickness": 1, "width": 2},
-                error_y={"type": "data", "array": [p.y_spread for p in s.points], "thickness": 1, "width": 2},
+                error_x={"type": "data", "array": [p.spread[0] for p in s.points], "thickness": 1, "width": 2},
+                error_y={"type": "data", "array": [p.spread[1] for p in s.points], "thickness": 1, "width": 2},
             )
         )  # fmt: skip
     if plane.frontier:

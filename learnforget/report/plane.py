@@ -40,8 +40,7 @@ class PlanePoint:
 
     x: float
     y: float
-    x_spread: float
-    y_spread: float
+    spread: tuple[float, float]  # (x, y)
     hover: tuple[str, ...]
 
 
@@ -143,8 +142,7 @@ def _point(p: dict, base: dict | None, learn: Axis, forget: Axis) -> PlanePoint:
     return PlanePoint(
         x=p["forgetting"],
         y=p["learning"],
-        x_spread=p.get("forgetting_spread") or 0,
-        y_spread=p.get("learning_spread") or 0,
+        spread=(p.get("forgetting_spread") or 0, p.get("learning_spread") or 0),
         hover=_hover(p, base, learn, forget),
     )
 

@@ -78,7 +78,7 @@ def _finish(fig, axes, title: str, path: Path) -> Path:
 def _draw_series(ax, series: Series) -> None:
     pts = series.points
     ax.errorbar(
-        [p.x for p in pts], [p.y for p in pts], xerr=[p.x_spread for p in pts], yerr=[p.y_spread for p in pts],
+        [p.x for p in pts], [p.y for p in pts], xerr=[p.spread[0] for p in pts], yerr=[p.spread[1] for p in pts],
         color=series.color, marker="o", markersize=3, lw=1.3, capsize=2, elinewidth=0.8,
         linestyle="--" if series.dashed else "-", zorder=3, label=series.label,
     )  # fmt: skip

@@ -27,7 +27,7 @@ from learnforget.base.load import load_tokenizer
 from learnforget.config.arms import Arm
 from learnforget.config.study import StudyConfig
 from learnforget.data.datasets import epoch_rows, trained_tokens
-from learnforget.errors import StorageError
+from learnforget.errors import StorageError, warn
 from learnforget.evaluate.arm_model import ArmEvaluator
 from learnforget.files import atomic_save, writing
 from learnforget.runtime import distributed, sharding
@@ -43,7 +43,6 @@ from learnforget.study.checkpoints import (
     record_final_files,
     recorder,
     restore_checkpoint,
-    warn,
 )
 from learnforget.study.data import prepare_data
 from learnforget.study.divergence import divergence

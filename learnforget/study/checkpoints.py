@@ -3,7 +3,6 @@ whether a checkpoint or a finished arm's files can be trusted."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
@@ -11,6 +10,7 @@ import torch
 from learnforget.arms.build import trainable_state
 from learnforget.config.arms import Arm
 from learnforget.config.study import StudyConfig
+from learnforget.errors import warn
 from learnforget.files import file_sha256
 from learnforget.runtime.sharding import is_sharded, load_full_state, trainable_names
 from learnforget.study.store import Store
@@ -23,11 +23,6 @@ def arm_dir(study_dir: Path, arm: str) -> Path:
 def recorder(store: Store, study_dir: Path, path: Path):
     """A `record` callback for atomic_save that puts the checksum in the store."""
     return lambda digest, size: store.record_file(str(path.relative_to(study_dir)), digest, size)
-
-
-def warn(message: str) -> None:
-    """One warning line on stderr (also from worker processes)."""
-    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def verified_load(store: Store, study_dir: Path, path: Path):

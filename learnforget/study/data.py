@@ -13,10 +13,10 @@ from learnforget.base.load import load_tokenizer
 from learnforget.config.study import StudyConfig
 from learnforget.data.datasets import describe_stats, training_rows
 from learnforget.data.examples import read_meta
-from learnforget.errors import UserError
+from learnforget.errors import UserError, warn
 from learnforget.evaluate.sets import evaluation_sets
 from learnforget.files import atomic_save
-from learnforget.study.checkpoints import recorder, verified_load, warn
+from learnforget.study.checkpoints import recorder, verified_load
 from learnforget.study.store import Store
 
 DATA_FILE = "data.pt"

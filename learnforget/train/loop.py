@@ -130,14 +130,19 @@ def train_steps(
         loss_value = (accelerator.reduce(loss.detach(), "mean") if accelerator else loss).item()
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"loss became {loss_value} at step {step}")
-        if on_step is not None:
-            on_step(step, loss_value)
-        if on_record is not None:
-            if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor; its full value is the global norm
-                grad_norm = grad_norm.full_tensor()
-            norm = float(grad_norm) if grad_norm is not None else None
-            on_record({"step": step, "loss": loss_value, "learning_rate": learning_rate, "grad_norm": norm})
+        report_step(step, loss_value, learning_rate, grad_norm, on_step, on_record)
     return loss_value
+
+
+def report_step(step: int, loss: float, learning_rate: float, grad_norm, on_step, on_record) -> None:
+    """Hand a finished step to the callers' callbacks (`on_record`: the step log's row)."""
+    if on_step is not None:
+        on_step(step, loss)
+    if on_record is not None:
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor; its full value is the global norm
+            grad_norm = grad_norm.full_tensor()
+        norm = float(grad_norm) if grad_norm is not None else None
+        on_record({"step": step, "loss": loss, "learning_rate": learning_rate, "grad_norm": norm})
 
 
 @dataclass

@@ -453,7 +453,7 @@ def spectrum_of_model(
     **settings,
 ) -> dict:
     """Spectra of a training model against `base_sd` (the study's milestones): from the adapter's factors
-    for plain LoRA, else of `merged_weights()` (`train.merged_weights`, W_base + ΔW under base names).
+    for plain LoRA, else of `merged_weights()` (`arms.delta.merged_weights`, W_base + ΔW under base names).
     `settings`: those of `spectrum_of_state_dicts`."""
     updates = adapter_updates(model)
     if updates is None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from learnforget.config.methods import MODULE_SEPARATOR, Full, MethodType, method_of, short_number
+from learnforget.config.methods import MODULE_SEPARATOR, Base, Full, MethodType, method_of, short_number
 from learnforget.config.peft import (
     alpha_of,
     build_config,
@@ -292,7 +292,7 @@ def arm_name(arm: dict) -> str:
 
 def configuration_label(arm: dict) -> str:
     """The name of an arm's seed group: its name without the seed part."""
-    if arm.get("method") == "base":
+    if isinstance(method_of(arm), Base):
         return "base"
     parts = name_parts(arm)
     return "-".join(parts["method"] + parts["learning_rate"] + parts["rest"])
@@ -300,7 +300,7 @@ def configuration_label(arm: dict) -> str:
 
 def sweep_label(arm: dict) -> str:
     """The name of an arm's learning-rate sweep: its name without the seed and the learning rate."""
-    if arm.get("method") == "base":
+    if isinstance(method_of(arm), Base):
         return "base"
     parts = name_parts(arm)
     return "-".join(parts["method"] + parts["rest"])

@@ -229,7 +229,7 @@ class StudyConfig(Strict):
     characters."""
     base_model: str = "builtin"
     """'builtin' (pretrained by the toolkit from `base`, cached), a local HF model directory, a hub id, a
-    local `.gguf` file or a named GGUF base such as 'smollm2-135m' (converted once, cached: gguf_base.py)."""
+    local `.gguf` file or a named GGUF base such as 'smollm2-135m' (converted once, cached: base/gguf.py)."""
     base: BaseRecipe = BaseRecipe()
     """Recipe of the built-in base model (ignored for other base models)."""
     domain: Literal["code", "math"] = "code"
@@ -252,7 +252,7 @@ class StudyConfig(Strict):
     milestones: int = Field(5, ge=1, le=10_000)
     """Evaluation points spread evenly over the budget (the base is evaluated too, at 0 tokens). An arm
     whose held-out loss at a milestone exceeds max(the base's + 1 nat, ln(vocabulary size)) stops there
-    and is recorded `diverged` (learnforget/divergence.py): its numbers are not results."""
+    and is recorded `diverged` (learnforget/study/divergence.py): its numbers are not results."""
     epochs: int | None = Field(None, ge=1, le=10_000)
     """IFT: train this many epochs over `data.examples` (replaces budget_tokens; one milestone per epoch)."""
     arms: list[ArmSpec] = [

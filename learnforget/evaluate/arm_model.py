@@ -2,7 +2,7 @@
 
 A peft model runs every adapted layer as its base matmul plus the adapter's own (dropout, A, B and
 Python overhead); the same function as one plain matmul per layer costs less. At each milestone the arm's
-effective weights (`train.merged_weights`, which the ΔW spectra need anyway) are loaded into a plain
+effective weights (`arms.delta.merged_weights`, which the ΔW spectra need anyway) are loaded into a plain
 model of the base architecture, built once per arm, and that copy is evaluated; the training model is
 only read. Where this is not cheap or not exact, the training model is evaluated as is (`unmerged_reason`).
 
@@ -78,7 +78,7 @@ class ArmEvaluator:
 
     def weights(self, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The arm's merged weights at this milestone: those the evaluation used, else merged now.
-        `state`: a sharded arm's gathered state dict (train.merged_weights)."""
+        `state`: a sharded arm's gathered state dict (arms.delta.merged_weights)."""
         weights, self.weights_now = self.weights_now, None
         return weights if weights is not None else merged_weights(self.model, state)
 

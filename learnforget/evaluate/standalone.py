@@ -45,7 +45,7 @@ def load_checkpoint(model: str, adapter: str | None = None, precision: str = "fp
         loaded = PeftModel.from_pretrained(loaded, adapter)
         if (Path(adapter) / "tokenizer_config.json").exists():
             tokenizer_source = adapter
-        # Measured as a study measures its adapter arms (eval_model.py).
+        # Measured as a study measures its adapter arms (evaluate/arm_model.py).
         if merge_refusal(loaded, precision, quantized=False, sharded=False) is None:
             loaded = loaded.merge_and_unload()
     loaded.eval()

@@ -86,7 +86,7 @@ class ArmRun:
     started: float = field(default_factory=time.perf_counter)
     trained_tokens: int = 0
     train_seconds: float = 0.0
-    diverged: str | None = None  # why the arm diverged (divergence.py), once it has
+    diverged: str | None = None  # why the arm diverged (study/divergence.py), once it has
     main: bool = field(default_factory=distributed.is_main_process)
     sharded: bool = False
 

@@ -145,9 +145,9 @@ def arm_memory(
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     sharded = study.sharding == "fsdp" and world_size > 1
-    # As eval_model.merge_refusal: a LoRA / peft arm in fp32, unsharded, unquantized, small enough.
+    # As evaluate/arm_model.merge_refusal: a LoRA / peft arm in fp32, unsharded, unquantized, small enough.
     merged_copy = (
-        arm.method != "full" and study.precision == "fp32" and not sharded and not arm.quantization
+        arm.adapted and study.precision == "fp32" and not sharded and not arm.quantization
         and total * 4 <= MAX_MERGED_BYTES
     )  # fmt: skip
 
@@ -177,7 +177,7 @@ def uses_fused_loss(config, study: StudyConfig, world_size: int) -> bool:
 
 def adapted_linears(config, arm: Arm) -> list[str]:
     """Short names of the linear layers a LoRA arm adapts in one block (q_proj, ...); none for full."""
-    if arm.method == "full":
+    if not arm.adapted:
         return []
     if arm.peft and "target_modules" in arm.peft:
         names = arm.peft["target_modules"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from learnforget.config.arms import ARM_SETTINGS, Arm, expand_arms
+from learnforget.config.methods import Base, Lora, method_of
 from learnforget.config.study import StudyConfig
 from learnforget.errors import UserError
 from learnforget.study.store import Store
@@ -41,7 +42,7 @@ def check_same_study(store: Store, study: StudyConfig, arms: list[Arm] | None = 
             )
     for arm in arms:  # names of older versions could stand for other settings: the arm's results must match
         stored = store.arm(arm.name)
-        if stored is None or stored.get("method") == "base":
+        if stored is None or isinstance(method_of(stored), Base):
             continue
         if stored.get("arm_id") not in (None, arm.id) or any(
             stored.get(k) is not None and stored.get(k) != v
@@ -86,7 +87,7 @@ def check_arms_fit(arms: list[Arm], model_config: dict | None) -> None:
     if not widths:
         return
     for arm in arms:
-        if arm.method == "lora" and arm.peft is None and arm.rank > min(widths):
+        if isinstance(arm.kind, Lora) and arm.rank > min(widths):
             raise UserError(
                 f"arm {arm.name}: LoRA rank {arm.rank} exceeds the width {min(widths)} of the base model's "
                 "matrices; lower the rank"

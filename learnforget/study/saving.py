@@ -61,11 +61,11 @@ def write_model_card(
     directory: Path, study: StudyConfig, arm: Arm, base_path: str, store: Store, merged: bool = False
 ) -> None:
     """`README.md` in the arm directory: base, settings, budget and final metrics, for whoever finds it.
-    `merged`: the metrics were measured on the adapter's merged weights (eval_model.py)."""
+    `merged`: the metrics were measured on the adapter's merged weights (evaluate/arm_model.py)."""
     rows = store.metrics(arm.name)
     final_tokens = max((r["tokens"] for r in rows), default=0)
     final = {r["metric"]: r["value"] for r in rows if r["tokens"] == final_tokens}
-    artifact = "adapter" if arm.method != "full" else "model"
+    artifact = "adapter" if arm.adapted else "model"
     settings = "\n".join(f"| {k} | {v} |" for k, v in arm.model_dump().items())
     metrics = "\n".join(f"| {k} | {v:.6g} |" for k, v in sorted(final.items()))
     load = (

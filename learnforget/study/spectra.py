@@ -11,7 +11,7 @@ def record_spectra(
     store: Store, arm: str, tokens: int, base_weights: dict, model, merged_weights, on_matrix=None
 ) -> dict[str, float]:
     """ΔW spectra of every linear layer at this milestone: from a plain LoRA `model`'s factors, else of
-    `merged_weights()` (the arm's `train.merged_weights`; `model` None for a sharded arm), with W_base's
+    `merged_weights()` (the arm's `arms.delta.merged_weights`; `model` None for a sharded arm), with W_base's
     factors cached on disk (`analysis.spectrum_cache`); returns summary metrics for the metrics table."""
     result = spectrum_of_model(
         base_weights, model, merged_weights, progress=on_matrix or False, cache_dir=cache_dir() / "spectra"

@@ -18,7 +18,7 @@ Schema of every part and of the snapshot (query it with any SQLite client, e.g. 
                                                        -- peft arm's method is its family: dora, vera, ...)
          trainable_params, total_params,               -- counted once per tied weight
          status,                                       -- 'pending' | 'running' | 'done' | 'failed' |
-                                                       -- 'diverged' (learnforget/divergence.py)
+                                                       -- 'diverged' (learnforget/study/divergence.py)
          tokens_per_s, peak_memory_mb, train_seconds, error,
          arm_id,                                       -- hash of all the arm's settings (`Arm.id`)
          peft, quantization,                           -- a peft arm's type and keywords (JSON), QLoRA's bits

@@ -12,13 +12,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from learnforget.study import arm as study_mod
+from learnforget.evaluate import arm_model
+from learnforget.study import base_model
 from learnforget.study.store import Store
 from tests.conftest import MICRO_STUDY, cli_exit_code
 
 pytestmark = pytest.mark.slow
 
 FULL, LORA = "full-lr1e-3-s0", "lora-r2-all-lr1e-2-s0"
+
+
+def set_evaluate_model(function) -> None:
+    """Put `function` where the base and every arm look up evaluate_model (study/base_model.py and
+    evaluate/arm_model.py's ArmEvaluator)."""
+    arm_model.evaluate_model = base_model.evaluate_model = function
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str]:
@@ -35,7 +42,7 @@ def failed_run(micro_config, tmp_path_factory):
     """The micro study whose full arm raises at its second milestone: a checkpoint at the first is left."""
     out = tmp_path_factory.mktemp("failed") / "micro"
     calls = []
-    evaluate = study_mod.evaluate_model
+    evaluate = arm_model.evaluate_model
 
     def flaky(*args):
         calls.append(1)
@@ -43,11 +50,11 @@ def failed_run(micro_config, tmp_path_factory):
             raise RuntimeError("injected failure")
         return evaluate(*args)
 
-    study_mod.evaluate_model = flaky
+    set_evaluate_model(flaky)
     try:
         code = cli_exit_code(["run", str(micro_config), "--out", str(out)])
     finally:
-        study_mod.evaluate_model = evaluate
+        set_evaluate_model(evaluate)
     return out, code
 
 
@@ -76,12 +83,12 @@ def test_the_failure_summary_names_the_arm_and_its_reason(failed_run, micro_conf
     out = tmp_path / "again"
     shutil.copytree(failed_run[0], out)
     (out / "arms" / FULL / "checkpoint.pt").unlink()
-    real = study_mod.evaluate_model
-    study_mod.evaluate_model = lambda *a: (_ for _ in ()).throw(MemoryError("out of memory"))
+    real = arm_model.evaluate_model
+    set_evaluate_model(lambda *a: (_ for _ in ()).throw(MemoryError("out of memory")))
     try:
         code, err = run_cli(["run", str(micro_config), "--out", str(out)], capsys)
     finally:
-        study_mod.evaluate_model = real
+        set_evaluate_model(real)
     assert code == 1
     assert err.strip().splitlines()[-1] == f"failed: {FULL}: MemoryError: out of memory"
     assert Store(out).arm(FULL)["status"] == "failed" and Store(out).arm(LORA)["status"] == "done"

@@ -234,15 +234,14 @@ def test_builtin_paper_task_without_network_is_a_user_error(tiny_model_and_token
         run_harness(model, tokenizer, ["arc_challenge"], limit=2)
 
 
+# lm-eval's results entry of a filtered task: the metric named with its filter, a stderr that is text.
+GSM8K_RESULT = {"alias": "gsm8k", "exact_match,strict-match": 0.25, "exact_match_stderr,strict-match": "N/A"}
+
+
 def test_flatten_results_names_filtered_metrics():
     results = {
         "results": {
-            "gsm8k": {
-                "alias": "gsm8k",
-                "exact_match,strict-match": 0.25,
-                "exact_match_stderr,strict-match": "N/A",
-                "exact_match,flexible-extract": 0.5,
-            },
+            "gsm8k": {**GSM8K_RESULT, "exact_match,flexible-extract": 0.5},
             "winogrande": {
                 "alias": "winogrande",
                 "sample_len": 1267,
@@ -302,11 +301,7 @@ def test_the_recorded_direction_of_a_harness_metric_is_lm_evals_own(
 def test_flatten_directions_names_them_as_flatten_results_does():
     results = {
         "results": {
-            "gsm8k": {
-                "alias": "gsm8k",
-                "exact_match,strict-match": 0.25,
-                "exact_match_stderr,strict-match": "N/A",
-            },
+            "gsm8k": GSM8K_RESULT,
             "wikitext": {"word_perplexity,none": 30.5, "bits_per_byte,none": 1.1},
             "mixed": {"acc,none": 0.5},
         },

@@ -46,6 +46,7 @@ from learnforget.study.checkpoints import (
 )
 from learnforget.study.data import prepare_data
 from learnforget.study.divergence import divergence
+from learnforget.study.events import Ended, Event, Milestone, Spectra, Step
 from learnforget.study.lease import Lease
 from learnforget.study.saving import save_final, save_initial_adapter, write_model_card
 from learnforget.study.spectra import record_spectra
@@ -98,10 +99,10 @@ class ArmRun:
     def checkpoint_path(self) -> Path:
         return self.directory / "checkpoint.pt"
 
-    def tell(self, *message) -> None:
-        """A progress event (step, milestone, spectra, diverged, failed, done) for the study's display."""
+    def tell(self, event: Event) -> None:
+        """A progress event (study/events.py) for the study's display."""
         if self.queue is not None and self.main:
-            self.queue.put(message)
+            self.queue.put(event)
 
     def tokens_at(self, step: int) -> int:
         """Real tokens trained by `step` (IFT padding is not counted)."""
@@ -134,7 +135,7 @@ def run_arm(study: StudyConfig, arm: Arm, study_dir: Path, base_path: str, queue
         if run.main:
             run.step_log.milestone(run.step, {})  # the steps up to the divergence show where it happened
             store.update_arm(arm.name, status="failed", error=str(e))
-        run.tell("failed", arm.name, str(e))
+        run.tell(Ended(arm.name, "failed", str(e)))
         return {"arm": arm.name, "failed": str(e)}
     finally:
         run.step_log.close()
@@ -199,7 +200,7 @@ def train_to(run: ArmRun, milestone: int) -> dict[str, float]:
     train_steps(
         run.trained, run.optimizer, run.scheduler, run.data["train"]["input_ids"], study.batch_size, run.step,
         milestone, labels=run.data["train"].get("labels"),
-        on_step=lambda s, loss: run.tell("step", run.arm.name, s + 1, study.steps, loss),
+        on_step=lambda s, loss: run.tell(Step(run.arm.name, s + 1, study.steps, loss)),
         accelerator=run.accelerator, micro_batch_size=study.micro_batch_size, precision=study.precision,
         scaler=run.scaler, on_record=run.step_log.record, epoch_rows=epoch_rows(run.data["train"]),
     )  # fmt: skip
@@ -230,7 +231,7 @@ def measure_milestone(run: ArmRun, stages: dict[str, float]) -> bool:
             run.arm.name, status="diverged", error=run.diverged, wall_seconds=run.wall_seconds()
         )
         run.checkpoint_path.unlink(missing_ok=True)  # a rerun does not train it again
-        run.tell("diverged", run.arm.name, run.diverged)
+        run.tell(Ended(run.arm.name, "diverged", run.diverged))
         return True
     started = time.perf_counter()
     state = checkpoint_state(run.model, run.optimizer, run.scheduler, run.step, run.scaler, gathered)
@@ -238,7 +239,7 @@ def measure_milestone(run: ArmRun, stages: dict[str, float]) -> bool:
     stages["checkpoint"] = time.perf_counter() - started
     run.store.add_stage_times(run.arm.name, run.step, stages)
     run.store.update_arm(run.arm.name, wall_seconds=run.wall_seconds())
-    run.tell("milestone", run.arm.name, run.step, run.tokens_at(run.step), metrics)
+    run.tell(Milestone(run.arm.name, run.step, run.tokens_at(run.step), metrics))
     return False
 
 
@@ -249,7 +250,7 @@ def milestone_spectra(run: ArmRun, gathered: dict | None, stages: dict[str, floa
     metrics = record_spectra(
         run.store, run.arm.name, run.tokens_at(run.step), run.base_weights, None if run.sharded else run.model,
         functools.partial(run.evaluator.weights, gathered and gathered["model"]),
-        lambda done, total, _: run.tell("spectra", run.arm.name, done, total),
+        lambda done, total, _: run.tell(Spectra(run.arm.name, done, total)),
     )  # fmt: skip
     run.evaluator.drop_weights()
     stages["spectra"] = time.perf_counter() - started
@@ -273,9 +274,9 @@ def finish_arm(run: ArmRun) -> dict:
     )  # fmt: skip
     run.checkpoint_path.unlink(missing_ok=True)  # the final weights are saved; optimizer state is not needed
     if run.diverged:
-        run.tell("diverged", arm.name, run.diverged)
+        run.tell(Ended(arm.name, "diverged", run.diverged))
         return {"arm": arm.name, "diverged": run.diverged}
-    run.tell("done", arm.name)
+    run.tell(Ended(arm.name, "done"))
     return {"arm": arm.name}
 
 
@@ -316,7 +317,7 @@ def run_arm_safely(study: StudyConfig, arm: Arm, study_dir: str | Path, base_pat
         if distributed.is_main_process():
             store.update_arm(arm.name, status="failed", error=reason)
             if queue is not None:
-                queue.put(("failed", arm.name, reason))
+                queue.put(Ended(arm.name, "failed", reason))
         return {"arm": arm.name, "failed": reason}
     finally:
         if lease is not None:

@@ -1,7 +1,6 @@
 """What a running study shows: progress bars (or a line every tenth of the way without a terminal), one
-line per milestone, and the study's ETA. Arms report progress as events, tuples whose first item is the
-kind: ('step', arm, step, total, loss), ('milestone', arm, step, tokens, metrics), ('spectra', arm, done,
-total), ('failed' | 'diverged', arm, reason), ('done', arm).
+line per milestone, and the study's ETA. Arms report progress as typed events (study/events.py): Step,
+Milestone, Spectra and Ended.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from rich.progress import (
 from rich.text import Text
 
 from learnforget.base.load import builtin_base_path, check_base_model, resolve_base, shipped_base
+from learnforget.study.events import Ended, Event, Milestone, Spectra, Step
 from learnforget.study.progress import StudyClock
 
 console = Console(stderr=True)
@@ -104,27 +104,27 @@ class StudyDisplay:
     def __exit__(self, *exc) -> None:
         self.progress.__exit__(*exc)
 
-    def __call__(self, message) -> None:
-        kind, name, *rest = message
-        if kind == "step":
-            self.on_step(name, *rest)
-        elif kind == "milestone":
-            self.on_milestone(name, *rest)
-        elif kind == "spectra":
-            done, total = rest
-            self.progress.update(self.tasks[name], info=f"ΔW spectra {done}/{total} matrices")
-            if done == 0 and not console.is_terminal:
-                console.print(f"{name}: ΔW spectra of {total} matrices", highlight=False)
-        elif kind in ("failed", "diverged", "done"):
-            self.on_end(name, kind, rest)
+    def __call__(self, event: Event) -> None:
+        match event:
+            case Step():
+                self.on_step(event)
+            case Milestone():
+                self.on_milestone(event)
+            case Spectra(arm=name, done=done, total=total):
+                self.progress.update(self.tasks[name], info=f"ΔW spectra {done}/{total} matrices")
+                if done == 0 and not console.is_terminal:
+                    console.print(f"{name}: ΔW spectra of {total} matrices", highlight=False)
+            case Ended():
+                self.on_end(event)
 
-    def on_step(self, name: str, step: int, total: int, loss: float) -> None:
-        self.clock.on_step(name, step)
-        self.progress.update(self.tasks[name], completed=step, info=f"loss {loss:.3f}")
-        log_tenth(name, step, total, loss)
+    def on_step(self, event: Step) -> None:
+        self.clock.on_step(event.arm, event.step)
+        self.progress.update(self.tasks[event.arm], completed=event.step, info=f"loss {event.loss:.3f}")
+        log_tenth(event.arm, event.step, event.total, event.loss)
 
-    def on_milestone(self, name: str, step: int, tokens: int, metrics: dict[str, float]) -> None:
-        self.clock.on_milestone(name, step)
+    def on_milestone(self, event: Milestone) -> None:
+        name, tokens, metrics = event.arm, event.tokens, event.metrics
+        self.clock.on_milestone(name, event.step)
         self.progress.update(self.overall, completed=self.clock.completed, info=self.clock.describe())
         shown = "  ".join(f"{k} {v:.3f}" for k, v in sorted(metrics.items()) if not k.startswith("spectrum/"))
         self.progress.console.print(f"[dim]{name} @ {tokens:,} tokens:[/] {shown}")
@@ -133,9 +133,10 @@ class StudyDisplay:
                 f"study: {self.clock.completed}/{self.clock.total} milestones, {self.clock.describe()}"
             )
 
-    def on_end(self, name: str, kind: str, rest: list) -> None:
-        if kind != "done":
-            self.progress.console.print(f"[red]{name} {kind}:[/] {rest[0]}", highlight=False)
+    def on_end(self, event: Ended) -> None:
+        name = event.arm
+        if event.status != "done":
+            self.progress.console.print(f"[red]{name} {event.status}:[/] {event.reason}", highlight=False)
         self.clock.on_done(name)
         self.progress.update(self.tasks[name], completed=self.steps)
         self.progress.update(self.overall, completed=self.clock.completed, info=self.clock.describe())

@@ -17,6 +17,7 @@ from learnforget.runtime.distributed import is_distributed
 from learnforget.study import workers
 from learnforget.study.arm import run_arm_safely
 from learnforget.study.base_model import run_base
+from learnforget.study.events import Ended
 from learnforget.study.lease import POLL_SECONDS, Lease
 from learnforget.study.store import Store
 from learnforget.study.store_schema import FAILED
@@ -97,7 +98,7 @@ def _run_pass(
                 except Exception as e:  # the worker died (killed for memory, a crash in native code)
                     reason = f"worker process died ({type(e).__name__})"
                     Store(study_dir).update_arm(arm.name, status="failed", error=reason)
-                    on_message(("failed", arm.name, reason))
+                    on_message(Ended(arm.name, "failed", reason))
                     results.append({"arm": arm.name, "failed": reason})
             if base is not None:
                 base.result()  # raises what failed the base's evaluation, now that the arms are safe

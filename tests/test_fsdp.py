@@ -184,6 +184,7 @@ def _clipping_worker(rank: int, init_file: str) -> None:
             assert p.grad.to_local().numel() < q.numel()  # really sharded
             assert torch.allclose(p.grad.full_tensor(), q.grad, atol=1e-6)
         assert collective.reduce(torch.tensor(float(rank))).item() == 0.5
+        dist.barrier()  # both ranks done with gloo before either tears it down (else a rare SIGABRT at exit)
     finally:
         dist.destroy_process_group()
 
@@ -224,6 +225,7 @@ def _short_batch_worker(rank: int, init_file: str) -> None:
         after = train_steps(sharded, opt, sched, rows, 4, 3, 6, accelerator=collective, micro_batch_size=1,
                             epoch_rows=11)  # fmt: skip
         assert after < loss  # the next epoch, short batch included, trains on
+        dist.barrier()  # both ranks done with gloo before either tears it down (else a rare SIGABRT at exit)
     finally:
         dist.destroy_process_group()
 

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from learnforget.config.load import load_studies, load_study
 from learnforget.config.study import StudyConfig
 from learnforget.errors import STORAGE_ERRNOS, UserError, storage_error
+from learnforget.study.display import console, out_console
 from learnforget.versions import package_versions
 
 app = typer.Typer(
@@ -31,9 +31,6 @@ app = typer.Typer(
     no_args_is_help=True,
     help="How much does a causal LM learn, and forget, when finetuned with LoRA versus full finetuning?",
 )
-console = Console(stderr=True)
-# Tables are wide; when output goes to a file or pipe, don't squeeze them into 80 columns.
-out_console = Console() if sys.stdout.isatty() else Console(width=200)
 
 ConfigArg = Annotated[
     str | None,

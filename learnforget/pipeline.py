@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from learnforget.arms.targets import check_targets
-from learnforget.base.load import check_base_model
+from learnforget.base.load import builtin_base_path, check_base_model, resolve_base, shipped_base
 from learnforget.config.arms import Arm, expand_arms
 from learnforget.config.study import StudyConfig
 from learnforget.data.datasets import trained_tokens
@@ -29,7 +29,7 @@ from learnforget.runtime import distributed
 from learnforget.runtime.precision import cpu_bf16_warning
 from learnforget.study.base_model import run_base
 from learnforget.study.data import prepare_data
-from learnforget.study.display import StudyDisplay, base_with_progress, console, out_console
+from learnforget.study.display import StudyDisplay, console, out_console, pretrain_progress, progress_bars
 from learnforget.study.dryrun import base_config, check_harness_tasks
 from learnforget.study.identity import check_arms_fit, check_same_study, parse_shard, shard_arms
 from learnforget.study.pool import run_arms, uses_pool
@@ -159,3 +159,20 @@ def failed_arms(store: Store, results: list[dict]) -> list[Failure]:
         elif result.get("diverged") or stored.get("status") == "diverged":  # also one a rerun skipped
             failures.append((result["arm"], stored.get("error") or result.get("diverged"), "diverged"))
     return failures
+
+
+def base_with_progress(study) -> str:
+    """The study's base model path, pretraining the built-in base first (with a bar) when it is not cached."""
+    check_base_model(study.base_model)
+    if (
+        study.base_model != "builtin"
+        or shipped_base(study.base) is not None
+        or (builtin_base_path(study.base) / "config.json").exists()
+    ):
+        return resolve_base(study.base_model, study.base)
+    console.print(
+        "This base recipe differs from the shipped base's: pretraining it "
+        f"(cached afterwards in {builtin_base_path(study.base)})"
+    )
+    with progress_bars() as progress:
+        return resolve_base(study.base_model, study.base, pretrain_progress(progress, study.base.steps))

@@ -292,18 +292,18 @@ def arm_name(arm: dict) -> str:
 
 def configuration_label(arm: dict) -> str:
     """The name of an arm's seed group: its name without the seed part."""
-    if isinstance(method_of(arm), Base):
-        return "base"
-    parts = name_parts(arm)
-    return "-".join(parts["method"] + parts["learning_rate"] + parts["rest"])
+    return _label_without(arm, {"seed"})
 
 
 def sweep_label(arm: dict) -> str:
     """The name of an arm's learning-rate sweep: its name without the seed and the learning rate."""
+    return _label_without(arm, {"seed", "learning_rate"})
+
+
+def _label_without(arm: dict, left_out: set[str]) -> str:
     if isinstance(method_of(arm), Base):
         return "base"
-    parts = name_parts(arm)
-    return "-".join(parts["method"] + parts["rest"])
+    return "-".join(part for kind, parts in name_parts(arm).items() if kind not in left_out for part in parts)
 
 
 def _peft_arms(spec: ArmSpec) -> list[dict]:

@@ -39,10 +39,12 @@ def study_of(store: Store, study_dir: str | Path) -> StudyConfig:
         ) from None
 
 
-def study_axes(study_dir: str | Path) -> tuple[list[dict], list[dict], Axis, Axis, StudyConfig]:
-    """(metric rows, matrix rows, learning axis, forgetting axis, StudyConfig) of a study directory, the
-    axes' directions as lm-eval declared them where the store recorded them."""
-    store = open_store(study_dir)
+def study_axes(
+    study_dir: str | Path, store: Store | None = None
+) -> tuple[list[dict], list[dict], Axis, Axis, StudyConfig]:
+    """(metric rows, matrix rows, learning axis, forgetting axis, StudyConfig) of a study directory (its
+    `store`, when already open), the axes' directions as lm-eval declared them where the store recorded them."""
+    store = store or open_store(study_dir)
     study = study_of(store, study_dir)
     declared = store.info("metric_directions")
     learning, forgetting = learning_metric(study, declared), forgetting_metric(study, declared)
@@ -90,13 +92,12 @@ def claims_for_suite_dir(suite_dir: str | Path, settings: list[str]) -> list[dic
 
 def method_rows(study_dir: str | Path) -> list[dict]:
     """`rank_methods` on a study directory: one row per finetuning method, ranked on the frontier."""
-    rows, _, learning, forgetting, _ = study_axes(study_dir)
-    return rank_methods(rows, open_store(study_dir).arms(), learning, forgetting)
+    store = open_store(study_dir)
+    rows, _, learning, forgetting, _ = study_axes(study_dir, store)
+    return rank_methods(rows, store.arms(), learning, forgetting)
 
 
 def methods_markdown(study_dir: str | Path) -> str:
     """The '## Methods' section of a study's summary.md (empty when it trains only full and LoRA)."""
-    rows, _, learning, forgetting, _ = study_axes(study_dir)
-    return methods_table(
-        rank_methods(rows, open_store(study_dir).arms(), learning, forgetting), learning, forgetting
-    )
+    _, _, learning, forgetting, _ = study_axes(study_dir)
+    return methods_table(method_rows(study_dir), learning, forgetting)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -84,11 +84,11 @@ class ArmRun:
     initial_adapter: Path | None = None
     base_weights: dict | None = None  # W_base for ΔW (QLoRA: the dequantized base the adapter trains on)
     earlier_wall: float = 0.0  # seconds spent on this arm by processes before this one
-    started: float = field(default_factory=time.perf_counter)
+    started: float = 0.0  # when this process began the arm (time.perf_counter)
     trained_tokens: int = 0
     train_seconds: float = 0.0
     diverged: str | None = None  # why the arm diverged (study/divergence.py), once it has
-    main: bool = field(default_factory=distributed.is_main_process)
+    main: bool = True
     sharded: bool = False
 
     @property
@@ -122,8 +122,7 @@ def run_arm(study: StudyConfig, arm: Arm, study_dir: Path, base_path: str, queue
     store = Store(study_dir)
     if (store.arm(arm.name) or {}).get("status") in FINISHED:
         return {"arm": arm.name, "skipped": True}
-    run = open_arm(study, arm, Path(study_dir), base_path, store, queue)
-    run.started = started
+    run = open_arm(study, arm, Path(study_dir), base_path, store, queue, started)
     try:
         for milestone in study.milestone_steps():
             if milestone > run.step:
@@ -142,7 +141,9 @@ def run_arm(study: StudyConfig, arm: Arm, study_dir: Path, base_path: str, queue
     return finish_arm(run)
 
 
-def open_arm(study: StudyConfig, arm: Arm, study_dir: Path, base_path: str, store: Store, queue) -> ArmRun:
+def open_arm(
+    study: StudyConfig, arm: Arm, study_dir: Path, base_path: str, store: Store, queue, started: float
+) -> ArmRun:
     """Data, the arm's model (sharded, compiled as the study asks), optimizer and schedule, resumed from the
     arm's checkpoint when it has one."""
     main = distributed.is_main_process()
@@ -174,7 +175,7 @@ def open_arm(study: StudyConfig, arm: Arm, study_dir: Path, base_path: str, stor
     run = ArmRun(
         study, arm, study_dir, base_path, store, data, tokenizer, model, optimizer, scheduler,
         grad_scaler(study.precision, distributed.device()), ArmEvaluator(model, arm, study, base_path, sharded),
-        step_log, queue, main=main, sharded=sharded,
+        step_log, queue, main=main, sharded=sharded, started=started,
     )  # fmt: skip
     run.initial_adapter = save_initial_adapter(model, arm, run.directory) if main else None
     # QLoRA: ΔW against the dequantized base the adapter trains on (read before any step, when the update

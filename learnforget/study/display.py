@@ -20,7 +20,6 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from learnforget.base.load import builtin_base_path, check_base_model, resolve_base, shipped_base
 from learnforget.study.events import Ended, Event, Milestone, Spectra, Step
 from learnforget.study.progress import StudyClock
 
@@ -59,23 +58,6 @@ def pretrain_progress(progress: Progress, steps: int):
         log_tenth("pretrain base", step, total, loss)
 
     return update
-
-
-def base_with_progress(study) -> str:
-    """The study's base model path, pretraining the built-in base first (with a bar) when it is not cached."""
-    check_base_model(study.base_model)
-    if (
-        study.base_model != "builtin"
-        or shipped_base(study.base) is not None
-        or (builtin_base_path(study.base) / "config.json").exists()
-    ):
-        return resolve_base(study.base_model, study.base)
-    console.print(
-        "This base recipe differs from the shipped base's: pretraining it "
-        f"(cached afterwards in {builtin_base_path(study.base)})"
-    )
-    with progress_bars() as progress:
-        return resolve_base(study.base_model, study.base, pretrain_progress(progress, study.base.steps))
 
 
 class StudyDisplay:
